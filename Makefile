@@ -1,0 +1,37 @@
+# The verbs a person expects. Every target here does real work; new ones arrive with the issues
+# that make them real (demo, bench, helm-lint, images, e2e-kind).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+NPM ?= npm
+
+.PHONY: help install build typecheck lint format crds test
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+# Reinstall only when the lock file changed since the last install.
+node_modules/.package-lock.json: package.json package-lock.json
+	$(NPM) ci
+	@touch $@
+
+install: node_modules/.package-lock.json ## Install dependencies (npm ci) and build the CLI
+
+build: install ## Compile TypeScript to dist/ (what bin/custody.mjs runs)
+	$(NPM) run --silent build
+
+typecheck: install ## tsc --noEmit over sources and tests
+	$(NPM) run --silent typecheck
+
+lint: install ## Biome lint + format check
+	$(NPM) run --silent lint
+
+format: install ## Apply Biome formatting and safe fixes
+	$(NPM) run --silent format
+
+crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
+	$(NPM) run --silent crds
+
+test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite
+	$(NPM) test

@@ -1,0 +1,68 @@
+import { type Command, type CommandIO, EXIT_OK, EXIT_USAGE, processIO, runCommand } from "./kit.js";
+
+interface Entry {
+  readonly summary: string;
+  /** Loaded on use, so `custody --help` and each command start without loading the others. */
+  readonly load: () => Promise<Command>;
+}
+
+const commands: Record<string, Entry> = {
+  pki: {
+    summary: "certificate authority: init, issue, sign-csr, bundle, verify",
+    load: async () => (await import("../../pki/src/cli.js")).pkiCommand,
+  },
+  validate: {
+    summary: "check ServiceIdentity / AccessPolicy manifests against the API schema",
+    load: async () => (await import("../../crds/src/cli.js")).validateCommand,
+  },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(commands).map((name) => name.length));
+  const lines = Object.entries(commands).map(([name, entry]) => `  ${name.padEnd(width)}  ${entry.summary}`);
+  return [
+    "custody — service identity and call-chain authorization",
+    "",
+    "Usage: custody <command> [options]",
+    "",
+    "Commands:",
+    ...lines,
+    "",
+    "Run `custody <command> --help` for the options of a command.",
+    "",
+  ].join("\n");
+}
+
+export async function main(argv: readonly string[], io: CommandIO = processIO): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    io.stdout(usage());
+    return name === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  if (name === "--version") {
+    io.stdout(`${await readVersion()}\n`);
+    return EXIT_OK;
+  }
+  const entry = commands[name];
+  if (entry === undefined) {
+    io.stderr(`custody: unknown command "${name}".\n\n${usage()}`);
+    return EXIT_USAGE;
+  }
+  return runCommand(await entry.load(), rest, io);
+}
+
+/** The package version, found by walking up from this module (it runs from src/ in tests, dist/ when built). */
+async function readVersion(): Promise<string> {
+  const { readFile } = await import("node:fs/promises");
+  for (let dir = new URL(".", import.meta.url), depth = 0; depth < 5; depth++, dir = new URL("..", dir)) {
+    try {
+      const manifest: unknown = JSON.parse(await readFile(new URL("package.json", dir), "utf8"));
+      if (typeof manifest === "object" && manifest !== null && "version" in manifest) {
+        return String(manifest.version);
+      }
+    } catch {
+      // not at this level; keep walking up
+    }
+  }
+  return "unknown";
+}

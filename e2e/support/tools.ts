@@ -1,0 +1,42 @@
+/**
+ * Test support: find a system tool (openssl, redis-server, promtool, …) or explain why a test is
+ * skipped. With CUSTODY_REQUIRE_ALL=1 (set by .ci/run) a missing tool is a failure, not a skip, so
+ * CI can never go green by silently testing less.
+ */
+import { execFileSync } from "node:child_process";
+
+export interface ToolCheck {
+  readonly available: boolean;
+  /** Absolute path when available; the reason it is not, otherwise. */
+  readonly detail: string;
+}
+
+export function findTool(name: string): ToolCheck {
+  try {
+    const path = execFileSync("sh", ["-c", `command -v ${JSON.stringify(name)}`], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+    return path === "" ? missing(name) : { available: true, detail: path };
+  } catch {
+    return missing(name);
+  }
+}
+
+function missing(name: string): ToolCheck {
+  return { available: false, detail: `${name} is not installed (apt-get install -y ${name})` };
+}
+
+/**
+ * Returns true when the tool is there. When it is not: throws if CUSTODY_REQUIRE_ALL=1, otherwise
+ * prints one visible line so a skipped suite is never mistaken for a passing one.
+ */
+export function requireTool(name: string): boolean {
+  const check = findTool(name);
+  if (check.available) return true;
+  if (process.env.CUSTODY_REQUIRE_ALL === "1") {
+    throw new Error(`CUSTODY_REQUIRE_ALL=1 but ${check.detail}`);
+  }
+  process.stderr.write(`SKIP: ${check.detail}; tests that need it are skipped.\n`);
+  return false;
+}
