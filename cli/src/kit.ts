@@ -1,4 +1,4 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { type ParseArgsConfig, parseArgs } from "node:util";
 import { CustodyError, UsageError } from "../../crds/src/errors.js";
 
 /** Where a command writes. Injected so tests can run commands in-process and read what they print. */
