@@ -1,0 +1,38 @@
+import type { KeyObject } from "node:crypto";
+import type { LinkAlgorithm } from "./jws.js";
+
+/** A service's published public key, as the registry lists it. */
+export interface ServiceKey {
+  readonly kid: string;
+  readonly serviceId: string;
+  readonly alg: LinkAlgorithm;
+  readonly key: KeyObject;
+}
+
+/** A signing key of a trusted token issuer (Custody's token service or a user-facing IdP). */
+export interface IssuerKey {
+  readonly issuer: string;
+  readonly kid: string | undefined;
+  readonly alg: LinkAlgorithm;
+  readonly key: KeyObject;
+}
+
+export interface ServiceInfo {
+  readonly id: string;
+  readonly environment: string;
+  readonly claims: Readonly<Record<string, string>>;
+  readonly edge: boolean;
+}
+
+/**
+ * What chain verification needs to know, all of it local (the registry document the operator
+ * publishes): verification never makes a network call.
+ */
+export interface TrustView {
+  /** Issuer (`iss`) of Custody's token service: its tokens name a service in `sub`. */
+  readonly tokenServiceIssuer: string;
+  serviceKey(kid: string): ServiceKey | undefined;
+  /** With no kid, an issuer with exactly one key answers with that key. */
+  issuerKey(issuer: string, kid: string | undefined): IssuerKey | undefined;
+  service(id: string): ServiceInfo | undefined;
+}

@@ -1,0 +1,326 @@
+/**
+ * Verification of a received `Custody-Chain`, in the order the contract fixes (ARCHITECTURE.md,
+ * "Call-chain tokens"), failing closed with one reason per refusal:
+ *   1. limits; 2. the head (addressed to us, for this very request, fresh, unseen);
+ *   3. every earlier link and the relations between neighbours; 4. e0; (5. policy: elsewhere).
+ */
+
+import { type ReplayGuard, ReplayStoreUnavailableError } from "../replay/guard.js";
+import type { VerifiedElementCache } from "./cache.js";
+import { ChainError } from "./errors.js";
+import {
+  type LinkAlgorithm,
+  type ParsedJws,
+  parseCompactJws,
+  sha256Base64url,
+  verifySignature,
+} from "./jws.js";
+import { CHAIN_SEPARATOR, type ChainLimits, DEFAULT_LIMITS } from "./limits.js";
+import { isLinkHeader, type LinkClaims, readLinkClaims, readLinkHeader } from "./link.js";
+import { formatOperation, type Operation, parseOperationClaim } from "./normalize.js";
+import type { TrustView } from "./trust.js";
+
+export interface VerifiedLink extends LinkClaims {
+  readonly index: number;
+  readonly text: string;
+  readonly hash: string;
+  readonly kid: string;
+  readonly operation: Operation;
+}
+
+export interface InitialToken {
+  readonly index: 0;
+  readonly text: string;
+  readonly hash: string;
+  readonly issuer: string;
+  readonly subject: string;
+  /** `identity`: Custody's token service vouching for a service; `user`: an external IdP's token. */
+  readonly kind: "identity" | "user";
+  readonly scopes: readonly string[];
+  readonly audiences: readonly string[];
+  readonly expiresAt: number;
+  readonly claims: Readonly<Record<string, unknown>>;
+}
+
+export interface VerifiedChain {
+  readonly elements: readonly string[];
+  /** Links, oldest first; the last one is the head, addressed to this service. */
+  readonly links: readonly VerifiedLink[];
+  readonly head: VerifiedLink;
+  readonly initial: InitialToken | undefined;
+}
+
+/** What actually arrived, to hold the head against. */
+export interface IncomingCall {
+  /** This service's id: the head's `aud` must be it. */
+  readonly self: string;
+  readonly operation: Operation;
+  /** base64url SHA-256 of the received body, or undefined when there is no body. */
+  readonly bodyHash: string | undefined;
+  readonly nowSeconds: number;
+}
+
+export interface VerifyOptions {
+  readonly limits?: ChainLimits;
+  readonly cache?: VerifiedElementCache<VerifiedLink>;
+}
+
+const FORBIDDEN_TOKEN_HEADERS = ["crit", "jku", "jwk", "x5u", "x5c", "b64", "zip", "enc"];
+const MAX_SCOPES = 64;
+const MAX_AUDIENCES = 16;
+
+function checkLimits(value: string | undefined, limits: ChainLimits): string[] {
+  if (value === undefined || value === "") throw new ChainError("missing_chain", "no Custody-Chain header.");
+  if (Buffer.byteLength(value, "utf8") > limits.maxHeaderBytes) {
+    throw new ChainError("header_too_large", `Custody-Chain is larger than ${limits.maxHeaderBytes} bytes.`);
+  }
+  const elements = value.split(CHAIN_SEPARATOR);
+  if (elements.length > limits.maxDepth) {
+    throw new ChainError("chain_too_deep", `chain has more than ${limits.maxDepth} elements.`);
+  }
+  for (const [index, element] of elements.entries()) {
+    if (element.length > limits.maxElementBytes) {
+      throw new ChainError(
+        "element_too_large",
+        `element is larger than ${limits.maxElementBytes} bytes.`,
+        index,
+      );
+    }
+  }
+  return elements;
+}
+
+/** Parses a link and checks its signature with the registry key its `kid` names. */
+function verifyLinkSignature(
+  text: string,
+  index: number,
+  trust: TrustView,
+  limits: ChainLimits,
+): VerifiedLink {
+  const jws = parseCompactJws(text, index);
+  const header = readLinkHeader(jws, index, limits.linkAlgorithms);
+  const claims = readLinkClaims(jws, index);
+  const key = trust.serviceKey(header.kid);
+  if (key === undefined) throw new ChainError("unknown_key", "kid is not a published service key.", index);
+  if (key.serviceId !== claims.iss) {
+    throw new ChainError("key_issuer_mismatch", "kid belongs to another service than iss.", index);
+  }
+  if (key.alg !== header.alg) throw new ChainError("alg_not_allowed", "alg does not match the key.", index);
+  if (!verifySignature(header.alg, key.key, jws.signingInput, jws.signature)) {
+    throw new ChainError("bad_signature", "signature does not verify.", index);
+  }
+  if (claims.exp < claims.iat) throw new ChainError("lifetime_too_long", "exp is before iat.", index);
+  if (claims.exp - claims.iat > limits.maxLinkLifetimeSeconds) {
+    throw new ChainError(
+      "lifetime_too_long",
+      `link lives longer than ${limits.maxLinkLifetimeSeconds} seconds.`,
+      index,
+    );
+  }
+  let operation: Operation;
+  try {
+    operation = parseOperationClaim(claims.op);
+  } catch {
+    throw new ChainError("malformed", "op is not a normalized operation.", index);
+  }
+  return { ...claims, index, text, hash: sha256Base64url(text), kid: header.kid, operation };
+}
+
+function cachedLink(
+  text: string,
+  index: number,
+  trust: TrustView,
+  limits: ChainLimits,
+  cache: VerifiedElementCache<VerifiedLink> | undefined,
+): VerifiedLink {
+  const hash = sha256Base64url(text);
+  const hit = cache?.get(hash, trust);
+  // A cached entry is position-independent: re-stamp the index for this chain.
+  if (hit !== undefined) return { ...hit, index };
+  const link = verifyLinkSignature(text, index, trust, limits);
+  cache?.set(hash, trust, link);
+  return link;
+}
+
+async function verifyHead(
+  text: string,
+  index: number,
+  call: IncomingCall,
+  trust: TrustView,
+  replay: ReplayGuard,
+  limits: ChainLimits,
+): Promise<VerifiedLink> {
+  const head = verifyLinkSignature(text, index, trust, limits);
+  if (head.aud !== call.self)
+    throw new ChainError("audience_mismatch", "head is addressed to another service.");
+  if (head.op !== formatOperation(call.operation)) {
+    throw new ChainError("operation_mismatch", "head was signed for another operation.", index);
+  }
+  const skew = limits.clockSkewSeconds;
+  if (head.exp < call.nowSeconds - skew) throw new ChainError("expired", "head has expired.", index);
+  if (head.iat > call.nowSeconds + skew)
+    throw new ChainError("issued_in_future", "head iat is in the future.", index);
+  if (head.bdh !== call.bodyHash) {
+    throw new ChainError("body_mismatch", "body does not match the hash the caller signed.", index);
+  }
+  let fresh: boolean;
+  try {
+    fresh = await replay.claim(head.jti, (head.exp + skew) * 1000);
+  } catch (error) {
+    if (error instanceof ReplayStoreUnavailableError) {
+      throw new ChainError(
+        "replay_store_unavailable",
+        "replay store unavailable; refusing (fail closed).",
+        index,
+      );
+    }
+    throw error;
+  }
+  if (!fresh) throw new ChainError("replayed", "this link was already used.", index);
+  return head;
+}
+
+/** Relations between element i and its successor: who held the chain, hash link, and time order. */
+function checkNeighbours(earlier: VerifiedLink, later: VerifiedLink, skew: number): void {
+  if (earlier.aud !== later.iss) {
+    throw new ChainError(
+      "custody_broken",
+      `element ${earlier.index} was addressed to ${earlier.aud}, but ${later.iss} continued the chain.`,
+      later.index,
+    );
+  }
+  if (later.prv !== earlier.hash) {
+    throw new ChainError("hash_link_broken", "prv does not hash the previous element.", later.index);
+  }
+  if (earlier.exp < later.iat - skew) {
+    throw new ChainError(
+      "expired",
+      `element ${earlier.index} had expired when it was continued.`,
+      earlier.index,
+    );
+  }
+  if (later.iat < earlier.iat - skew) {
+    throw new ChainError("out_of_order", "element was issued before the one it continues.", later.index);
+  }
+}
+
+function stringList(value: unknown, max: number): string[] | undefined {
+  if (typeof value === "string") {
+    const items = value.split(" ").filter((item) => item !== "");
+    return items.length <= max ? items : undefined;
+  }
+  if (Array.isArray(value) && value.length <= max && value.every((item) => typeof item === "string")) {
+    return value as string[];
+  }
+  return undefined;
+}
+
+function invalidToken(message: string): never {
+  throw new ChainError("initial_token_invalid", message, 0);
+}
+
+function readInitialToken(jws: ParsedJws, trust: TrustView, limits: ChainLimits, now: number): InitialToken {
+  const { header, payload } = jws;
+  for (const name of FORBIDDEN_TOKEN_HEADERS) {
+    if (name in header) invalidToken(`header parameter "${name}" is not accepted.`);
+  }
+  const alg = header.alg;
+  if (typeof alg !== "string" || !(limits.initialTokenAlgorithms as readonly string[]).includes(alg)) {
+    throw new ChainError("alg_not_allowed", `algorithm ${JSON.stringify(alg)} is not allowed.`, 0);
+  }
+  if (header.kid !== undefined && typeof header.kid !== "string") invalidToken("kid must be a string.");
+  const { iss, sub, exp, nbf, iat } = payload;
+  if (typeof iss !== "string" || typeof sub !== "string") invalidToken("iss and sub must be strings.");
+  const key = trust.issuerKey(iss, header.kid);
+  if (key === undefined) invalidToken("issuer or key is not trusted.");
+  if (
+    key.alg !== (alg as LinkAlgorithm) ||
+    !verifySignature(key.alg, key.key, jws.signingInput, jws.signature)
+  ) {
+    invalidToken("signature does not verify.");
+  }
+  const skew = limits.clockSkewSeconds;
+  if (typeof exp !== "number" || exp < now - skew) invalidToken("token has expired or has no exp.");
+  for (const notBefore of [nbf, iat]) {
+    if (notBefore !== undefined && (typeof notBefore !== "number" || notBefore > now + skew)) {
+      invalidToken("token is not valid yet.");
+    }
+  }
+  const scopes = stringList(payload.scope ?? payload.scp ?? [], MAX_SCOPES);
+  const audiences = stringList(payload.aud ?? [], MAX_AUDIENCES);
+  if (scopes === undefined || audiences === undefined) invalidToken("scope or aud has the wrong type.");
+  return {
+    index: 0,
+    text: jws.text,
+    hash: sha256Base64url(jws.text),
+    issuer: iss,
+    subject: sub,
+    kind: iss === trust.tokenServiceIssuer ? "identity" : "user",
+    scopes,
+    audiences,
+    expiresAt: exp,
+    claims: payload,
+  };
+}
+
+/** e0 as an initial token: it must verify and belong to the service that holds it (or an edge). */
+function verifyInitialToken(
+  jws: ParsedJws,
+  first: VerifiedLink,
+  trust: TrustView,
+  limits: ChainLimits,
+  now: number,
+): InitialToken {
+  const token = readInitialToken(jws, trust, limits, now);
+  if (first.prv !== token.hash) {
+    throw new ChainError("hash_link_broken", "prv does not hash the initial token.", first.index);
+  }
+  if (token.kind === "identity") {
+    if (token.subject !== first.iss) {
+      throw new ChainError("initial_token_not_admitted", "identity token belongs to another service.", 0);
+    }
+  } else if (trust.service(first.iss)?.edge !== true) {
+    throw new ChainError("initial_token_not_admitted", `${first.iss} is not an edge service.`, 0);
+  }
+  return token;
+}
+
+export async function verifyChain(
+  value: string | undefined,
+  call: IncomingCall,
+  trust: TrustView,
+  replay: ReplayGuard,
+  options: VerifyOptions = {},
+): Promise<VerifiedChain> {
+  const limits = options.limits ?? DEFAULT_LIMITS;
+  const elements = checkLimits(value, limits);
+  const headIndex = elements.length - 1;
+  const head = await verifyHead(elements[headIndex] ?? "", headIndex, call, trust, replay, limits);
+
+  const links: VerifiedLink[] = [head];
+  let initial: InitialToken | undefined;
+  for (let index = headIndex - 1; index >= 0; index--) {
+    const text = elements[index] ?? "";
+    const later = links[0] as VerifiedLink;
+    const parsed = index === 0 ? parseCompactJws(text, 0) : undefined;
+    if (parsed !== undefined && !isLinkHeader(parsed.header)) {
+      initial = verifyInitialToken(parsed, later, trust, limits, call.nowSeconds);
+      break;
+    }
+    const link = cachedLink(text, index, trust, limits, options.cache);
+    if (link.iat > call.nowSeconds + limits.clockSkewSeconds) {
+      throw new ChainError("issued_in_future", "element iat is in the future.", index);
+    }
+    checkNeighbours(link, later, limits.clockSkewSeconds);
+    links.unshift(link);
+  }
+  const origin = links[0] as VerifiedLink;
+  if (initial === undefined && origin.prv !== undefined) {
+    throw new ChainError(
+      "hash_link_broken",
+      "the first link points to an element that is missing.",
+      origin.index,
+    );
+  }
+  return { elements, links, head, initial };
+}
