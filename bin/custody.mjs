@@ -6,7 +6,9 @@ import { fileURLToPath } from "node:url";
 
 const entry = new URL("../dist/cli/src/main.js", import.meta.url);
 if (!existsSync(fileURLToPath(entry))) {
-  process.stderr.write("custody: the CLI is not built yet. Run `npm ci` (or `npm run build`) in the repository first.\n");
+  process.stderr.write(
+    "custody: the CLI is not built yet. Run `npm ci` (or `npm run build`) in the repository first.\n",
+  );
   process.exit(1);
 }
 const { main } = await import(entry.href);
