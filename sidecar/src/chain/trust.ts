@@ -15,6 +15,8 @@ export interface IssuerKey {
   readonly kid: string | undefined;
   readonly alg: LinkAlgorithm;
   readonly key: KeyObject;
+  /** When set, a token from this issuer must be addressed (`aud`) to one of these. */
+  readonly audiences?: readonly string[] | undefined;
 }
 
 export interface ServiceInfo {
@@ -26,7 +28,8 @@ export interface ServiceInfo {
 
 /**
  * What chain verification needs to know, all of it local (the registry document the operator
- * publishes): verification never makes a network call.
+ * publishes): verification never makes a network call. A view is immutable: a registry update makes
+ * a new view (caches of verified elements are keyed by view, so they never outlive a key).
  */
 export interface TrustView {
   /** Issuer (`iss`) of Custody's token service: its tokens name a service in `sub`. */

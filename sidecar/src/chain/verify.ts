@@ -249,6 +249,9 @@ function readInitialToken(jws: ParsedJws, trust: TrustView, limits: ChainLimits,
   const scopes = stringList(payload.scope ?? payload.scp ?? [], MAX_SCOPES);
   const audiences = stringList(payload.aud ?? [], MAX_AUDIENCES);
   if (scopes === undefined || audiences === undefined) invalidToken("scope or aud has the wrong type.");
+  if (key.audiences !== undefined && !audiences.some((aud) => key.audiences?.includes(aud))) {
+    invalidToken("token is not addressed to an audience this issuer is trusted for.");
+  }
   return {
     index: 0,
     text: jws.text,
