@@ -239,6 +239,21 @@ describe("attack suite: the receiver refuses", () => {
     await refused(at(header), "replayed");
   });
 
+  it("27b. replay in the last second the head is still accepted (whole-second clock)", async () => {
+    const iat = now() - 14;
+    const element = forge({}, baseClaims({ iat, exp: iat + 10 }));
+    const lastAcceptedSecond = iat + 10 + DEFAULT_LIMITS.clockSkewSeconds;
+    const clock = new MemoryReplayGuard({ now: () => lastAcceptedSecond * 1000 + 900 });
+    const call = {
+      self: "payments.shop",
+      operation: normalizeOperation("POST", PAY),
+      bodyHash: sha256Base64url(BODY),
+      nowSeconds: lastAcceptedSecond,
+    };
+    await verifyChain(element, call, trust, clock);
+    await refused(verifyChain(element, call, trust, clock), "replayed");
+  });
+
   it("28. replay store unreachable: fail closed", async () => {
     guard = {
       claim: async () => {

@@ -165,7 +165,10 @@ async function verifyHead(
   }
   let fresh: boolean;
   try {
-    fresh = await replay.claim(head.jti, (head.exp + skew) * 1000);
+    // Remember the jti for as long as any replica could still accept the link: the head is accepted
+    // while now (whole seconds, so up to 1 s late) ≤ exp + skew, and another replica's clock may be
+    // up to `skew` behind ours.
+    fresh = await replay.claim(head.jti, (head.exp + 2 * skew + 1) * 1000);
   } catch (error) {
     if (error instanceof ReplayStoreUnavailableError) {
       throw new ChainError(

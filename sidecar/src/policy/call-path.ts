@@ -37,8 +37,7 @@ function hopMatches(matcher: CompiledHop, hop: CallHop, context: HopContext): bo
     case "service":
       return (
         matcher.services.includes(hop.service) &&
-        (matcher.via === undefined ||
-          operationMatches(matcher.via as CompiledOperation, hop.operation, context.patterns)) &&
+        (matcher.via === undefined || operationMatches(matcher.via, hop.operation, context.patterns)) &&
         claimsMatch(matcher.claims, context.service(hop.service)?.claims)
       );
   }
