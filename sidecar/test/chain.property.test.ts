@@ -1,9 +1,10 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { VerifiedElementCache } from "../src/chain/cache.js";
 import { sha256Base64url } from "../src/chain/jws.js";
 import { mintLink } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
-import { verifyChain } from "../src/chain/verify.js";
+import { type VerifiedLink, verifyChain } from "../src/chain/verify.js";
 import { MemoryReplayGuard } from "../src/replay/memory.js";
 import { makeService, TestIssuer, TestTrust, USER_IDP } from "./support/mesh.js";
 
@@ -28,7 +29,7 @@ function validChain(): string {
   }).header;
 }
 
-const verifyAtPayments = (header: string) =>
+const verifyAtPayments = (header: string, cache?: VerifiedElementCache<VerifiedLink>) =>
   verifyChain(
     header,
     {
@@ -39,6 +40,7 @@ const verifyAtPayments = (header: string) =>
     },
     trust,
     new MemoryReplayGuard(),
+    cache === undefined ? {} : { cache },
   );
 
 describe("chain integrity (property)", () => {
@@ -48,7 +50,9 @@ describe("chain integrity (property)", () => {
     await expect(verifyAtPayments(header)).resolves.toBeDefined();
   });
 
-  it("any single-byte change anywhere in the chain is refused", async () => {
+  it("any single-byte change anywhere in the chain is refused, with or without a warm cache", async () => {
+    const cache = new VerifiedElementCache<VerifiedLink>(64);
+    await verifyAtPayments(header, cache);
     await fc.assert(
       fc.asyncProperty(
         fc.nat({ max: header.length - 1 }),
@@ -58,6 +62,7 @@ describe("chain integrity (property)", () => {
           fc.pre(header[position] !== replacement);
           const tampered = `${header.slice(0, position)}${replacement}${header.slice(position + 1)}`;
           await expect(verifyAtPayments(tampered)).rejects.toHaveProperty("code");
+          await expect(verifyAtPayments(tampered, cache)).rejects.toHaveProperty("code");
         },
       ),
       { numRuns: 2000 },
