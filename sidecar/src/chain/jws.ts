@@ -21,19 +21,25 @@ export interface ParsedJws {
 
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
+const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
 /**
  * Decodes base64url and insists on the canonical form: otherwise flipping the unused low bits of the
  * last character would give a different text with the same bytes (and the same valid signature).
+ * Only the last character can carry unused bits: 4 of them when length % 4 == 2, 2 when it is 3.
  */
 function decodeSegment(segment: string, element: number, what: string): Buffer {
-  if (!BASE64URL.test(segment) || segment.length % 4 === 1) {
+  const remainder = segment.length % 4;
+  if (!BASE64URL.test(segment) || remainder === 1) {
     throw new ChainError("malformed", `${what} is not base64url.`, element);
   }
-  const bytes = Buffer.from(segment, "base64url");
-  if (bytes.toString("base64url") !== segment) {
-    throw new ChainError("malformed", `${what} is not canonical base64url.`, element);
+  if (remainder !== 0) {
+    const unusedBits = remainder === 2 ? 0b1111 : 0b11;
+    if ((ALPHABET.indexOf(segment.charAt(segment.length - 1)) & unusedBits) !== 0) {
+      throw new ChainError("malformed", `${what} is not canonical base64url.`, element);
+    }
   }
-  return bytes;
+  return Buffer.from(segment, "base64url");
 }
 
 function decodeJsonObject(segment: string, element: number, what: string): Record<string, unknown> {

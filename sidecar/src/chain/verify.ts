@@ -90,9 +90,40 @@ function checkLimits(value: string | undefined, limits: ChainLimits): string[] {
   return elements;
 }
 
+/**
+ * The verified link as one explicit object literal: on the hot path, spreading claims and then adding
+ * properties costs microseconds per element in V8, more than everything else but the signature.
+ */
+function verifiedLink(
+  claims: LinkClaims,
+  index: number,
+  text: string,
+  hash: string,
+  kid: string,
+  operation: Operation,
+): VerifiedLink {
+  return {
+    iss: claims.iss,
+    aud: claims.aud,
+    op: claims.op,
+    jti: claims.jti,
+    iat: claims.iat,
+    exp: claims.exp,
+    bdh: claims.bdh,
+    prv: claims.prv,
+    ctx: claims.ctx,
+    index,
+    text,
+    hash,
+    kid,
+    operation,
+  };
+}
+
 /** Parses a link and checks its signature with the registry key its `kid` names. */
 function verifyLinkSignature(
   text: string,
+  hash: string,
   index: number,
   trust: TrustView,
   limits: ChainLimits,
@@ -123,7 +154,7 @@ function verifyLinkSignature(
   } catch {
     throw new ChainError("malformed", "op is not a normalized operation.", index);
   }
-  return { ...claims, index, text, hash: sha256Base64url(text), kid: header.kid, operation };
+  return verifiedLink(claims, index, text, hash, header.kid, operation);
 }
 
 function cachedLink(
@@ -136,8 +167,8 @@ function cachedLink(
   const hash = sha256Base64url(text);
   const hit = cache?.get(hash, trust);
   // A cached entry is position-independent: re-stamp the index for this chain.
-  if (hit !== undefined) return { ...hit, index };
-  const link = verifyLinkSignature(text, index, trust, limits);
+  if (hit !== undefined) return verifiedLink(hit, index, hit.text, hit.hash, hit.kid, hit.operation);
+  const link = verifyLinkSignature(text, hash, index, trust, limits);
   cache?.set(hash, trust, link);
   return link;
 }
@@ -150,7 +181,7 @@ async function verifyHead(
   replay: ReplayGuard,
   limits: ChainLimits,
 ): Promise<VerifiedLink> {
-  const head = verifyLinkSignature(text, index, trust, limits);
+  const head = verifyLinkSignature(text, sha256Base64url(text), index, trust, limits);
   if (head.aud !== call.self)
     throw new ChainError("audience_mismatch", "head is addressed to another service.");
   if (head.op !== formatOperation(call.operation)) {
