@@ -15,7 +15,8 @@
  * the key of its own `iss` and checking custody (the inner `aud` is the outer `iss`) and time order,
  * down to `ini`, which verifies against its issuer's key.
  */
-import { type KeyObject, randomUUID, sign, verify } from "node:crypto";
+import { type KeyObject, randomUUID, verify } from "node:crypto";
+import { signCompactJws } from "../sidecar/src/chain/jws.js";
 
 export const NESTED_HEADER: Readonly<Record<string, string>> = { alg: "RS256", typ: "JWT" };
 
@@ -42,19 +43,14 @@ export interface NestedWrapRequest {
   readonly ttlSeconds: number;
 }
 
-function encodeJson(value: unknown): string {
-  return Buffer.from(JSON.stringify(value), "utf8").toString("base64url");
-}
-
 /** Signs any RS256 JWT (used for the wraps and for the auth server's initial token). */
 export function signRs256Jwt(
   header: Readonly<Record<string, unknown>>,
   claims: Readonly<Record<string, unknown>>,
   privateKey: KeyObject,
 ): string {
-  const signingInput = `${encodeJson(header)}.${encodeJson(claims)}`;
-  const signature = sign("sha256", Buffer.from(signingInput, "ascii"), privateKey);
-  return `${signingInput}.${signature.toString("base64url")}`;
+  // The JWS encoding is the same as Custody's; only the format of the claims differs.
+  return signCompactJws({ ...header, alg: "RS256" }, claims, privateKey);
 }
 
 /** One hop: wraps the incoming token (if any) in a new self-issued JWT addressed to `audience`. */
