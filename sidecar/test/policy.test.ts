@@ -6,6 +6,7 @@ import { mintLink } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
 import { type VerifiedChain, verifyChain } from "../src/chain/verify.js";
 import { decide } from "../src/policy/engine.js";
+import { PatternCache } from "../src/policy/operation.js";
 import {
   makeService,
   TestIssuer,
@@ -25,6 +26,7 @@ const services = {
 };
 const idp = new TestIssuer(USER_IDP);
 const tokenService = new TestIssuer(TOKEN_SERVICE);
+const patterns = new PatternCache();
 const trust = new TestTrust().addIssuer(idp).addIssuer(tokenService);
 for (const service of Object.values(services)) trust.addService(service);
 
@@ -86,7 +88,7 @@ async function decideFor(
   return decide(
     policies,
     { target: services.payments.info, operation: head, chain },
-    { service: (id) => trust.service(id) },
+    { service: (id) => trust.service(id), patterns },
   );
 }
 
@@ -342,6 +344,7 @@ describe("rule language", () => {
         { target: services.payments.info, operation: chain.head.operation, chain },
         {
           service: (id) => trust.service(id),
+          patterns,
         },
       ).allowed,
     ).toBe(true);

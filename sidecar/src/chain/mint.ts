@@ -43,7 +43,6 @@ export function mintLink(signer: LinkSigner, request: MintRequest): MintedChain 
   const iat = request.nowSeconds ?? Math.floor(Date.now() / 1000);
   const previous = request.previous ?? [];
   const last = previous.at(-1);
-  const hasBody = request.body !== undefined && request.body.length > 0;
   const claims: Record<string, unknown> = {
     iss: signer.serviceId,
     aud: request.audience,
@@ -52,7 +51,7 @@ export function mintLink(signer: LinkSigner, request: MintRequest): MintedChain 
     iat,
     exp: iat + (request.ttlSeconds ?? DEFAULT_LINK_TTL_SECONDS),
   };
-  if (hasBody && request.body !== undefined) claims.bdh = sha256Base64url(request.body);
+  if (request.body !== undefined && request.body.length > 0) claims.bdh = sha256Base64url(request.body);
   if (last !== undefined) claims.prv = sha256Base64url(last);
   if (request.ctx !== undefined && Object.keys(request.ctx).length > 0) claims.ctx = request.ctx;
   const element = signCompactJws({ alg, typ: LINK_TYPE, kid: signer.kid }, claims, signer.privateKey);

@@ -120,15 +120,14 @@ function verifiedLink(
   };
 }
 
-/** Parses a link and checks its signature with the registry key its `kid` names. */
+/** Checks a parsed link's shape and its signature with the registry key its `kid` names. */
 function verifyLinkSignature(
-  text: string,
+  jws: ParsedJws,
   hash: string,
   index: number,
   trust: TrustView,
   limits: ChainLimits,
 ): VerifiedLink {
-  const jws = parseCompactJws(text, index);
   const header = readLinkHeader(jws, index, limits.linkAlgorithms);
   const claims = readLinkClaims(jws, index);
   const key = trust.serviceKey(header.kid);
@@ -154,23 +153,7 @@ function verifyLinkSignature(
   } catch {
     throw new ChainError("malformed", "op is not a normalized operation.", index);
   }
-  return verifiedLink(claims, index, text, hash, header.kid, operation);
-}
-
-function cachedLink(
-  text: string,
-  index: number,
-  trust: TrustView,
-  limits: ChainLimits,
-  cache: VerifiedElementCache<VerifiedLink> | undefined,
-): VerifiedLink {
-  const hash = sha256Base64url(text);
-  const hit = cache?.get(hash, trust);
-  // A cached entry is position-independent: re-stamp the index for this chain.
-  if (hit !== undefined) return verifiedLink(hit, index, hit.text, hit.hash, hit.kid, hit.operation);
-  const link = verifyLinkSignature(text, hash, index, trust, limits);
-  cache?.set(hash, trust, link);
-  return link;
+  return verifiedLink(claims, index, jws.text, hash, header.kid, operation);
 }
 
 async function verifyHead(
@@ -181,7 +164,7 @@ async function verifyHead(
   replay: ReplayGuard,
   limits: ChainLimits,
 ): Promise<VerifiedLink> {
-  const head = verifyLinkSignature(text, sha256Base64url(text), index, trust, limits);
+  const head = verifyLinkSignature(parseCompactJws(text, index), sha256Base64url(text), index, trust, limits);
   if (head.aud !== call.self)
     throw new ChainError("audience_mismatch", "head is addressed to another service.");
   if (head.op !== formatOperation(call.operation)) {
@@ -253,7 +236,13 @@ function invalidToken(message: string): never {
   throw new ChainError("initial_token_invalid", message, 0);
 }
 
-function readInitialToken(jws: ParsedJws, trust: TrustView, limits: ChainLimits, now: number): InitialToken {
+function readInitialToken(
+  jws: ParsedJws,
+  hash: string,
+  trust: TrustView,
+  limits: ChainLimits,
+  now: number,
+): InitialToken {
   const { header, payload } = jws;
   for (const name of FORBIDDEN_TOKEN_HEADERS) {
     if (name in header) invalidToken(`header parameter "${name}" is not accepted.`);
@@ -289,7 +278,7 @@ function readInitialToken(jws: ParsedJws, trust: TrustView, limits: ChainLimits,
   return {
     index: 0,
     text: jws.text,
-    hash: sha256Base64url(jws.text),
+    hash,
     issuer: iss,
     subject: sub,
     kind: iss === trust.tokenServiceIssuer ? "identity" : "user",
@@ -303,12 +292,13 @@ function readInitialToken(jws: ParsedJws, trust: TrustView, limits: ChainLimits,
 /** e0 as an initial token: it must verify and belong to the service that holds it (or an edge). */
 function verifyInitialToken(
   jws: ParsedJws,
+  hash: string,
   first: VerifiedLink,
   trust: TrustView,
   limits: ChainLimits,
   now: number,
 ): InitialToken {
-  const token = readInitialToken(jws, trust, limits, now);
+  const token = readInitialToken(jws, hash, trust, limits, now);
   if (first.prv !== token.hash) {
     throw new ChainError("hash_link_broken", "prv does not hash the initial token.", first.index);
   }
@@ -339,12 +329,22 @@ export async function verifyChain(
   for (let index = headIndex - 1; index >= 0; index--) {
     const text = elements[index] ?? "";
     const later = links[0] as VerifiedLink;
-    const parsed = index === 0 ? parseCompactJws(text, 0) : undefined;
-    if (parsed !== undefined && !isLinkHeader(parsed.header)) {
-      initial = verifyInitialToken(parsed, later, trust, limits, call.nowSeconds);
-      break;
+    // Each element is hashed and parsed once; the cache only ever holds links.
+    const hash = sha256Base64url(text);
+    const hit = options.cache?.get(hash, trust);
+    let link: VerifiedLink;
+    if (hit !== undefined) {
+      // A cached entry is position-independent: re-stamp the index for this chain.
+      link = verifiedLink(hit, index, hit.text, hit.hash, hit.kid, hit.operation);
+    } else {
+      const jws = parseCompactJws(text, index);
+      if (index === 0 && !isLinkHeader(jws.header)) {
+        initial = verifyInitialToken(jws, hash, later, trust, limits, call.nowSeconds);
+        break;
+      }
+      link = verifyLinkSignature(jws, hash, index, trust, limits);
+      options.cache?.set(hash, trust, link);
     }
-    const link = cachedLink(text, index, trust, limits, options.cache);
     if (link.iat > call.nowSeconds + limits.clockSkewSeconds) {
       throw new ChainError("issued_in_future", "element iat is in the future.", index);
     }

@@ -19,7 +19,7 @@ import {
   describeCallPath,
   describeMatchers,
 } from "./call-path.js";
-import { operationMatches, PatternCache } from "./operation.js";
+import { operationMatches, type PatternCache } from "./operation.js";
 
 export const POLICY_REASONS = [
   "allowed",
@@ -74,7 +74,8 @@ export interface PolicyRequest {
 
 export interface EngineOptions {
   readonly service: (id: string) => ServiceInfo | undefined;
-  readonly patterns?: PatternCache;
+  /** Compiled path patterns; kept with the registry so no request pays for compiling a regex. */
+  readonly patterns: PatternCache;
   readonly whenNoPolicy?: "allow" | "deny";
 }
 
@@ -136,7 +137,7 @@ function checkRequirements(
   rule: CompiledRule,
   request: PolicyRequest,
   hops: readonly CallHop[],
-  options: Required<Pick<EngineOptions, "service" | "patterns">>,
+  options: Pick<EngineOptions, "service" | "patterns">,
 ): RuleOutcome | undefined {
   const { initialToken, comeFrom, callerClaims } = rule.require;
   if (initialToken !== undefined) {
@@ -163,7 +164,7 @@ function evaluatePolicy(
   policy: CompiledPolicy,
   request: PolicyRequest,
   hops: readonly CallHop[],
-  options: Required<Pick<EngineOptions, "service" | "patterns">>,
+  options: Pick<EngineOptions, "service" | "patterns">,
 ): PolicyVerdict {
   const name = `${policy.namespace}/${policy.name}`;
   const op = `${request.operation.method} ${request.operation.path}`;
@@ -218,7 +219,6 @@ export function decide(
   request: PolicyRequest,
   options: EngineOptions,
 ): Decision {
-  const resolved = { service: options.service, patterns: options.patterns ?? new PatternCache() };
   const applicable = policies.filter((policy) => appliesTo(policy, request.target));
   if (applicable.length === 0) {
     const allowed = options.whenNoPolicy === "allow";
@@ -234,7 +234,7 @@ export function decide(
     };
   }
   const hops = callPathOf(request.chain);
-  const verdicts = applicable.map((policy) => evaluatePolicy(policy, request, hops, resolved));
+  const verdicts = applicable.map((policy) => evaluatePolicy(policy, request, hops, options));
   const enforced = verdicts.filter((verdict) => verdict.mode === "enforce");
   const audited = verdicts.filter((verdict) => verdict.mode === "audit" && !verdict.allowed);
   const denial = enforced.find((verdict) => !verdict.allowed);
