@@ -5,16 +5,7 @@ import { describe, expect, it } from "vitest";
 import { requireTool } from "../../e2e/support/tools.js";
 import { type QuotaKey, type QuotaLimit, QuotaLimiter } from "../src/quota/limiter.js";
 import { createQuotaMetrics } from "../src/quota/metrics.js";
-
-function manualClock(startMs = 5_000) {
-  let nowMs = startMs;
-  return {
-    now: () => nowMs,
-    advance: (ms: number) => {
-      nowMs += ms;
-    },
-  };
-}
+import { manualClock } from "./support/clock.js";
 
 const pay: QuotaKey = { policy: "shop/payments", rule: "pay-for-order", caller: "cart.shop" };
 const tenPerSecond: QuotaLimit = { requestsPerSecond: 10, burst: 5 };
@@ -35,7 +26,7 @@ async function counterValue(registry: Registry, name: string, labels: Record<str
 
 describe("quota limiter", () => {
   it("allows a burst, then refills at the configured rate", () => {
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now });
     expect(takeMany(limiter, pay, tenPerSecond, 8)).toBe(5);
     clock.advance(100); // 10 per second: one call per 100 ms
@@ -47,7 +38,7 @@ describe("quota limiter", () => {
   });
 
   it("reports what is left and when to retry", () => {
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now });
     const limit = { requestsPerSecond: 4, burst: 2 };
     expect(limiter.take(pay, limit)).toEqual({
@@ -84,7 +75,7 @@ describe("quota limiter", () => {
         fc.integer({ min: 1, max: 20 }),
         fc.integer({ min: 0, max: 5_000 }),
         (requestsPerSecond, burst, pauseMs) => {
-          const clock = manualClock();
+          const clock = manualClock(5_000);
           const limiter = new QuotaLimiter({ now: clock.now });
           const limit = { requestsPerSecond, burst };
           takeMany(limiter, pay, limit, burst);
@@ -102,7 +93,7 @@ describe("quota limiter", () => {
   });
 
   it("keeps separate buckets per caller and per rule", () => {
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now });
     const limit = { requestsPerSecond: 1, burst: 2 };
     expect(takeMany(limiter, pay, limit, 5)).toBe(2);
@@ -113,14 +104,14 @@ describe("quota limiter", () => {
   });
 
   it("does not confuse keys whose parts run together", () => {
-    const limiter = new QuotaLimiter({ now: manualClock().now });
+    const limiter = new QuotaLimiter({ now: manualClock(5_000).now });
     const limit = { requestsPerSecond: 1, burst: 1 };
     expect(limiter.take({ policy: "a", rule: "b/c", caller: "d" }, limit).allowed).toBe(true);
     expect(limiter.take({ policy: "a/b", rule: "c", caller: "d" }, limit).allowed).toBe(true);
   });
 
   it("applies a changed limit (policy update) at once", () => {
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now });
     expect(takeMany(limiter, pay, { requestsPerSecond: 10, burst: 10 }, 3)).toBe(3);
     // Seven calls were saved up; the new burst of two cuts them down now.
@@ -151,7 +142,7 @@ describe("quota limiter", () => {
   });
 
   it("keeps at most `capacity` buckets, evicting the least recently used", () => {
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now, capacity: 3 });
     const limit = { requestsPerSecond: 1, burst: 1 };
     const caller = (n: number) => ({ ...pay, caller: `c${n}.shop` });
@@ -169,7 +160,7 @@ describe("quota limiter", () => {
 
   it("counts decisions, and evictions of buckets that had not refilled", async () => {
     const registry = new Registry();
-    const clock = manualClock();
+    const clock = manualClock(5_000);
     const limiter = new QuotaLimiter({ now: clock.now, capacity: 1, metrics: createQuotaMetrics(registry) });
     const limit = { requestsPerSecond: 1, burst: 1 };
     limiter.take(pay, limit);

@@ -6,20 +6,9 @@ import { requireTool } from "../../e2e/support/tools.js";
 import { ReplayStoreUnavailableError } from "../src/replay/guard.js";
 import { MemoryReplayGuard } from "../src/replay/memory.js";
 import { createReplayMetrics, withReplayMetrics } from "../src/replay/metrics.js";
+import { manualClock } from "./support/clock.js";
 
 /** A clock the test moves by hand. */
-function manualClock(startMs = 1_700_000_000_000) {
-  let nowMs = startMs;
-  return {
-    now: () => nowMs,
-    advance: (ms: number) => {
-      nowMs += ms;
-    },
-    get ms() {
-      return nowMs;
-    },
-  };
-}
 
 async function checkCount(registry: Registry, store: string, result: string): Promise<number> {
   const metric = await registry.getSingleMetric("custody_replay_checks_total")?.get();
@@ -29,7 +18,7 @@ async function checkCount(registry: Registry, store: string, result: string): Pr
 
 describe("memory replay guard", () => {
   it("accepts a jti once and refuses it after", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now });
     expect(await guard.claim("a", clock.ms + 60_000)).toBe(true);
     expect(await guard.claim("a", clock.ms + 60_000)).toBe(false);
@@ -37,7 +26,7 @@ describe("memory replay guard", () => {
   });
 
   it("frees a jti only once its expiry has passed", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now });
     const expiresAtMs = clock.ms + 30_000;
     expect(await guard.claim("a", expiresAtMs)).toBe(true);
@@ -49,7 +38,7 @@ describe("memory replay guard", () => {
   });
 
   it("a replay with a later expiry does not extend or shorten the first entry", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now });
     expect(await guard.claim("a", clock.ms + 1_000)).toBe(true);
     expect(await guard.claim("a", clock.ms + 90_000)).toBe(false);
@@ -58,14 +47,14 @@ describe("memory replay guard", () => {
   });
 
   it("does not remember a jti whose expiry has already passed", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now });
     expect(await guard.claim("late", clock.ms)).toBe(true);
     expect(guard.size).toBe(0);
   });
 
   it("fails closed when full of live entries", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now, capacity: 3 });
     for (const jti of ["a", "b", "c"]) expect(await guard.claim(jti, clock.ms + 10_000)).toBe(true);
     const refused = guard.claim("d", clock.ms + 10_000);
@@ -76,7 +65,7 @@ describe("memory replay guard", () => {
   });
 
   it("purges expired entries before deciding it is full", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const guard = new MemoryReplayGuard({ now: clock.now, capacity: 3 });
     for (const jti of ["a", "b", "c"]) await guard.claim(jti, clock.ms + 1_000);
     clock.advance(1_000);
@@ -85,7 +74,7 @@ describe("memory replay guard", () => {
   });
 
   it("steady traffic within capacity never fails", async () => {
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const lifetimeMs = 10_000;
     const intervalMs = 20;
     // Exactly the live entries of this traffic: one call per interval, each live for one lifetime.
@@ -107,7 +96,7 @@ describe("memory replay guard", () => {
     });
     await fc.assert(
       fc.asyncProperty(fc.array(step, { maxLength: 300 }), async (steps) => {
-        const clock = manualClock();
+        const clock = manualClock(1_700_000_000_000);
         const guard = new MemoryReplayGuard({ now: clock.now, capacity });
         /** What a correct guard must still remember: jti → expiry of the claim it accepted. */
         const live = new Map<string, number>();
@@ -142,7 +131,7 @@ describe("memory replay guard", () => {
 describe("replay metrics", () => {
   it("count fresh, replayed and fail-closed claims of the memory guard", async () => {
     const registry = new Registry();
-    const clock = manualClock();
+    const clock = manualClock(1_700_000_000_000);
     const metrics = createReplayMetrics(registry);
     const guard = withReplayMetrics(
       new MemoryReplayGuard({ now: clock.now, capacity: 1 }),
