@@ -14,6 +14,7 @@ import {
   dnsSubdomain,
   ONLY_WHEN_VALID,
   objectMetaSchema,
+  reportDuplicates,
   scopeTokenSchema,
   uniqueList,
 } from "./schema-kit.js";
@@ -254,19 +255,12 @@ const rulesSchema = crd(
     .array(ruleSchema)
     .max(MAX_RULES)
     .superRefine((rules, ctx) => {
-      const seen = new Map<string, number>();
-      rules.forEach((rule, index) => {
-        if (rule.name === undefined) return;
-        const first = seen.get(rule.name);
-        if (first !== undefined) {
-          ctx.addIssue({
-            code: "custom",
-            path: [index, "name"],
-            message: `is also the name of rules[${first}]`,
-          });
-        }
-        seen.set(rule.name, index);
-      });
+      reportDuplicates(
+        ctx,
+        rules,
+        (rule) => rule.name,
+        (_name, first, index) => ({ path: [index, "name"], message: `is also the name of rules[${first}]` }),
+      );
     }),
   {
     description: "Evaluated in order; the first rule whose operation matches the request decides.",

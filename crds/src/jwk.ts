@@ -7,7 +7,7 @@
  */
 import { createPublicKey, type JsonWebKey } from "node:crypto";
 import { z } from "zod";
-import { ONLY_WHEN_VALID } from "./schema-kit.js";
+import { ONLY_WHEN_VALID, reportDuplicates } from "./schema-kit.js";
 
 export const JWK_ALGORITHMS = ["ES256", "EdDSA", "RS256"] as const;
 export type JwkAlgorithm = (typeof JWK_ALGORITHMS)[number];
@@ -105,20 +105,17 @@ export const jwksSchema = z.strictObject({
     .min(1)
     .max(MAX_JWKS_KEYS)
     .superRefine((keys, ctx) => {
-      const seen = new Set<string>();
       keys.forEach((key, index) => {
         if (key.kid === undefined) {
           ctx.addIssue({ code: "custom", path: [index, "kid"], message: "is required in a key set" });
-        } else if (seen.has(key.kid)) {
-          ctx.addIssue({
-            code: "custom",
-            path: [index, "kid"],
-            message: `"${key.kid}" is used by another key`,
-          });
-        } else {
-          seen.add(key.kid);
         }
       });
+      reportDuplicates(
+        ctx,
+        keys,
+        (key) => key.kid,
+        (kid, _first, index) => ({ path: [index, "kid"], message: `"${kid}" is used by another key` }),
+      );
     }),
 });
 

@@ -11,7 +11,7 @@ import { issuerSchema } from "./access-policy.js";
 import { compiledPolicySchema, serviceIdSchema } from "./compiled-policy.js";
 import { jwkKidSchema, jwkSchema, jwksSchema } from "./jwk.js";
 import { API_GROUP_VERSION, TRUST_DOMAIN_PATTERN } from "./names.js";
-import { claimMap, dnsLabel, scopeTokenSchema, timestampSchema } from "./schema-kit.js";
+import { claimMap, dnsLabel, reportDuplicates, scopeTokenSchema, timestampSchema } from "./schema-kit.js";
 import { MAX_IDENTITY_CLAIMS, MAX_IDENTITY_SCOPES } from "./service-identity.js";
 
 export const REGISTRY_KIND = "Registry";
@@ -126,27 +126,21 @@ export const registryServiceSchema = z.strictObject({
     .min(1)
     .max(KEY_STATUSES.length)
     .superRefine((keys, ctx) => {
-      const kids = new Set<string>();
-      const statuses = new Set<string>();
-      keys.forEach((key, index) => {
-        if (kids.has(key.kid)) {
-          ctx.addIssue({
-            code: "custom",
-            path: [index, "kid"],
-            message: `"${key.kid}" is used by another key`,
-          });
-        }
-        if (statuses.has(key.status)) {
-          ctx.addIssue({
-            code: "custom",
-            path: [index, "status"],
-            message: `only one key may be ${key.status}`,
-          });
-        }
-        kids.add(key.kid);
-        statuses.add(key.status);
-      });
-      if (!statuses.has("current")) ctx.addIssue({ code: "custom", message: "must include the current key" });
+      reportDuplicates(
+        ctx,
+        keys,
+        (key) => key.kid,
+        (kid, _first, index) => ({ path: [index, "kid"], message: `"${kid}" is used by another key` }),
+      );
+      reportDuplicates(
+        ctx,
+        keys,
+        (key) => key.status,
+        (status, _first, index) => ({ path: [index, "status"], message: `only one key may be ${status}` }),
+      );
+      if (!keys.some((key) => key.status === "current")) {
+        ctx.addIssue({ code: "custom", message: "must include the current key" });
+      }
     }),
 });
 
@@ -198,8 +192,8 @@ export const registryDocumentSchema = z
       }
       issuers.set(trusted.issuer, `trustedIssuers[${index}].issuer`);
     });
-    reportDuplicates(ctx, "services", document.services, (service) => service.id, "service id");
-    reportDuplicates(ctx, "policies", document.policies, policyKey, "policy");
+    reportDuplicateEntries(ctx, "services", document.services, (service) => service.id, "service id");
+    reportDuplicateEntries(ctx, "policies", document.policies, policyKey, "policy");
   });
 
 /** One shard as published. */
@@ -215,24 +209,15 @@ export function policyKey(policy: { readonly namespace: string; readonly name: s
   return `${policy.namespace}/${policy.name}`;
 }
 
-function reportDuplicates<T>(
+function reportDuplicateEntries<T>(
   ctx: z.RefinementCtx,
   field: string,
   items: readonly T[],
   keyOf: (item: T) => string,
   what: string,
 ): void {
-  const seen = new Map<string, number>();
-  items.forEach((item, index) => {
-    const key = keyOf(item);
-    const first = seen.get(key);
-    if (first !== undefined) {
-      ctx.addIssue({
-        code: "custom",
-        path: [field, index],
-        message: `${what} ${key} is also ${field}[${first}]`,
-      });
-    }
-    seen.set(key, index);
-  });
+  reportDuplicates(ctx, items, keyOf, (key, first, index) => ({
+    path: [field, index],
+    message: `${what} ${key} is also ${field}[${first}]`,
+  }));
 }

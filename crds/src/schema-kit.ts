@@ -14,6 +14,26 @@ import {
 } from "./duration.js";
 import { DNS_LABEL_PATTERN, DNS_SUBDOMAIN_MAX_LENGTH, DNS_SUBDOMAIN_PATTERN } from "./names.js";
 
+/**
+ * Adds an issue for every item whose key an earlier item already had (items without a key are
+ * skipped): the one loop behind every "must be unique" rule. `first` is the earlier item's index.
+ */
+export function reportDuplicates<T>(
+  ctx: z.RefinementCtx,
+  items: readonly T[],
+  keyOf: (item: T) => string | undefined,
+  issue: (key: string, first: number, index: number) => { path: PropertyKey[]; message: string },
+): void {
+  const seen = new Map<string, number>();
+  items.forEach((item, index) => {
+    const key = keyOf(item);
+    if (key === undefined) return;
+    const first = seen.get(key);
+    if (first === undefined) seen.set(key, index);
+    else ctx.addIssue({ code: "custom", ...issue(key, first, index) });
+  });
+}
+
 /** A Kubernetes `x-kubernetes-validations` entry. */
 export interface CelRule {
   readonly rule: string;
@@ -114,17 +134,10 @@ export function uniqueList<T extends z.ZodType<string | number>>(
       .min(1)
       .max(maxItems)
       .superRefine((list, ctx) => {
-        const seen = new Set<unknown>();
-        list.forEach((value, index) => {
-          if (seen.has(value)) {
-            ctx.addIssue({
-              code: "custom",
-              path: [index],
-              message: `${JSON.stringify(value)} is listed twice`,
-            });
-          }
-          seen.add(value);
-        });
+        reportDuplicates(ctx, list, JSON.stringify, (key, _first, index) => ({
+          path: [index],
+          message: `${key} is listed twice`,
+        }));
       }),
     { description, "x-kubernetes-list-type": "set" },
   );
@@ -314,17 +327,12 @@ export function conditionsSchema(types: readonly string[]) {
       .array(conditionSchema)
       .max(8)
       .superRefine((conditions, ctx) => {
-        const seen = new Set<string>();
-        conditions.forEach((condition, index) => {
-          if (seen.has(condition.type)) {
-            ctx.addIssue({
-              code: "custom",
-              path: [index, "type"],
-              message: `condition ${condition.type} is listed twice`,
-            });
-          }
-          seen.add(condition.type);
-        });
+        reportDuplicates(
+          ctx,
+          conditions,
+          (condition) => condition.type,
+          (type, _first, index) => ({ path: [index, "type"], message: `condition ${type} is listed twice` }),
+        );
       }),
     {
       description: `Latest observations, one per type: ${types.join(", ")}. Each has a reason and a message that says what to do.`,

@@ -16,6 +16,7 @@ import {
   durationField,
   ONLY_WHEN_VALID,
   objectMetaSchema,
+  reportDuplicates,
   scopeTokenSchema,
   timestampSchema,
   uniqueList,
@@ -92,19 +93,10 @@ const externalSubjectsSchema = crd(
     .min(1)
     .max(MAX_EXTERNAL_SUBJECTS)
     .superRefine((subjects, ctx) => {
-      const seen = new Map<string, number>();
-      subjects.forEach((subject, index) => {
-        const normalized = normalizeDistinguishedName(subject);
-        const first = seen.get(normalized);
-        if (first !== undefined) {
-          ctx.addIssue({
-            code: "custom",
-            path: [index],
-            message: `is the same subject as externalSubjects[${first}]`,
-          });
-        }
-        seen.set(normalized, index);
-      });
+      reportDuplicates(ctx, subjects, normalizeDistinguishedName, (_subject, first, index) => ({
+        path: [index],
+        message: `is the same subject as externalSubjects[${first}]`,
+      }));
     }, ONLY_WHEN_VALID),
   {
     description:
