@@ -11,6 +11,10 @@ const commands: Record<string, Entry> = {
     summary: "certificate authority: init, issue, sign-csr, bundle, verify",
     load: async () => (await import("../../pki/src/cli.js")).pkiCommand,
   },
+  issuer: {
+    summary: "token service: client certificate → identity JWT (RFC 8705), token exchange (RFC 8693)",
+    load: async () => (await import("../../operator/src/issuer/cli.js")).issuerCommand,
+  },
   validate: {
     summary: "check ServiceIdentity / AccessPolicy manifests against the API schema",
     load: async () => (await import("../../crds/src/cli.js")).validateCommand,

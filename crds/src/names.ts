@@ -12,6 +12,9 @@ export const ANNOTATION_INJECT = "custody.dev/inject";
 export const ANNOTATION_IDENTITY = "custody.dev/identity";
 export const ANNOTATION_APP_PORT = "custody.dev/app-port";
 
+/** JWS `typ` of a call-chain link (contract "Call-chain tokens"); nothing else may carry it. */
+export const CHAIN_LINK_TYPE = "custody+jwt";
+
 export const DEFAULT_TRUST_DOMAIN = "custody.local";
 
 /** RFC 1123 label, as Kubernetes requires for namespaces (and Custody for ServiceIdentity names). */

@@ -208,6 +208,7 @@ export const RESERVED_CLAIM_NAMES: readonly string[] = [
   "scope",
   "cnf",
   "act",
+  "subject_issuer",
   // call-chain link claims
   "op",
   "bdh",

@@ -5,6 +5,7 @@
  */
 import { AsnConvert } from "@peculiar/asn1-schema";
 import { AttributeTypeAndValue, AttributeValue, Name, RelativeDistinguishedName } from "@peculiar/asn1-x509";
+import { normalizeDistinguishedName } from "../../crds/src/distinguished-name.js";
 
 const SHORT_NAMES: Readonly<Record<string, string>> = {
   "2.5.4.3": "CN",
@@ -53,6 +54,24 @@ export function formatName(name: Name): string {
         .join("+"),
     )
     .join(", ");
+}
+
+/**
+ * The subject of a certificate in RFC 4514 order (most specific first) and in the one normalized
+ * spelling that `ServiceIdentity.spec.externalSubjects` entries are compared in.
+ */
+export function normalizedDistinguishedName(der: Uint8Array): string {
+  const rfc4514 = [...nameFromDer(der)]
+    .reverse()
+    .map((rdn) =>
+      rdn
+        .map(
+          (attribute) => `${SHORT_NAMES[attribute.type] ?? attribute.type}=${formatValue(attribute.value)}`,
+        )
+        .join("+"),
+    )
+    .join(",");
+  return normalizeDistinguishedName(rfc4514);
 }
 
 function formatValue(value: AttributeValue): string {

@@ -25,6 +25,7 @@ export {
   trustDomainOf,
 } from "./certificate.js";
 export { createCertificateRequest, type ParsedCsr, parseCsr, parseCsrPem } from "./csr.js";
+export { normalizedDistinguishedName } from "./dn.js";
 export {
   BundleError,
   CaError,
@@ -52,6 +53,27 @@ export {
   type SignCsrOptions,
   signCertificateRequest,
 } from "./issue.js";
+export { type IssuerKey, IssuerKeySet, importPublicJwk, JwkImportError } from "./jwks.js";
+export {
+  algorithmForKey,
+  JWS_ALGORITHMS,
+  type JwsAlgorithm,
+  JwsError,
+  type ParsedJws,
+  parseCompactJws,
+  sha256Base64url,
+  signCompactJws,
+  verifySignature,
+} from "./jws.js";
+export {
+  FORBIDDEN_JWT_HEADERS,
+  JwtError,
+  type JwtErrorCode,
+  type JwtKey,
+  type JwtVerifyOptions,
+  type VerifiedJwt,
+  verifyJwt,
+} from "./jwt.js";
 export {
   DEFAULT_KEY_ALGORITHM,
   generateKeyPair,

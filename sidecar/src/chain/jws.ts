@@ -1,147 +1,25 @@
 /**
- * The compact JWS handling chain links need, and nothing more: strict parsing (canonical base64url,
- * JSON objects only, an allow-list of header parameters) and signatures with an allow-list of
- * algorithms, each bound to the one key type it may use. Written against node:crypto directly so a
- * verification costs one native signature check and no key import.
+ * The chain's view of compact JWS: the shared implementation in pki/src/jws.ts, with its errors
+ * turned into ChainErrors that name the element they were found in.
  */
-import { createHash, type KeyObject, sign, verify } from "node:crypto";
+import { JwsError, type ParsedJws, parseCompactJws as parseJws } from "../../../pki/src/jws.js";
 import { ChainError } from "./errors.js";
 
-export const LINK_ALGORITHMS = ["ES256", "EdDSA", "RS256"] as const;
-export type LinkAlgorithm = (typeof LINK_ALGORITHMS)[number];
-
-export interface ParsedJws {
-  /** The exact text received: hash links are computed over it, never over a re-encoding. */
-  readonly text: string;
-  readonly header: Readonly<Record<string, unknown>>;
-  readonly payload: Readonly<Record<string, unknown>>;
-  readonly signingInput: string;
-  readonly signature: Buffer;
-}
-
-const BASE64URL = /^[A-Za-z0-9_-]+$/;
-
-const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/**
- * Decodes base64url and insists on the canonical form: otherwise flipping the unused low bits of the
- * last character would give a different text with the same bytes (and the same valid signature).
- * Only the last character can carry unused bits: 4 of them when length % 4 == 2, 2 when it is 3.
- */
-function decodeSegment(segment: string, element: number, what: string): Buffer {
-  const remainder = segment.length % 4;
-  if (!BASE64URL.test(segment) || remainder === 1) {
-    throw new ChainError("malformed", `${what} is not base64url.`, element);
-  }
-  if (remainder !== 0) {
-    const unusedBits = remainder === 2 ? 0b1111 : 0b11;
-    if ((ALPHABET.indexOf(segment.charAt(segment.length - 1)) & unusedBits) !== 0) {
-      throw new ChainError("malformed", `${what} is not canonical base64url.`, element);
-    }
-  }
-  return Buffer.from(segment, "base64url");
-}
-
-function decodeJsonObject(segment: string, element: number, what: string): Record<string, unknown> {
-  let value: unknown;
-  try {
-    value = JSON.parse(decodeSegment(segment, element, what).toString("utf8"));
-  } catch (error) {
-    if (error instanceof ChainError) throw error;
-    throw new ChainError("malformed", `${what} is not JSON.`, element);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new ChainError("malformed", `${what} is not a JSON object.`, element);
-  }
-  return value as Record<string, unknown>;
-}
+export {
+  algorithmForKey,
+  JWS_ALGORITHMS as LINK_ALGORITHMS,
+  type JwsAlgorithm as LinkAlgorithm,
+  type ParsedJws,
+  sha256Base64url,
+  signCompactJws,
+  verifySignature,
+} from "../../../pki/src/jws.js";
 
 export function parseCompactJws(text: string, element: number): ParsedJws {
-  const parts = text.split(".");
-  if (parts.length !== 3) {
-    throw new ChainError("malformed", "element is not a compact JWS (three dot-separated parts).", element);
+  try {
+    return parseJws(text);
+  } catch (error) {
+    if (error instanceof JwsError) throw new ChainError(error.code, error.message, element);
+    throw error;
   }
-  const [headerPart = "", payloadPart = "", signaturePart = ""] = parts;
-  if (signaturePart === "") {
-    throw new ChainError("alg_not_allowed", "unsigned element (empty signature).", element);
-  }
-  return {
-    text,
-    header: decodeJsonObject(headerPart, element, "header"),
-    payload: decodeJsonObject(payloadPart, element, "payload"),
-    signingInput: `${headerPart}.${payloadPart}`,
-    signature: decodeSegment(signaturePart, element, "signature"),
-  };
-}
-
-/** The algorithm that goes with a key, or undefined for key types Custody never signs with. */
-export function algorithmForKey(key: KeyObject): LinkAlgorithm | undefined {
-  const details = key.asymmetricKeyDetails;
-  switch (key.asymmetricKeyType) {
-    case "ec":
-      return details?.namedCurve === "prime256v1" ? "ES256" : undefined;
-    case "ed25519":
-      return "EdDSA";
-    case "rsa":
-      return (details?.modulusLength ?? 0) >= 2048 ? "RS256" : undefined;
-    default:
-      return undefined;
-  }
-}
-
-function expectedSignatureLength(alg: LinkAlgorithm, key: KeyObject): number {
-  if (alg === "RS256") return (key.asymmetricKeyDetails?.modulusLength ?? 0) / 8;
-  return 64;
-}
-
-/**
- * Verifies a signature with a key whose algorithm must be exactly `alg`: a header cannot talk a
- * verifier into using a key with another algorithm (the classic RS/HS confusion).
- */
-export function verifySignature(alg: LinkAlgorithm, key: KeyObject, signingInput: string, signature: Buffer) {
-  if (algorithmForKey(key) !== alg || signature.length !== expectedSignatureLength(alg, key)) return false;
-  const data = Buffer.from(signingInput, "ascii");
-  switch (alg) {
-    case "ES256":
-      return verify("sha256", data, { key, dsaEncoding: "ieee-p1363" }, signature);
-    case "EdDSA":
-      return verify(null, data, key, signature);
-    case "RS256":
-      return verify("sha256", data, key, signature);
-  }
-}
-
-function encodeJson(value: unknown): string {
-  return Buffer.from(JSON.stringify(value), "utf8").toString("base64url");
-}
-
-/** Signs a compact JWS with the algorithm that goes with `privateKey`. */
-export function signCompactJws(
-  header: Readonly<Record<string, unknown>>,
-  payload: Readonly<Record<string, unknown>>,
-  privateKey: KeyObject,
-): string {
-  const alg = header.alg;
-  const signingInput = `${encodeJson(header)}.${encodeJson(payload)}`;
-  const data = Buffer.from(signingInput, "ascii");
-  let signature: Buffer;
-  switch (alg) {
-    case "ES256":
-      signature = sign("sha256", data, { key: privateKey, dsaEncoding: "ieee-p1363" });
-      break;
-    case "EdDSA":
-      signature = sign(null, data, privateKey);
-      break;
-    case "RS256":
-      signature = sign("sha256", data, privateKey);
-      break;
-    default:
-      throw new ChainError("alg_not_allowed", `cannot sign with algorithm ${String(alg)}.`);
-  }
-  return `${signingInput}.${signature.toString("base64url")}`;
-}
-
-/** base64url(SHA-256(text)): the `prv` hash link and the `bdh` body hash. */
-export function sha256Base64url(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("base64url");
 }

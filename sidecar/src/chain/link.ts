@@ -2,11 +2,12 @@
  * The shape of a link (ARCHITECTURE.md, "Call-chain tokens"), checked field by field: a chain is
  * attacker-controlled input, so every claim has a type, a bound, and unknown claims are refused.
  */
-import { isServiceId } from "../../../crds/src/names.js";
+import { isServiceId, CHAIN_LINK_TYPE as LINK_TYPE } from "../../../crds/src/names.js";
 import { ChainError } from "./errors.js";
 import type { LinkAlgorithm, ParsedJws } from "./jws.js";
 
-export const LINK_TYPE = "custody+jwt";
+export { LINK_TYPE };
+
 const LINK_HEADER_KEYS = new Set(["alg", "typ", "kid"]);
 const LINK_CLAIM_KEYS = new Set(["iss", "aud", "op", "jti", "iat", "exp", "bdh", "prv", "ctx"]);
 const HASH = /^[A-Za-z0-9_-]{43}$/;

@@ -2,11 +2,9 @@
  * The registry document (crds/) seen as a TrustView: JWKs imported once per registry generation into
  * node:crypto keys, indexed for O(1) lookups on the hot path.
  */
-import { createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
 import { CustodyError } from "../../../crds/src/errors.js";
-import type { PublicJwk } from "../../../crds/src/jwk.js";
 import type { Registry } from "../../../crds/src/registry-schema.js";
-import { algorithmForKey, type LinkAlgorithm } from "./jws.js";
+import { IssuerKeySet, importPublicJwk, JwkImportError } from "../../../pki/src/jwks.js";
 import type { IssuerKey, ServiceInfo, ServiceKey, TrustView } from "./trust.js";
 
 export class RegistryViewError extends CustodyError {}
@@ -15,21 +13,13 @@ interface TimedServiceKey extends ServiceKey {
   readonly notAfterMs: number;
 }
 
-function importJwk(jwk: PublicJwk, where: string): { key: KeyObject; alg: LinkAlgorithm } {
-  let key: KeyObject;
+function importKey(jwk: Parameters<typeof importPublicJwk>[0], where: string) {
   try {
-    key = createPublicKey({ key: jwk as JsonWebKey, format: "jwk" });
-  } catch {
-    throw new RegistryViewError("invalid_registry_key", `${where}: the JWK does not import as a public key.`);
+    return importPublicJwk(jwk, where);
+  } catch (error) {
+    if (error instanceof JwkImportError) throw new RegistryViewError("invalid_registry_key", error.message);
+    throw error;
   }
-  const alg = algorithmForKey(key);
-  if (alg === undefined || alg !== jwk.alg) {
-    throw new RegistryViewError(
-      "invalid_registry_key",
-      `${where}: alg ${jwk.alg} does not match the key type.`,
-    );
-  }
-  return { key, alg };
 }
 
 export class RegistryTrustView implements TrustView {
@@ -37,7 +27,7 @@ export class RegistryTrustView implements TrustView {
   readonly generation: number;
   readonly #keys = new Map<string, TimedServiceKey>();
   readonly #services = new Map<string, ServiceInfo>();
-  readonly #issuers = new Map<string, IssuerKey[]>();
+  readonly #issuers = new IssuerKeySet();
   readonly #now: () => number;
 
   /** Throws RegistryViewError when the registry cannot be trusted as a whole (keep the last good one). */
@@ -61,7 +51,7 @@ export class RegistryTrustView implements TrustView {
             `kid ${entry.kid} is published by both ${other.serviceId} and ${service.id}.`,
           );
         }
-        const { key, alg } = importJwk(entry.jwk, `services ${service.id} key ${entry.kid}`);
+        const { key, alg } = importKey(entry.jwk, `services ${service.id} key ${entry.kid}`);
         this.#keys.set(entry.kid, {
           kid: entry.kid,
           serviceId: service.id,
@@ -71,18 +61,15 @@ export class RegistryTrustView implements TrustView {
         });
       }
     }
-    this.#addIssuer(registry.tokenService.issuer, registry.tokenService.jwks.keys, undefined);
-    for (const trusted of registry.trustedIssuers) {
-      this.#addIssuer(trusted.issuer, trusted.jwks.keys, trusted.audiences);
+    try {
+      this.#issuers.add(registry.tokenService.issuer, registry.tokenService.jwks.keys);
+      for (const trusted of registry.trustedIssuers) {
+        this.#issuers.add(trusted.issuer, trusted.jwks.keys, trusted.audiences);
+      }
+    } catch (error) {
+      if (error instanceof JwkImportError) throw new RegistryViewError("invalid_registry_key", error.message);
+      throw error;
     }
-  }
-
-  #addIssuer(issuer: string, jwks: readonly PublicJwk[], audiences: readonly string[] | undefined): void {
-    const keys = jwks.map((jwk, index) => {
-      const { key, alg } = importJwk(jwk, `issuer ${issuer} key ${jwk.kid ?? index}`);
-      return { issuer, kid: jwk.kid, alg, key, audiences };
-    });
-    this.#issuers.set(issuer, keys);
   }
 
   /** A key past its certificate's notAfter no longer verifies anything, even if still published. */
@@ -92,10 +79,7 @@ export class RegistryTrustView implements TrustView {
   }
 
   issuerKey(issuer: string, kid: string | undefined): IssuerKey | undefined {
-    const keys = this.#issuers.get(issuer);
-    if (keys === undefined) return undefined;
-    if (kid === undefined) return keys.length === 1 ? keys[0] : undefined;
-    return keys.find((key) => key.kid === kid);
+    return this.#issuers.keyFor(issuer, kid);
   }
 
   service(id: string): ServiceInfo | undefined {

@@ -10,6 +10,7 @@ export interface ServiceKey {
 }
 
 /** A signing key of a trusted token issuer (Custody's token service or a user-facing IdP). */
+/** Same shape as pki/src/jwks.ts IssuerKey. */
 export interface IssuerKey {
   readonly issuer: string;
   readonly kid: string | undefined;

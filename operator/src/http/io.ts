@@ -1,0 +1,79 @@
+/**
+ * Small HTTP helpers shared by the operator's servers: bounded bodies, JSON answers with the
+ * headers every answer carries, and the client certificate chain of a TLS request.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { PeerCertificate, TLSSocket } from "node:tls";
+
+/** Longest chain read from a TLS peer: leaf plus intermediates, far beyond any real deployment. */
+const MAX_PEER_CHAIN = 8;
+
+export class BodyTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`request body is larger than ${limit} bytes`);
+  }
+}
+
+/**
+ * Reads the request body up to `limit` bytes. Past the limit it stops collecting and throws; Node
+ * discards the rest once the response is sent, so the connection stays usable.
+ */
+export async function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(request.headers["content-length"] ?? Number.NaN);
+  if (Number.isFinite(declared) && declared > limit) throw new BodyTooLargeError(limit);
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of request) {
+    const buffer = chunk as Buffer;
+    length += buffer.length;
+    if (length > limit) throw new BodyTooLargeError(limit);
+    chunks.push(buffer);
+  }
+  return Buffer.concat(chunks, length);
+}
+
+export function sendJson(
+  response: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Readonly<Record<string, string>> = {},
+): void {
+  const text = JSON.stringify(body);
+  response.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    ...headers,
+  });
+  response.end(text);
+}
+
+/** The certificates the TLS peer presented, leaf first, as DER; empty when it presented none. */
+export function peerCertificateChain(socket: TLSSocket): Uint8Array[] {
+  const chain: Uint8Array[] = [];
+  let certificate: PeerCertificate | undefined = socket.getPeerCertificate(true);
+  while (certificate?.raw !== undefined && chain.length < MAX_PEER_CHAIN) {
+    chain.push(new Uint8Array(certificate.raw));
+    const issuer: PeerCertificate | undefined = (certificate as { issuerCertificate?: PeerCertificate })
+      .issuerCertificate;
+    if (issuer === undefined || issuer === certificate || issuer.raw?.equals(certificate.raw)) break;
+    certificate = issuer;
+  }
+  return chain;
+}
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces). */
+export function parseHostPort(text: string): HostPort | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
+  if (match === null) return undefined;
+  const port = Number(match[3]);
+  if (port > 65_535) return undefined;
+  const host = match[1] ?? match[2] ?? "";
+  return { host: host === "" ? "0.0.0.0" : host, port };
+}

@@ -1,0 +1,156 @@
+/**
+ * `custody issuer`: the token service on its own, for machines outside Kubernetes (partners, VMs)
+ * and for `custody local up`. Runs until SIGTERM or SIGINT, then drains in-flight requests.
+ */
+import { join } from "node:path";
+import { type Command, EXIT_OK, parseCommandArgs, requireOption } from "../../../cli/src/kit.js";
+import { parseDuration } from "../../../crds/src/duration.js";
+import { UsageError } from "../../../crds/src/errors.js";
+import { isServiceId } from "../../../crds/src/names.js";
+import { type HostPort, parseHostPort } from "../http/io.js";
+import { createLogger, LOG_LEVELS, type LogLevel } from "../log.js";
+import { startIssuer } from "./service.js";
+
+const COMMAND = "issuer";
+export const DEFAULT_ADMIN = "127.0.0.1:15021";
+const DEFAULT_ROTATION = "24h";
+const DEFAULT_MAX_TOKEN_TTL = "24h";
+const SHUTDOWN_GRACE_MS = 10_000;
+
+const HELP = `Usage: custody issuer --ca DIR --manifests DIR --listen HOST:PORT [options]
+
+The token service: exchanges a workload's client certificate for an identity JWT (RFC 8705
+client_credentials) and an edge workload's user token for a composite token (RFC 8693).
+Serves HTTPS with a certificate from the CA and asks every client for its certificate.
+
+Options:
+  --ca DIR                  Custody CA (ca.crt, ca.key), as made by \`custody pki init\`
+  --manifests DIR           ServiceIdentity YAML files; reloaded on change (a bad file is skipped)
+  --listen HOST:PORT        token endpoint address (port 0 picks a free port)
+  --trust-bundle FILE       extra CAs whose client certificates are trusted (third parties)
+  --trusted-issuers FILE    external issuers (inline JWKS) whose users' tokens may be exchanged
+  --state DIR               signing keys (default DIR of --ca + /issuer)
+  --issuer URL              iss of issued tokens (default https://localhost:PORT)
+  --audience AUD            aud of identity tokens (default spiffe://<trust domain>)
+  --admin HOST:PORT         /metrics, /healthz, /readyz over plain HTTP (default ${DEFAULT_ADMIN})
+  --key-rotation-period D   how long a signing key signs, a duration (default ${DEFAULT_ROTATION})
+  --max-token-ttl D         longest token lifetime, whatever an identity asks (default ${DEFAULT_MAX_TOKEN_TTL})
+  --server-name NAMES       extra DNS names for the server certificate, comma-separated
+  --id ID                   service id of the token service's certificate (default issuer.custody-system)
+  --poll-interval D         re-read manifests at least this often (default 5s)
+  --log-level L             ${LOG_LEVELS.join(" | ")} (default info)
+  -h, --help                show this help
+
+Refreshing: a client asks again, with the same certificate, before its token expires.
+A token never outlives the certificate it was issued for.
+`;
+
+function hostPortOption(name: string, value: string): HostPort {
+  const parsed = parseHostPort(value);
+  if (parsed === undefined)
+    throw new UsageError(`${COMMAND}: --${name} must be HOST:PORT (got ${JSON.stringify(value)}).`);
+  return parsed;
+}
+
+function durationOption(name: string, value: string, bounds: { minMs: number; maxMs: number }): number {
+  let ms: number;
+  try {
+    ms = parseDuration(value);
+  } catch (error) {
+    throw new UsageError(`${COMMAND}: --${name}: ${error instanceof Error ? error.message : String(error)}.`);
+  }
+  if (ms < bounds.minMs || ms > bounds.maxMs) {
+    throw new UsageError(
+      `${COMMAND}: --${name} must be from ${bounds.minMs / 1000}s to ${bounds.maxMs / 3_600_000}h.`,
+    );
+  }
+  return ms;
+}
+
+function logLevelOption(value: string | undefined): LogLevel {
+  if (value === undefined) return "info";
+  if (!(LOG_LEVELS as readonly string[]).includes(value)) {
+    throw new UsageError(`${COMMAND}: --log-level must be one of ${LOG_LEVELS.join(", ")}.`);
+  }
+  return value as LogLevel;
+}
+
+export const issuerCommand: Command = async (args, io) => {
+  const { values } = parseCommandArgs(COMMAND, args, {
+    ca: { type: "string" },
+    manifests: { type: "string" },
+    listen: { type: "string" },
+    "trust-bundle": { type: "string" },
+    "trusted-issuers": { type: "string" },
+    state: { type: "string" },
+    issuer: { type: "string" },
+    audience: { type: "string" },
+    admin: { type: "string" },
+    "key-rotation-period": { type: "string" },
+    "max-token-ttl": { type: "string" },
+    "server-name": { type: "string" },
+    id: { type: "string" },
+    "poll-interval": { type: "string" },
+    "log-level": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    io.stdout(HELP);
+    return EXIT_OK;
+  }
+  const caDirectory = requireOption(COMMAND, "ca", values.ca);
+  const issuer = values.issuer;
+  if (issuer !== undefined && !/^https:\/\/[^\s/?#]+(\/[^\s?#]*)?$/.test(issuer)) {
+    throw new UsageError(`${COMMAND}: --issuer must be an https:// URL without query or fragment.`);
+  }
+  const serverId = values.id ?? "issuer.custody-system";
+  if (!isServiceId(serverId))
+    throw new UsageError(`${COMMAND}: --id must be a service id <name>.<namespace>.`);
+  const serverNames = (values["server-name"] ?? "")
+    .split(",")
+    .map((name) => name.trim())
+    .filter((name) => name !== "");
+  const logger = createLogger("issuer", logLevelOption(values["log-level"]));
+  const running = await startIssuer({
+    caDirectory,
+    manifestsDirectory: requireOption(COMMAND, "manifests", values.manifests),
+    listen: hostPortOption("listen", requireOption(COMMAND, "listen", values.listen)),
+    admin: hostPortOption("admin", values.admin ?? DEFAULT_ADMIN),
+    trustBundlePath: values["trust-bundle"],
+    trustedIssuersPath: values["trusted-issuers"],
+    stateDirectory: values.state ?? join(caDirectory, "issuer"),
+    issuer,
+    audience: values.audience,
+    rotationPeriodMs: durationOption(
+      "key-rotation-period",
+      values["key-rotation-period"] ?? DEFAULT_ROTATION,
+      {
+        minMs: 1_000,
+        maxMs: 90 * 86_400_000,
+      },
+    ),
+    maxTokenLifetimeMs: durationOption("max-token-ttl", values["max-token-ttl"] ?? DEFAULT_MAX_TOKEN_TTL, {
+      minMs: 60_000,
+      maxMs: 86_400_000,
+    }),
+    serverNames,
+    serverId,
+    pollIntervalMs: durationOption("poll-interval", values["poll-interval"] ?? "5s", {
+      minMs: 100,
+      maxMs: 3_600_000,
+    }),
+    logger,
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      logger.info({ event: "shutting_down", signal }, "shutting down: draining requests in flight");
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      void running.close(SHUTDOWN_GRACE_MS).then(resolve);
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+  logger.info({ event: "stopped" }, "token service stopped");
+  return EXIT_OK;
+};
