@@ -73,6 +73,7 @@ export {
   type JwtVerifyOptions,
   type VerifiedJwt,
   verifyJwt,
+  verifyParsedJwt,
 } from "./jwt.js";
 export {
   DEFAULT_KEY_ALGORITHM,

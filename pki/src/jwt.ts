@@ -6,7 +6,7 @@
  */
 import type { KeyObject } from "node:crypto";
 import { CustodyError } from "../../crds/src/errors.js";
-import { type JwsAlgorithm, JwsError, parseCompactJws, verifySignature } from "./jws.js";
+import { type JwsAlgorithm, JwsError, type ParsedJws, parseCompactJws, verifySignature } from "./jws.js";
 
 export const FORBIDDEN_JWT_HEADERS = ["crit", "jku", "jwk", "x5u", "x5c", "b64", "zip", "enc"] as const;
 export const MAX_JWT_BYTES = 8 * 1024;
@@ -69,15 +69,21 @@ export function stringList(value: unknown, max: number): string[] | undefined {
 }
 
 export function verifyJwt(text: string, options: JwtVerifyOptions): VerifiedJwt {
-  if (text.length > MAX_JWT_BYTES)
+  if (text.length > MAX_JWT_BYTES) {
     throw new JwtError("malformed", `token is longer than ${MAX_JWT_BYTES} bytes.`);
-  let jws: ReturnType<typeof parseCompactJws>;
+  }
+  let jws: ParsedJws;
   try {
     jws = parseCompactJws(text);
   } catch (error) {
     if (error instanceof JwsError) throw new JwtError(error.code, `token ${error.message}`);
     throw error;
   }
+  return verifyParsedJwt(jws, options);
+}
+
+/** verifyJwt for a JWS the caller has already parsed (the sidecar parses every chain element once). */
+export function verifyParsedJwt(jws: ParsedJws, options: JwtVerifyOptions): VerifiedJwt {
   const { header, payload } = jws;
   for (const name of FORBIDDEN_JWT_HEADERS) {
     if (name in header) throw new JwtError("malformed", `header parameter "${name}" is not accepted.`);

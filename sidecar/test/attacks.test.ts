@@ -468,6 +468,24 @@ describe("attack suite: the receiver refuses", () => {
     await refused(at(link({ previous: [...first.elements, token] }).header), "wrong_type");
   });
 
+  it("61. a token-exchange (act) token used by a service that is not its actor", async () => {
+    const exchanged = tokenService.token({
+      sub: "marissa",
+      act: { sub: "cart.shop" },
+      scope: "shop.customer",
+    });
+    await refused(at(withInitial(exchanged, shop)), "initial_token_not_admitted");
+  });
+
+  it("62. a token-exchange (act) token whose actor is not an edge service", async () => {
+    const exchanged = tokenService.token({
+      sub: "marissa",
+      act: { sub: "cart.shop" },
+      scope: "shop.customer",
+    });
+    await refused(at(withInitial(exchanged, cart)), "initial_token_not_admitted");
+  });
+
   it("60. a configured tighter limit applies (depth 2)", async () => {
     const limits = { ...DEFAULT_LIMITS, maxDepth: 2 };
     const three = link({

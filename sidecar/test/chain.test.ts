@@ -109,6 +109,23 @@ describe("call-chain tokens", () => {
     expect(verified.initial?.scopes).toEqual(["payments.write"]);
   });
 
+  it("accepts a token-exchange token (RFC 8693 act) as e0 from the edge service that is its actor", async () => {
+    const exchanged = tokenService.token({
+      sub: "marissa",
+      act: { sub: "shop.shop" },
+      scope: "shop.customer",
+    });
+    const chain = mintLink(shop.signer, {
+      audience: "cart.shop",
+      operation: normalizeOperation("GET", "/x"),
+      previous: [exchanged],
+    });
+    const verified = await verifyChain(chain.header, receive("cart.shop", "GET", "/x"), trust(), guard);
+    expect(verified.initial?.kind).toBe("delegated");
+    expect(verified.initial?.actor).toBe("shop.shop");
+    expect(verified.initial?.subject).toBe("marissa");
+  });
+
   it("carries ctx claims downstream with their author", async () => {
     const first = mintLink(shop.signer, {
       audience: "cart.shop",

@@ -1,0 +1,39 @@
+/** In-memory PKI for operator tests: Custody's CA, a partner CA, and client certificates of each. */
+import type { KeyObject } from "node:crypto";
+import { type CertificateAuthority, createCertificateAuthority } from "../../../pki/src/ca.js";
+import type { ParsedCertificate } from "../../../pki/src/certificate.js";
+import { createCertificateRequest, parseCsrPem } from "../../../pki/src/csr.js";
+import { issueCertificate, type LeafOptions, signCertificateRequest } from "../../../pki/src/issue.js";
+import { generateKeyPair } from "../../../pki/src/keys.js";
+
+export interface ClientCertificate {
+  readonly certificate: ParsedCertificate;
+  readonly privateKey: KeyObject;
+}
+
+/** A CA valid since yesterday, so tests can issue certificates that have already expired. */
+export function createCa(trustDomain = "custody.local"): Promise<CertificateAuthority> {
+  return createCertificateAuthority({ trustDomain, now: new Date(Date.now() - 86_400_000) });
+}
+
+/** A Custody certificate: CN and SPIFFE id of `id`; usage client unless `usage` says otherwise. */
+export async function custodyClient(
+  ca: CertificateAuthority,
+  id: string,
+  options: LeafOptions = {},
+): Promise<ClientCertificate> {
+  const issued = await issueCertificate(ca, { id, usage: "client", ...options });
+  return { certificate: issued.certificate, privateKey: issued.privateKey };
+}
+
+/** A third-party certificate: subject CN=<commonName>, no SPIFFE id (mapped by subject DN). */
+export async function partnerClient(
+  ca: CertificateAuthority,
+  commonName: string,
+  options: LeafOptions = {},
+): Promise<ClientCertificate> {
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
+  const csr = parseCsrPem(createCertificateRequest(privateKey, commonName), "test CSR");
+  const issued = signCertificateRequest(ca, csr, options);
+  return { certificate: issued.certificate, privateKey };
+}
