@@ -1,43 +1,19 @@
-import type { KeyObject } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
-import { loadRegistry } from "../../crds/src/registry.js";
 import type { Registry } from "../../crds/src/registry-schema.js";
 import { createCertificateAuthority } from "../../pki/src/index.js";
-import { algorithmForKey, sha256Base64url } from "../src/chain/jws.js";
+import { sha256Base64url } from "../src/chain/jws.js";
 import { mintLink } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
 import { RegistryTrustView } from "../src/chain/registry-view.js";
 import { verifyChain } from "../src/chain/verify.js";
-import { makeService, TestIssuer, type TestService, TOKEN_SERVICE, USER_IDP } from "./support/mesh.js";
+import { makeService, TestIssuer, TOKEN_SERVICE, USER_IDP } from "./support/mesh.js";
+import { serviceEntry, testRegistry } from "./support/registry.js";
 
 const shop = makeService("shop.shop", { edge: true, claims: { team: "storefront" } });
 const cart = makeService("cart.shop", { keyType: "ed25519" });
 const idp = new TestIssuer(USER_IDP, "rsa");
 const tokenService = new TestIssuer(TOKEN_SERVICE);
-const DAY = 86_400_000;
-
-function jwk(key: KeyObject, kid: string) {
-  return { ...key.export({ format: "jwk" }), alg: algorithmForKey(key), kid };
-}
-
-function serviceEntry(service: TestService, notAfter = new Date(Date.now() + DAY).toISOString()) {
-  return {
-    id: service.info.id,
-    environment: service.info.environment,
-    claims: service.info.claims,
-    scopes: [],
-    edge: service.info.edge,
-    location: `${service.info.id.split(".")[0]}.shop.svc:15006`,
-    keys: [
-      {
-        kid: service.signer.kid,
-        status: "current",
-        notAfter,
-        jwk: jwk(service.publicKey, service.signer.kid),
-      },
-    ],
-  };
-}
+const _DAY = 86_400_000;
 
 let trustBundle: string;
 beforeAll(async () => {
@@ -45,25 +21,15 @@ beforeAll(async () => {
 });
 
 function registry(overrides: Record<string, unknown> = {}): Registry {
-  const document = {
-    apiVersion: "custody.dev/v1alpha1",
-    kind: "Registry",
-    generation: 7,
-    shard: { index: 0, count: 1 },
-    trustDomain: "custody.local",
-    trustBundle,
-    tokenService: {
-      issuer: TOKEN_SERVICE,
-      jwks: { keys: [jwk(tokenService.pair.publicKey, tokenService.kid)] },
+  return testRegistry(
+    {
+      trustBundle,
+      tokenService,
+      trustedIssuers: [{ issuer: idp, audiences: ["shop"] }],
+      services: [shop, cart],
     },
-    trustedIssuers: [
-      { issuer: USER_IDP, jwks: { keys: [jwk(idp.pair.publicKey, idp.kid)] }, audiences: ["shop"] },
-    ],
-    services: [serviceEntry(shop), serviceEntry(cart)],
-    policies: [],
-    ...overrides,
-  };
-  return loadRegistry([JSON.stringify(document)]);
+    overrides,
+  );
 }
 
 function checkout(token: string) {

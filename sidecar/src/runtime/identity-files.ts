@@ -1,0 +1,77 @@
+/**
+ * The workload's identity as the operator delivers it: Secret `custody-identity-<name>` mounted as
+ * a directory with `tls.crt` (leaf first), `tls.key` and `ca.crt`. Kubernetes replaces all three at
+ * once by swapping a `..data` symlink, so the three are read together and checked against each
+ * other: a reader never pairs a new certificate with an old key.
+ */
+import type { KeyObject } from "node:crypto";
+import { join } from "node:path";
+import { CustodyError } from "../../../crds/src/errors.js";
+import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
+import { type ParsedCertificate, parseCertificatesPem } from "../../../pki/src/certificate.js";
+import { readBoundedFile } from "../../../pki/src/files.js";
+import { privateKeyFromPem, sameKey } from "../../../pki/src/keys.js";
+
+export const CERTIFICATE_FILE = "tls.crt";
+export const KEY_FILE = "tls.key";
+export const CA_FILE = "ca.crt";
+const MAX_IDENTITY_FILE_BYTES = 64 * 1024;
+
+export class IdentityFilesError extends CustodyError {
+  declare readonly code: "identity_invalid";
+  constructor(message: string) {
+    super("identity_invalid", message);
+  }
+}
+
+export interface WorkloadIdentity {
+  /** `<name>.<namespace>`, from the certificate's SPIFFE id. */
+  readonly serviceId: string;
+  readonly trustDomain: string;
+  readonly leaf: ParsedCertificate;
+  readonly privateKey: KeyObject;
+  /** PEM for TLS: the certificate chain, the key, and the CA(s) to trust. */
+  readonly certificatePem: string;
+  readonly keyPem: string;
+  readonly caPem: string;
+  readonly notAfterMs: number;
+}
+
+export async function loadIdentityFiles(directory: string): Promise<WorkloadIdentity> {
+  const [certificatePem, keyPem, caPem] = await Promise.all(
+    [CERTIFICATE_FILE, KEY_FILE, CA_FILE].map((name) =>
+      readBoundedFile(join(directory, name), MAX_IDENTITY_FILE_BYTES),
+    ),
+  );
+  if (certificatePem === undefined || keyPem === undefined || caPem === undefined) {
+    throw new IdentityFilesError(`${directory} must hold ${CERTIFICATE_FILE}, ${KEY_FILE} and ${CA_FILE}.`);
+  }
+  const source = join(directory, CERTIFICATE_FILE);
+  const [leaf] = parseCertificatesPem(certificatePem, { source, maxCertificates: 8 });
+  if (leaf === undefined) throw new IdentityFilesError(`${source} holds no certificate.`);
+  const privateKey = privateKeyFromPem(keyPem, join(directory, KEY_FILE));
+  if (!sameKey(privateKey, leaf.publicKey)) {
+    throw new IdentityFilesError(
+      `${KEY_FILE} does not belong to ${CERTIFICATE_FILE} in ${directory} (a rotation caught half-way?); keeping the previous identity.`,
+    );
+  }
+  parseCertificatesPem(caPem, { source: join(directory, CA_FILE), maxCertificates: 64 });
+  const spiffeIds = leaf.uris.filter((uri) => uri.startsWith("spiffe://"));
+  const parsed =
+    spiffeIds.length === 1 && spiffeIds[0] !== undefined ? parseSpiffeId(spiffeIds[0]) : undefined;
+  if (parsed === undefined) {
+    throw new IdentityFilesError(
+      `${source} must carry exactly one spiffe://<trust-domain>/ns/<ns>/si/<name> URI.`,
+    );
+  }
+  return {
+    serviceId: serviceId(parsed.ref),
+    trustDomain: parsed.trustDomain,
+    leaf,
+    privateKey,
+    certificatePem,
+    keyPem,
+    caPem,
+    notAfterMs: leaf.notAfter.getTime(),
+  };
+}
