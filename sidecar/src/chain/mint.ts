@@ -17,6 +17,8 @@ export interface MintRequest {
   readonly operation: Operation;
   /** The request body, when there is one; its hash binds the link to it. */
   readonly body?: Uint8Array | string | undefined;
+  /** Instead of `body`: its hash, already computed while streaming it (undefined: no body). */
+  readonly bodyHash?: string | undefined;
   /** The chain received (oldest first) that this call continues, if any. */
   readonly previous?: readonly string[] | undefined;
   /** Claims this service adds; visible downstream with this service as their author. */
@@ -51,7 +53,8 @@ export function mintLink(signer: LinkSigner, request: MintRequest): MintedChain 
     iat,
     exp: iat + (request.ttlSeconds ?? DEFAULT_LINK_TTL_SECONDS),
   };
-  if (request.body !== undefined && request.body.length > 0) claims.bdh = sha256Base64url(request.body);
+  if (request.bodyHash !== undefined) claims.bdh = request.bodyHash;
+  else if (request.body !== undefined && request.body.length > 0) claims.bdh = sha256Base64url(request.body);
   if (last !== undefined) claims.prv = sha256Base64url(last);
   if (request.ctx !== undefined && Object.keys(request.ctx).length > 0) claims.ctx = request.ctx;
   const element = signCompactJws({ alg, typ: LINK_TYPE, kid: signer.kid }, claims, signer.privateKey);
