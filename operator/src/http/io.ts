@@ -15,21 +15,38 @@ export class BodyTooLargeError extends Error {
 }
 
 /**
- * Reads the request body up to `limit` bytes. Past the limit it stops collecting and throws; Node
- * discards the rest once the response is sent, so the connection stays usable.
+ * Reads the request body up to `limit` bytes. Past the limit it stops collecting and throws; the
+ * rest is discarded (the request is resumed, not destroyed), so the response still reaches the
+ * client and the connection stays usable. A plain `for await` would destroy the request, and its
+ * socket with it, on the early exit (a chunked body larger than the limit).
  */
 export async function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(request.headers["content-length"] ?? Number.NaN);
   if (Number.isFinite(declared) && declared > limit) throw new BodyTooLargeError(limit);
   const chunks: Buffer[] = [];
   let length = 0;
-  for await (const chunk of request) {
-    const buffer = chunk as Buffer;
-    length += buffer.length;
-    if (length > limit) throw new BodyTooLargeError(limit);
-    chunks.push(buffer);
+  try {
+    for await (const chunk of request.iterator({ destroyOnReturn: false })) {
+      const buffer = chunk as Buffer;
+      length += buffer.length;
+      if (length > limit) {
+        request.resume();
+        throw new BodyTooLargeError(limit);
+      }
+      chunks.push(buffer);
+    }
+  } catch (error) {
+    if (error instanceof BodyTooLargeError) throw error;
+    throw new ClientAbortedError();
   }
   return Buffer.concat(chunks, length);
+}
+
+/** The client went away before its request body was complete: nobody is left to answer. */
+export class ClientAbortedError extends Error {
+  constructor() {
+    super("the client closed the connection before the request body was complete");
+  }
 }
 
 export function sendJson(

@@ -26,7 +26,14 @@ import { readBoundedFile } from "../../../pki/src/files.js";
 import { issueCertificate } from "../../../pki/src/issue.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { privateKeyToPem } from "../../../pki/src/keys.js";
-import { BodyTooLargeError, type HostPort, peerCertificateChain, readBody, sendJson } from "../http/io.js";
+import {
+  BodyTooLargeError,
+  ClientAbortedError,
+  type HostPort,
+  peerCertificateChain,
+  readBody,
+  sendJson,
+} from "../http/io.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
 import { ChangeWatcher } from "../manifests/watch.js";
 import { OAuthError } from "./errors.js";
@@ -134,6 +141,10 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   const trustDomain = ca.trustDomain;
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "custody_issuer_" });
+  // prom-client names three gauges `*_total`, a suffix Prometheus reserves for counters (promtool
+  // check metrics fails on them); the gauges without the suffix break the same counts down by type.
+  for (const name of ["active_handles_total", "active_requests_total", "active_resources_total"])
+    registry.removeSingleMetric(`custody_issuer_nodejs_${name}`);
   const metrics = createIssuerMetrics(registry);
   const keys = await SigningKeyRing.open({
     directory: config.stateDirectory,
@@ -261,6 +272,14 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
         "token issued",
       );
     } catch (error) {
+      if (error instanceof ClientAbortedError) {
+        metrics.requested(grant, "invalid_request", "client_aborted", secondsSince(started));
+        logger.info(
+          { event: "token_refused", grant, error: "invalid_request", reason: "client_aborted" },
+          "client closed the connection mid-request",
+        );
+        return;
+      }
       const refusal =
         error instanceof OAuthError
           ? error
@@ -453,7 +472,8 @@ function discovery(issuer: string) {
 }
 
 function peerSubject(request: IncomingMessage): string | undefined {
-  const certificate = (request.socket as TLSSocket).getPeerCertificate?.();
+  // The socket is gone (null) when the client went away before the refusal was logged.
+  const certificate = (request.socket as TLSSocket | null)?.getPeerCertificate?.();
   const subject = certificate?.subject;
   if (subject === undefined) return undefined;
   return Object.entries(subject)

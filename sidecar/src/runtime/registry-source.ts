@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { loadRegistry } from "../../../crds/src/registry.js";
 import type { Registry } from "../../../crds/src/registry-schema.js";
+import { TrustBundle } from "../../../pki/src/bundle.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import { VerifiedElementCache } from "../chain/cache.js";
 import { RegistryTrustView } from "../chain/registry-view.js";
@@ -25,6 +26,8 @@ export interface RegistrySnapshot {
   readonly trust: RegistryTrustView;
   readonly patterns: PatternCache;
   readonly cache: VerifiedElementCache<VerifiedLink>;
+  /** The CAs whose client certificates the inbound side accepts. */
+  readonly bundle: TrustBundle;
 }
 
 export type RegistryUpdate =
@@ -68,6 +71,7 @@ export function snapshotOf(
     trust,
     patterns,
     cache: new VerifiedElementCache<VerifiedLink>(options.cacheSize ?? 10_000),
+    bundle: TrustBundle.fromPem([{ name: "registry trustBundle", pem: registry.trustBundle }]),
   };
 }
 
