@@ -26,6 +26,7 @@ import { readBoundedFile } from "../../../pki/src/files.js";
 import { issueCertificate } from "../../../pki/src/issue.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { privateKeyToPem } from "../../../pki/src/keys.js";
+import { ChangeWatcher } from "../../../pki/src/watch.js";
 import {
   BodyTooLargeError,
   ClientAbortedError,
@@ -35,7 +36,6 @@ import {
   sendJson,
 } from "../http/io.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
-import { ChangeWatcher } from "../manifests/watch.js";
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
 import {

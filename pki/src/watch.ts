@@ -1,7 +1,8 @@
 /**
- * Calls `reload` when something under a path may have changed: fs.watch events (debounced), plus a
- * periodic poll because watch events are lost on some file systems and when Kubernetes swaps a
- * mounted volume's `..data` symlink. Reloads never overlap; a trigger during a reload runs one more.
+ * Watching mounted files: Secrets, ConfigMaps, manifest directories. Calls `reload` when something
+ * under a path may have changed: fs.watch events (debounced), plus a periodic poll because watch
+ * events are lost on some file systems and when Kubernetes swaps a mounted volume's `..data`
+ * symlink. Reloads never overlap; a trigger during a reload runs one more.
  */
 import { type FSWatcher, watch } from "node:fs";
 
