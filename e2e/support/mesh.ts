@@ -1,0 +1,308 @@
+/**
+ * A hand-wired mesh for end-to-end tests, all real: a CA, the token service, and one sidecar per
+ * service with a small app behind it, over real TLS on loopback. Identities are written as the
+ * operator's Secret would be (tls.crt, tls.key, ca.crt); the registry as the operator would publish
+ * it (keys, locations, the token service's JWKS, compiled policies).
+ */
+import { createHash } from "node:crypto";
+import { mkdir, writeFile } from "node:fs/promises";
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import { get } from "node:https";
+import { createServer as createNetServer } from "node:net";
+import { join } from "node:path";
+import { type Logger, pino } from "pino";
+import { compilePolicy } from "../../crds/src/compiled-policy.js";
+import { startIssuer } from "../../operator/src/issuer/service.js";
+import {
+  type CertificateAuthority,
+  createCertificateAuthority,
+  issueCertificate,
+  privateKeyToPem,
+  writeCertificateAuthority,
+} from "../../pki/src/index.js";
+import { DEFAULT_LIMITS } from "../../sidecar/src/chain/limits.js";
+import { type RunningSidecar, startSidecar } from "../../sidecar/src/runtime/sidecar.js";
+
+export interface ServiceSpec {
+  readonly name: string;
+  readonly namespace: string;
+  readonly scopes?: readonly string[];
+  readonly claims?: Readonly<Record<string, string>>;
+  readonly edge?: boolean;
+}
+
+export interface Received {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: string;
+}
+
+export type AppHandler = (request: Received) => Promise<{ status: number; body: string }>;
+
+export interface MeshService {
+  readonly id: string;
+  readonly identityDirectory: string;
+  readonly inboundPort: number;
+  readonly appPort: number;
+  sidecar: RunningSidecar | undefined;
+  readonly received: Received[];
+  handler: AppHandler;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function jwkOf(pem: string) {
+  return import("node:crypto").then(({ createPublicKey }) => {
+    const jwk = createPublicKey(pem).export({ format: "jwk" });
+    const kid = createHash("sha256")
+      .update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }))
+      .digest("base64url")
+      .slice(0, 16);
+    return { kid, jwk: { ...jwk, alg: "ES256", kid } };
+  });
+}
+
+export class Mesh {
+  readonly services = new Map<string, MeshService>();
+  readonly apps: Server[] = [];
+  readonly logger: Logger = pino({ level: process.env.CUSTODY_E2E_LOGS === "1" ? "info" : "silent" });
+  ca!: CertificateAuthority;
+  issuer!: Awaited<ReturnType<typeof startIssuer>>;
+  generation = 1;
+  policies: unknown[] = [];
+
+  constructor(readonly directory: string) {}
+
+  get registryPath(): string {
+    return join(this.directory, "registry.json");
+  }
+
+  async start(specs: readonly ServiceSpec[], policies: readonly unknown[]): Promise<void> {
+    this.ca = await createCertificateAuthority();
+    await writeCertificateAuthority(join(this.directory, "ca"), this.ca, { force: false });
+    const manifests = join(this.directory, "manifests");
+    await mkdir(manifests);
+    for (const spec of specs) {
+      await writeFile(
+        join(manifests, `${spec.name}.json`),
+        JSON.stringify({
+          apiVersion: "custody.dev/v1alpha1",
+          kind: "ServiceIdentity",
+          metadata: { name: spec.name, namespace: spec.namespace },
+          spec: {
+            scopes: spec.scopes ?? [],
+            claims: spec.claims ?? {},
+            edge: spec.edge ?? false,
+            tokenTTL: "5m",
+          },
+        }),
+      );
+    }
+    this.issuer = await startIssuer({
+      caDirectory: join(this.directory, "ca"),
+      trustBundlePath: undefined,
+      manifestsDirectory: manifests,
+      stateDirectory: join(this.directory, "issuer-state"),
+      listen: { host: "127.0.0.1", port: 0 },
+      admin: { host: "127.0.0.1", port: 0 },
+      issuer: undefined,
+      audience: undefined,
+      trustedIssuersPath: undefined,
+      rotationPeriodMs: 86_400_000,
+      maxTokenLifetimeMs: 3_600_000,
+      serverNames: [],
+      serverId: "issuer.custody-system",
+      pollIntervalMs: 60_000,
+      logger: this.logger,
+    });
+    for (const spec of specs) {
+      const id = `${spec.name}.${spec.namespace}`;
+      const identityDirectory = join(this.directory, "identities", id);
+      await mkdir(identityDirectory, { recursive: true });
+      await this.issueIdentity(id, identityDirectory);
+      const service: MeshService = {
+        id,
+        identityDirectory,
+        inboundPort: await freePort(),
+        appPort: await freePort(),
+        sidecar: undefined,
+        received: [],
+        handler: async () => ({ status: 200, body: "ok" }),
+      };
+      this.services.set(id, service);
+      await this.startApp(service);
+    }
+    this.policies = [...policies];
+    await this.publishRegistry(specs);
+    for (const service of this.services.values()) await this.startSidecar(service);
+  }
+
+  async issueIdentity(id: string, directory: string): Promise<void> {
+    const issued = await issueCertificate(this.ca, {
+      id,
+      dnsNames: ["localhost"],
+      ipAddresses: ["127.0.0.1"],
+    });
+    // Kubernetes swaps a Secret's files together; writing the key first would pair new key and old
+    // certificate for a moment, which the sidecar refuses (and keeps the old pair) — also fine.
+    await writeFile(join(directory, "ca.crt"), this.ca.certificate.pem);
+    await writeFile(join(directory, "tls.key"), privateKeyToPem(issued.privateKey));
+    await writeFile(join(directory, "tls.crt"), issued.certificate.pem);
+  }
+
+  private async startApp(service: MeshService): Promise<void> {
+    const app = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const received = {
+          method: request.method ?? "",
+          url: request.url ?? "",
+          headers: request.headers,
+          body: Buffer.concat(chunks).toString("utf8"),
+        };
+        service.received.push(received);
+        void service.handler(received).then(
+          ({ status, body }) => {
+            response.writeHead(status, { "content-type": "text/plain" });
+            response.end(body);
+          },
+          (error: unknown) => {
+            response.writeHead(500);
+            response.end(String(error));
+          },
+        );
+      });
+    });
+    await new Promise<void>((resolve) => app.listen(service.appPort, "127.0.0.1", resolve));
+    this.apps.push(app);
+  }
+
+  async jwks(): Promise<{ keys: unknown[] }> {
+    const url = new URL("/.well-known/jwks.json", this.issuer.tokenUrl);
+    return new Promise((resolve, reject) => {
+      get(url, { ca: this.ca.certificate.pem }, (response) => {
+        let text = "";
+        response.on("data", (chunk: Buffer) => {
+          text += chunk.toString("utf8");
+        });
+        response.on("end", () => resolve(JSON.parse(text) as { keys: unknown[] }));
+      }).on("error", reject);
+    });
+  }
+
+  /** Writes the registry (a new generation) from the identities on disk. */
+  async publishRegistry(
+    specs: readonly ServiceSpec[],
+    extraServices: readonly Record<string, unknown>[] = [],
+  ): Promise<void> {
+    const { readFile } = await import("node:fs/promises");
+    const services = [];
+    for (const spec of specs) {
+      const id = `${spec.name}.${spec.namespace}`;
+      const service = this.services.get(id);
+      if (service === undefined) continue;
+      const pem = await readFile(join(service.identityDirectory, "tls.crt"), "utf8");
+      const { kid, jwk } = await jwkOf(pem);
+      services.push({
+        id,
+        environment: "default",
+        claims: spec.claims ?? {},
+        scopes: spec.scopes ?? [],
+        edge: spec.edge ?? false,
+        location: `127.0.0.1:${service.inboundPort}`,
+        keys: [{ kid, status: "current", notAfter: new Date(Date.now() + 86_400_000).toISOString(), jwk }],
+      });
+    }
+    const document = {
+      apiVersion: "custody.dev/v1alpha1",
+      kind: "Registry",
+      generation: this.generation++,
+      shard: { index: 0, count: 1 },
+      trustDomain: "custody.local",
+      trustBundle: this.ca.certificate.pem,
+      tokenService: { issuer: this.issuer.issuer, jwks: await this.jwks() },
+      trustedIssuers: [],
+      services: [...services, ...extraServices],
+      policies: this.policies.map((policy) => compilePolicy(policy)),
+    };
+    const temporary = `${this.registryPath}.tmp`;
+    await writeFile(temporary, JSON.stringify(document));
+    await (await import("node:fs/promises")).rename(temporary, this.registryPath);
+  }
+
+  async startSidecar(service: MeshService, overrides: { redisUrl?: string } = {}): Promise<RunningSidecar> {
+    const sidecar = await startSidecar({
+      identityDirectory: service.identityDirectory,
+      registryPath: this.registryPath,
+      appPort: service.appPort,
+      tokenUrl: this.issuer.tokenUrl,
+      outbound: { host: "127.0.0.1", port: 0 },
+      inbound: { host: "127.0.0.1", port: service.inboundPort },
+      admin: { host: "127.0.0.1", port: 0 },
+      limits: DEFAULT_LIMITS,
+      whenNoPolicy: "allow",
+      replay: { redisUrl: overrides.redisUrl, failureMode: "closed" },
+      spool: {},
+      pollIntervalMs: 200,
+      logger: this.logger.child({ service: service.id }),
+    });
+    service.sidecar = sidecar;
+    return sidecar;
+  }
+
+  service(id: string): MeshService {
+    const service = this.services.get(id);
+    if (service === undefined) throw new Error(`no service ${id}`);
+    return service;
+  }
+
+  async close(): Promise<void> {
+    for (const service of this.services.values()) await service.sidecar?.close(100);
+    await this.issuer?.close(100);
+    for (const app of this.apps) app.closeAllConnections();
+    await Promise.all(this.apps.map((app) => new Promise((resolve) => app.close(resolve))));
+  }
+}
+
+/** A call through a sidecar's outbound port, the way an app with HTTP_PROXY makes it. */
+export async function callThrough(
+  sidecar: RunningSidecar,
+  url: string,
+  init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; body: string; headers: IncomingHttpHeaders }> {
+  const { request } = await import("node:http");
+  const proxy = new URL(sidecar.outboundUrl);
+  return new Promise((resolve, reject) => {
+    const outgoing = request(
+      {
+        host: proxy.hostname,
+        port: Number(proxy.port),
+        method: init.method ?? "GET",
+        path: url,
+        headers: { ...(init.headers ?? {}), host: new URL(url).host },
+      },
+      (response) => {
+        let text = "";
+        response.on("data", (chunk: Buffer) => {
+          text += chunk.toString("utf8");
+        });
+        response.on("end", () =>
+          resolve({ status: response.statusCode ?? 0, body: text, headers: response.headers }),
+        );
+      },
+    );
+    outgoing.on("error", reject);
+    outgoing.end(init.body);
+  });
+}

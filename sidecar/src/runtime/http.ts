@@ -1,0 +1,81 @@
+/**
+ * HTTP plumbing both proxy directions share: the Custody headers, hop-by-hop header removal
+ * (RFC 9110 §7.6.1), JSON refusals that carry a reason and nothing internal, and a response
+ * streamed back as it arrives.
+ */
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+
+export const CHAIN_HEADER = "custody-chain";
+export const CALLER_HEADER = "custody-caller";
+export const DECISION_HEADER = "custody-decision";
+const CUSTODY_HEADERS = new Set([CHAIN_HEADER, CALLER_HEADER, DECISION_HEADER]);
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "host",
+]);
+
+/**
+ * The headers to pass on: hop-by-hop ones and those named in `Connection` removed, and, with
+ * `dropCustody`, any Custody-* header a client supplied (only the sidecar may set those).
+ */
+export function forwardableHeaders(
+  headers: IncomingHttpHeaders,
+  options: { readonly dropCustody: boolean; readonly dropLength: boolean },
+): OutgoingHttpHeaders {
+  const named = new Set(
+    String(headers.connection ?? "")
+      .split(",")
+      .map((name) => name.trim().toLowerCase())
+      .filter((name) => name !== ""),
+  );
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+    if (options.dropLength && name === "content-length") continue;
+    if (options.dropCustody && CUSTODY_HEADERS.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+export interface Refusal {
+  readonly status: number;
+  readonly error: string;
+  readonly reason: string;
+  readonly retryAfterSeconds?: number | undefined;
+}
+
+/** `{error, reason}`: a stable code a client can act on; the details stay in the sidecar's log. */
+export function sendRefusal(response: ServerResponse, refusal: Refusal): void {
+  if (response.headersSent) {
+    response.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: refusal.error, reason: refusal.reason });
+  response.writeHead(refusal.status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    "cache-control": "no-store",
+    ...(refusal.retryAfterSeconds === undefined ? {} : { "retry-after": String(refusal.retryAfterSeconds) }),
+  });
+  response.end(body);
+}
+
+/** Streams an upstream response to the client, hop-by-hop headers removed. */
+export function relayResponse(upstream: IncomingMessage, response: ServerResponse): void {
+  response.writeHead(
+    upstream.statusCode ?? 502,
+    forwardableHeaders(upstream.headers, { dropCustody: false, dropLength: false }),
+  );
+  upstream.pipe(response);
+  upstream.on("error", () => response.destroy());
+}

@@ -1,0 +1,198 @@
+/**
+ * The inbound side (`:15006`): TLS with the workload certificate, a client certificate required
+ * (checked against the registry's trust bundle, not by the TLS stack, so a refusal is a JSON answer
+ * with a reason). Each request's body is spooled and hashed, the chain verified, policies and quota
+ * applied; only then is the request forwarded to the app on 127.0.0.1:<app-port>, with the verified
+ * chain, the caller and the decision in Custody-* headers (copies a client sent are dropped).
+ */
+import { Agent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import type { TLSSocket } from "node:tls";
+import type { Logger } from "pino";
+import type { ChainLimits } from "../chain/limits.js";
+import { formatOperation } from "../chain/normalize.js";
+import type { QuotaLimiter } from "../quota/limiter.js";
+import type { ReplayGuard } from "../replay/guard.js";
+import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./body.js";
+import {
+  CALLER_HEADER,
+  CHAIN_HEADER,
+  DECISION_HEADER,
+  forwardableHeaders,
+  relayResponse,
+  sendRefusal,
+} from "./http.js";
+import type { WorkloadIdentity } from "./identity-files.js";
+import { type Allowed, decideInbound, type InboundOutcome } from "./inbound-decision.js";
+import type { SidecarMetrics } from "./metrics.js";
+import type { RegistrySnapshot } from "./registry-source.js";
+
+export interface InboundOptions {
+  readonly self: string;
+  readonly appPort: number;
+  readonly identity: () => WorkloadIdentity;
+  readonly registry: () => RegistrySnapshot | undefined;
+  readonly replay: ReplayGuard;
+  readonly quota: QuotaLimiter;
+  readonly limits: ChainLimits;
+  readonly whenNoPolicy: "allow" | "deny";
+  readonly spool: SpoolOptions;
+  readonly logger: Logger;
+  readonly metrics: SidecarMetrics;
+  readonly now?: () => number;
+}
+
+const MAX_PEER_CHAIN = 8;
+
+function peerChain(socket: TLSSocket): Uint8Array[] {
+  const chain: Uint8Array[] = [];
+  let certificate = socket.getPeerCertificate?.(true);
+  while (certificate?.raw !== undefined && chain.length < MAX_PEER_CHAIN) {
+    chain.push(new Uint8Array(certificate.raw));
+    const issuer = certificate.issuerCertificate;
+    if (issuer === undefined || issuer === certificate || issuer.raw?.equals(certificate.raw)) break;
+    certificate = issuer;
+  }
+  return chain;
+}
+
+/** `allow policy=shop/payments rule=pay-for-order`: what the app may log or act on. */
+function decisionHeader(outcome: Allowed): string {
+  const verdict = outcome.decision.decidedBy;
+  if (verdict === undefined) return "allow reason=no_policy";
+  return `allow policy=${verdict.policy} rule=${verdict.rule ?? "defaultAction"}${outcome.decision.audited.length > 0 ? " audited=deny" : ""}`;
+}
+
+export function createInboundServer(options: InboundOptions): Server {
+  const now = options.now ?? Date.now;
+  const app = new Agent({ keepAlive: true, maxSockets: 256 });
+  const identity = options.identity();
+  const server = createServer(
+    {
+      cert: identity.certificatePem,
+      key: identity.keyPem,
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: "TLSv1.2",
+      maxHeaderSize: 32 * 1024,
+      requestTimeout: 60_000,
+      headersTimeout: 10_000,
+      keepAliveTimeout: 30_000,
+    },
+    (request, response) => void handle(request, response),
+  );
+
+  const audit = (outcome: InboundOutcome, started: bigint, depth: number, bytes: number) => {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const reason = outcome.allowed ? outcome.decision.reason : outcome.reason;
+    options.metrics.inbound(outcome.allowed ? "allow" : "deny", reason, seconds, depth, bytes);
+    const verdict = outcome.decision?.decidedBy;
+    options.logger.info(
+      {
+        event: "inbound_decision",
+        caller: outcome.caller,
+        operation: outcome.operation === undefined ? undefined : formatOperation(outcome.operation),
+        decision: outcome.allowed ? "allow" : "deny",
+        status: outcome.allowed ? undefined : outcome.status,
+        policy: verdict?.policy,
+        rule: verdict?.rule,
+        reason,
+        detail: outcome.allowed ? outcome.decision.explanation : outcome.detail,
+      },
+      outcome.allowed ? "allowed" : "refused",
+    );
+  };
+
+  async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const started = process.hrtime.bigint();
+    const snapshot = options.registry();
+    if (snapshot === undefined) {
+      sendRefusal(response, { status: 503, error: "unavailable", reason: "registry_unavailable" });
+      return;
+    }
+    let body: SpooledBody;
+    try {
+      body = await spoolBody(request, options.spool);
+    } catch (error) {
+      if (error instanceof BodyError && error.code === "body_too_large") {
+        request.resume();
+        sendRefusal(response, { status: 413, error: "bad_request", reason: "body_too_large" });
+      } else {
+        response.destroy();
+      }
+      return;
+    }
+    try {
+      const chainHeader = request.headers[CHAIN_HEADER];
+      const headerValue = Array.isArray(chainHeader) ? undefined : chainHeader;
+      const outcome = await decideInbound(
+        {
+          self: options.self,
+          snapshot,
+          replay: options.replay,
+          quota: options.quota,
+          limits: options.limits,
+          whenNoPolicy: options.whenNoPolicy,
+        },
+        {
+          method: request.method ?? "GET",
+          target: request.url ?? "/",
+          chainHeader: headerValue,
+          bodyHash: body.hash,
+          peerChain: peerChain(request.socket as TLSSocket),
+          nowMs: now(),
+        },
+      );
+      audit(
+        outcome,
+        started,
+        outcome.allowed ? outcome.chain.elements.length : 0,
+        Buffer.byteLength(headerValue ?? ""),
+      );
+      if (!outcome.allowed) {
+        sendRefusal(response, outcome);
+        return;
+      }
+      await forward(request, response, outcome, body);
+    } finally {
+      await body.dispose();
+    }
+  }
+
+  function forward(
+    request: IncomingMessage,
+    response: ServerResponse,
+    outcome: Allowed,
+    body: SpooledBody,
+  ): Promise<void> {
+    const { operation } = outcome;
+    const headers = {
+      ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
+      host: `127.0.0.1:${options.appPort}`,
+      "content-length": String(body.length),
+      [CHAIN_HEADER]: outcome.chain.elements.join("~"),
+      [CALLER_HEADER]: outcome.caller,
+      [DECISION_HEADER]: decisionHeader(outcome),
+    };
+    return new Promise((resolve) => {
+      // The app receives the normalized target: exactly what was authorized, never a variant of it.
+      const path = `${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`;
+      const upstream = httpRequest(
+        { host: "127.0.0.1", port: options.appPort, method: operation.method, path, headers, agent: app },
+        (answer) => {
+          relayResponse(answer, response);
+          answer.on("end", resolve);
+          answer.on("error", () => resolve());
+        },
+      );
+      upstream.on("error", () => {
+        sendRefusal(response, { status: 502, error: "bad_gateway", reason: "app_unreachable" });
+        resolve();
+      });
+      body.stream().pipe(upstream);
+    });
+  }
+
+  server.on("close", () => app.destroy());
+  return server;
+}

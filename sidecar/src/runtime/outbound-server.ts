@@ -1,0 +1,279 @@
+/**
+ * The outbound side (`127.0.0.1:15001`, plain HTTP on loopback): the app calls a service by name —
+ * as an HTTP proxy (`HTTP_PROXY`, absolute-form target) or with `Host: <service id>` — and the
+ * sidecar resolves it in the registry, appends a link bound to this very method, path and body,
+ * and calls the peer's inbound port over mutual TLS, checking that the peer's certificate carries
+ * the SPIFFE id of the service asked for. It never calls an address that is not in the registry.
+ */
+import { createPublicKey } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { Agent, request as httpsRequest } from "node:https";
+import type { PeerCertificate } from "node:tls";
+import type { Logger } from "pino";
+import { isServiceId, parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
+import type { RegistryService } from "../../../crds/src/registry-schema.js";
+import { parseCompactJws } from "../chain/jws.js";
+import { LINK_TYPE } from "../chain/link.js";
+import { type LinkSigner, mintLink } from "../chain/mint.js";
+import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
+import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./body.js";
+import { CHAIN_HEADER, forwardableHeaders, relayResponse, sendRefusal } from "./http.js";
+import type { WorkloadIdentity } from "./identity-files.js";
+import type { SidecarMetrics } from "./metrics.js";
+import type { RegistrySnapshot } from "./registry-source.js";
+
+export interface OutboundOptions {
+  readonly self: string;
+  readonly identity: () => WorkloadIdentity;
+  readonly registry: () => RegistrySnapshot | undefined;
+  /** The identity JWT to start chains with (e0), when there is one. */
+  readonly identityToken: () => string | undefined;
+  readonly spool: SpoolOptions;
+  readonly logger: Logger;
+  readonly metrics: SidecarMetrics;
+  /** Requests under /.custody/ (the local key service); answered here, never proxied. */
+  readonly localRoutes?: (request: IncomingMessage, response: ServerResponse) => Promise<void>;
+  readonly now?: () => number;
+}
+
+interface Target {
+  readonly service: RegistryService;
+  readonly operation: Operation;
+}
+
+class OutboundRefusal extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** `cart.shop`, `cart.shop.svc`, `cart.shop.svc.cluster.local`, with or without a port. */
+export function serviceIdOfHost(host: string): string | undefined {
+  const name = host
+    .replace(/:\d{1,5}$/, "")
+    .toLowerCase()
+    .replace(/\.svc(\.cluster\.local)?\.?$/, "");
+  return isServiceId(name) ? name : undefined;
+}
+
+function resolveTarget(request: IncomingMessage, snapshot: RegistrySnapshot): Target {
+  const raw = request.url ?? "/";
+  let host: string | undefined;
+  let target = raw;
+  if (/^https?:\/\//i.test(raw)) {
+    const url = new URL(raw);
+    if (url.protocol !== "http:")
+      throw new OutboundRefusal(400, "unsupported_scheme", "use http:// targets; the sidecar adds TLS.");
+    host = url.host;
+    target = `${url.pathname}${url.search}`;
+  } else {
+    host = request.headers.host;
+  }
+  const id = host === undefined ? undefined : serviceIdOfHost(host);
+  const service = id === undefined ? undefined : snapshot.registry.services.find((entry) => entry.id === id);
+  if (service === undefined) {
+    throw new OutboundRefusal(
+      502,
+      "unknown_service",
+      `${host ?? "(no host)"} is not a service in the registry.`,
+    );
+  }
+  try {
+    return { service, operation: normalizeOperation(request.method ?? "GET", target) };
+  } catch (error) {
+    if (error instanceof OperationError) throw new OutboundRefusal(400, error.code, error.message);
+    throw error;
+  }
+}
+
+/**
+ * The chain the app propagated (copied from the request it is serving), accepted only when its
+ * head was addressed to this service, or is an initial token this service was handed (edge).
+ */
+function propagatedChain(request: IncomingMessage, self: string): string[] | undefined {
+  const value = request.headers[CHAIN_HEADER];
+  if (value === undefined || value === "") return undefined;
+  if (Array.isArray(value)) throw new OutboundRefusal(400, "chain_repeated", "Custody-Chain appears twice.");
+  const elements = value.split("~");
+  const head = elements.at(-1) ?? "";
+  let header: Readonly<Record<string, unknown>>;
+  let payload: Readonly<Record<string, unknown>>;
+  try {
+    ({ header, payload } = parseCompactJws(head, elements.length - 1));
+  } catch {
+    throw new OutboundRefusal(400, "chain_malformed", "the propagated Custody-Chain cannot be read.");
+  }
+  if (header.typ === LINK_TYPE && payload.aud !== self) {
+    throw new OutboundRefusal(
+      400,
+      "chain_not_ours",
+      "the propagated Custody-Chain was not addressed to this service.",
+    );
+  }
+  return elements;
+}
+
+/** This workload's kid: the registry key of this service whose public key is our certificate's. */
+export function signerFor(identity: WorkloadIdentity, snapshot: RegistrySnapshot): LinkSigner | undefined {
+  const own = snapshot.registry.services.find((entry) => entry.id === identity.serviceId);
+  const spki = identity.leaf.publicKey.export({ type: "spki", format: "der" });
+  for (const key of own?.keys ?? []) {
+    const published = createPublicKey({ key: { ...key.jwk }, format: "jwk" }).export({
+      type: "spki",
+      format: "der",
+    });
+    if (published.equals(spki))
+      return { serviceId: identity.serviceId, kid: key.kid, privateKey: identity.privateKey };
+  }
+  return undefined;
+}
+
+function spiffeCheck(expected: string) {
+  return (_host: string, certificate: PeerCertificate): Error | undefined => {
+    const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());
+    return names.includes(`URI:${expected}`) ? undefined : new Error(`peer is not ${expected}`);
+  };
+}
+
+export function createOutboundServer(options: OutboundOptions): Server {
+  let pools: { identity: WorkloadIdentity; ca: string; agent: Agent } | undefined;
+  let signerCache:
+    | { identity: WorkloadIdentity; snapshot: RegistrySnapshot; signer: LinkSigner | undefined }
+    | undefined;
+
+  const agentFor = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): Agent => {
+    const ca = snapshot.registry.trustBundle;
+    if (pools?.identity === identity && pools.ca === ca) return pools.agent;
+    pools?.agent.destroy();
+    const agent = new Agent({
+      keepAlive: true,
+      maxSockets: 256,
+      cert: identity.certificatePem,
+      key: identity.keyPem,
+      ca,
+    });
+    pools = { identity, ca, agent };
+    return agent;
+  };
+  const signer = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): LinkSigner | undefined => {
+    if (signerCache?.identity !== identity || signerCache.snapshot !== snapshot) {
+      signerCache = { identity, snapshot, signer: signerFor(identity, snapshot) };
+    }
+    return signerCache.signer;
+  };
+
+  async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const started = process.hrtime.bigint();
+    if ((request.url ?? "").startsWith("/.custody/") && options.localRoutes !== undefined) {
+      await options.localRoutes(request, response);
+      return;
+    }
+    let body: SpooledBody | undefined;
+    try {
+      const snapshot = options.registry();
+      if (snapshot === undefined)
+        throw new OutboundRefusal(503, "registry_unavailable", "no registry loaded yet.");
+      const target = resolveTarget(request, snapshot);
+      const identity = options.identity();
+      const linkSigner = signer(identity, snapshot);
+      if (linkSigner === undefined) {
+        throw new OutboundRefusal(
+          503,
+          "own_key_unpublished",
+          `the registry does not publish this workload's key for ${identity.serviceId} yet.`,
+        );
+      }
+      const previous = propagatedChain(request, options.self) ?? optionalToken(options.identityToken());
+      body = await spoolBody(request, options.spool);
+      const chain = mintLink(linkSigner, {
+        audience: target.service.id,
+        operation: target.operation,
+        bodyHash: body.hash,
+        previous,
+        nowSeconds: Math.floor((options.now ?? Date.now)() / 1000),
+      });
+      await send(request, response, target, chain.header, body, agentFor(identity, snapshot), snapshot);
+      options.metrics.outbound("sent", "sent", Number(process.hrtime.bigint() - started) / 1e9);
+    } catch (error) {
+      const refusal = toRefusal(error);
+      options.metrics.outbound("refused", refusal.reason, 0);
+      options.logger.warn(
+        { event: "outbound_refused", reason: refusal.reason, detail: refusal.message, target: request.url },
+        "outbound call refused",
+      );
+      sendRefusal(response, {
+        status: refusal.status,
+        error: refusal.status === 502 ? "bad_gateway" : "refused",
+        reason: refusal.reason,
+      });
+    } finally {
+      await body?.dispose();
+    }
+  }
+
+  function send(
+    request: IncomingMessage,
+    response: ServerResponse,
+    target: Target,
+    chain: string,
+    body: SpooledBody,
+    agent: Agent,
+    snapshot: RegistrySnapshot,
+  ): Promise<void> {
+    const [host = "", port = "15006"] = splitLocation(target.service.location);
+    const { operation } = target;
+    const expected = spiffeIdFor(snapshot.registry.trustDomain, parseServiceId(target.service.id));
+    return new Promise((resolve, reject) => {
+      const upstream = httpsRequest(
+        {
+          host,
+          port: Number(port),
+          method: operation.method,
+          path: `${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`,
+          headers: {
+            ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
+            host: target.service.id,
+            "content-length": String(body.length),
+            [CHAIN_HEADER]: chain,
+          },
+          agent,
+          servername: host,
+          checkServerIdentity: spiffeCheck(expected),
+        },
+        (answer) => {
+          relayResponse(answer, response);
+          answer.on("end", resolve);
+          answer.on("error", () => resolve());
+        },
+      );
+      upstream.on("error", (error) => reject(new OutboundRefusal(502, "peer_unreachable", error.message)));
+      body.stream().pipe(upstream);
+    });
+  }
+
+  const server = createServer(
+    { maxHeaderSize: 32 * 1024, requestTimeout: 60_000, keepAliveTimeout: 30_000 },
+    (request, response) => void handle(request, response),
+  );
+  server.on("close", () => pools?.agent.destroy());
+  return server;
+}
+
+function optionalToken(token: string | undefined): string[] | undefined {
+  return token === undefined ? undefined : [token];
+}
+
+function splitLocation(location: string): [string, string] {
+  const at = location.lastIndexOf(":");
+  return [location.slice(0, at).replace(/^\[|\]$/g, ""), location.slice(at + 1)];
+}
+
+function toRefusal(error: unknown): OutboundRefusal {
+  if (error instanceof OutboundRefusal) return error;
+  if (error instanceof BodyError) return new OutboundRefusal(413, error.code, error.message);
+  return new OutboundRefusal(502, "outbound_failed", error instanceof Error ? error.message : String(error));
+}

@@ -1,0 +1,296 @@
+/**
+ * One sidecar process: the workload identity (reloaded when the Secret changes), its identity
+ * token, the registry (reloaded when the ConfigMap changes), and three listeners — outbound
+ * (loopback, plain HTTP), inbound (mutual TLS), admin (/metrics, /healthz, /readyz).
+ * Requests read the latest good identity and registry; reloads swap them whole.
+ */
+
+import { createServer as createHttpServer, type Server } from "node:http";
+import type { Server as HttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { collectDefaultMetrics, Registry } from "prom-client";
+import { CustodyError } from "../../../crds/src/errors.js";
+import { ChangeWatcher } from "../../../pki/src/watch.js";
+import type { ChainLimits } from "../chain/limits.js";
+import { QuotaLimiter } from "../quota/limiter.js";
+import { createQuotaMetrics } from "../quota/metrics.js";
+import type { ReplayGuard } from "../replay/guard.js";
+import { MemoryReplayGuard } from "../replay/memory.js";
+import { createReplayMetrics, withReplayMetrics } from "../replay/metrics.js";
+import { RedisReplayGuard, type ReplayFailureMode } from "../replay/redis.js";
+import type { SpoolOptions } from "./body.js";
+import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
+import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
+import { createInboundServer } from "./inbound-server.js";
+import { createSidecarMetrics } from "./metrics.js";
+import { createOutboundServer } from "./outbound-server.js";
+import { RegistrySource } from "./registry-source.js";
+
+export interface Listen {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface SidecarConfig {
+  readonly identityDirectory: string;
+  readonly registryPath: string;
+  readonly appPort: number;
+  /** Absent: no identity token (chains start with the first link). */
+  readonly tokenUrl: string | undefined;
+  readonly outbound: Listen;
+  readonly inbound: Listen;
+  readonly admin: Listen;
+  readonly limits: ChainLimits;
+  readonly whenNoPolicy: "allow" | "deny";
+  readonly replay: { readonly redisUrl: string | undefined; readonly failureMode: ReplayFailureMode };
+  readonly spool: SpoolOptions;
+  readonly pollIntervalMs: number;
+  readonly logger: Logger;
+  readonly now?: () => number;
+}
+
+export interface RunningSidecar {
+  readonly serviceId: string;
+  readonly outboundUrl: string;
+  readonly inboundPort: number;
+  readonly adminUrl: string;
+  readonly metrics: Registry;
+  close(graceMs?: number): Promise<void>;
+}
+
+export class SidecarStartError extends CustodyError {
+  declare readonly code: "sidecar_start_failed";
+  constructor(message: string) {
+    super("sidecar_start_failed", message);
+  }
+}
+
+function listen(server: Server | HttpsServer, address: Listen): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(address.port, address.host, () => {
+      server.off("error", reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function closeServer(server: Server | HttpsServer, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    force.unref();
+    server.close(() => {
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+export async function startSidecar(config: SidecarConfig): Promise<RunningSidecar> {
+  const { logger } = config;
+  const now = config.now ?? Date.now;
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: "custody_sidecar_" });
+  // prom-client names three gauges `*_total`, a suffix Prometheus reserves for counters.
+  for (const name of ["active_handles_total", "active_requests_total", "active_resources_total"]) {
+    registry.removeSingleMetric(`custody_sidecar_nodejs_${name}`);
+  }
+  const metrics = createSidecarMetrics(registry);
+  const replayMetrics = createReplayMetrics(registry);
+
+  let identity: WorkloadIdentity = await loadIdentityFiles(config.identityDirectory);
+  const self = identity.serviceId;
+  const source = new RegistrySource(config.registryPath, { now });
+  const first = await source.reload();
+  metrics.registry(first.result, source.snapshot?.generation);
+  if (first.result === "refused") {
+    logger.warn(
+      { event: "registry_refused", code: first.code },
+      `${first.message} (starting without a registry)`,
+    );
+  }
+
+  const fetcher = config.tokenUrl === undefined ? undefined : tokenServiceFetcher(config.tokenUrl, { now });
+  const keeper =
+    fetcher === undefined
+      ? undefined
+      : new IdentityTokenKeeper({
+          fetch: fetcher,
+          now,
+          onRefreshed: (token) => {
+            metrics.identityToken(token.expiresAtMs);
+            logger.info(
+              { event: "identity_token_refreshed", expiresAt: new Date(token.expiresAtMs).toISOString() },
+              "identity token refreshed",
+            );
+          },
+          onFailure: (error, retryInMs) =>
+            logger.warn(
+              {
+                event: "identity_token_failed",
+                retryInMs,
+                err: error instanceof Error ? error.message : String(error),
+              },
+              "identity token refresh failed; keeping the current token until it expires",
+            ),
+        });
+  await keeper?.setIdentity(identity);
+
+  let replay: ReplayGuard;
+  let redis: RedisReplayGuard | undefined;
+  if (config.replay.redisUrl === undefined) {
+    replay = withReplayMetrics(new MemoryReplayGuard({ now }), replayMetrics, "memory");
+  } else {
+    redis = new RedisReplayGuard({
+      url: config.replay.redisUrl,
+      metrics: replayMetrics,
+      failureMode: config.replay.failureMode,
+      now,
+    });
+    replay = redis;
+  }
+  const quota = new QuotaLimiter({ now, metrics: createQuotaMetrics(registry) });
+
+  const inbound = createInboundServer({
+    self,
+    appPort: config.appPort,
+    identity: () => identity,
+    registry: () => source.snapshot,
+    replay,
+    quota,
+    limits: config.limits,
+    whenNoPolicy: config.whenNoPolicy,
+    spool: config.spool,
+    logger,
+    metrics,
+    now,
+  });
+  const outbound = createOutboundServer({
+    self,
+    identity: () => identity,
+    registry: () => source.snapshot,
+    identityToken: () => keeper?.token?.token,
+    spool: config.spool,
+    logger,
+    metrics,
+    now,
+  });
+
+  const readiness = (): { ready: boolean; why: string } => {
+    if (identity.notAfterMs <= now()) return { ready: false, why: "the workload certificate has expired" };
+    if (source.snapshot === undefined) return { ready: false, why: "no registry loaded" };
+    if (keeper !== undefined && keeper.token === undefined)
+      return { ready: false, why: "no valid identity token" };
+    return { ready: true, why: "ok" };
+  };
+  const admin = createHttpServer((request, response) => {
+    const path = (request.url ?? "").split("?")[0];
+    const json = (status: number, body: unknown) => {
+      response.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
+      response.end(JSON.stringify(body));
+    };
+    if (path === "/healthz") return json(200, { status: "ok" });
+    if (path === "/readyz") {
+      const { ready, why } = readiness();
+      return json(ready ? 200 : 503, {
+        status: ready ? "ready" : "not_ready",
+        reason: why,
+        generation: source.snapshot?.generation,
+      });
+    }
+    if (path === "/metrics") {
+      void registry.metrics().then((text) => {
+        response.writeHead(200, { "content-type": registry.contentType });
+        response.end(text);
+      });
+      return;
+    }
+    json(404, { error: "not_found" });
+  });
+
+  const reloadIdentity = async () => {
+    const next = await loadIdentityFiles(config.identityDirectory);
+    if (next.certificatePem === identity.certificatePem && next.keyPem === identity.keyPem) return;
+    if (next.serviceId !== self) {
+      throw new SidecarStartError(
+        `the identity Secret now names ${next.serviceId}, not ${self}; ignoring it.`,
+      );
+    }
+    identity = next;
+    inbound.setSecureContext({ cert: next.certificatePem, key: next.keyPem });
+    logger.info(
+      {
+        event: "identity_reloaded",
+        serial: next.leaf.serialNumber,
+        notAfter: next.leaf.notAfter.toISOString(),
+      },
+      "workload certificate reloaded",
+    );
+    await keeper?.setIdentity(next);
+  };
+  const reloadRegistry = async () => {
+    const update = await source.reload();
+    metrics.registry(update.result, source.snapshot?.generation);
+    if (update.result === "loaded") {
+      logger.info({ event: "registry_loaded", generation: update.snapshot.generation }, "registry loaded");
+    } else if (update.result === "refused") {
+      logger.warn(
+        { event: "registry_refused", code: update.code, kept: source.snapshot?.generation },
+        `${update.message} (keeping the last good registry)`,
+      );
+    }
+  };
+  const onError = (error: unknown) =>
+    logger.error(
+      { event: "reload_failed", err: error instanceof Error ? error.message : String(error) },
+      "reload failed; keeping what is in use",
+    );
+  const identityWatcher = new ChangeWatcher([config.identityDirectory], reloadIdentity, {
+    pollIntervalMs: config.pollIntervalMs,
+    onError,
+  });
+  const registryWatcher = new ChangeWatcher([config.registryPath], reloadRegistry, {
+    pollIntervalMs: config.pollIntervalMs,
+    onError,
+  });
+
+  const outboundPort = await listen(outbound, config.outbound);
+  const inboundPort = await listen(inbound, config.inbound);
+  const adminPort = await listen(admin, config.admin);
+  const outboundUrl = `http://${config.outbound.host}:${outboundPort}`;
+  const adminUrl = `http://${config.admin.host === "0.0.0.0" ? "127.0.0.1" : config.admin.host}:${adminPort}`;
+  logger.info(
+    {
+      event: "listening",
+      service: self,
+      outboundUrl,
+      inboundPort,
+      adminUrl,
+      generation: source.snapshot?.generation,
+      ready: readiness().ready,
+    },
+    "sidecar listening",
+  );
+
+  return {
+    serviceId: self,
+    outboundUrl,
+    inboundPort,
+    adminUrl,
+    metrics: registry,
+    async close(graceMs = 10_000) {
+      identityWatcher.close();
+      registryWatcher.close();
+      keeper?.close();
+      await Promise.all([
+        closeServer(outbound, graceMs),
+        closeServer(inbound, graceMs),
+        closeServer(admin, graceMs),
+      ]);
+      await fetcher?.close();
+      await redis?.close();
+    },
+  };
+}
