@@ -15,6 +15,10 @@ const commands: Record<string, Entry> = {
     summary: "token service: client certificate → identity JWT (RFC 8705), token exchange (RFC 8693)",
     load: async () => (await import("../../operator/src/issuer/cli.js")).issuerCommand,
   },
+  sidecar: {
+    summary: "the per-workload proxy: outbound links, inbound verification and policy, metrics",
+    load: async () => (await import("../../sidecar/src/runtime/cli.js")).sidecarCommand,
+  },
   validate: {
     summary: "check ServiceIdentity / AccessPolicy manifests against the API schema",
     load: async () => (await import("../../crds/src/cli.js")).validateCommand,

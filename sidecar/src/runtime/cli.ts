@@ -1,0 +1,170 @@
+/**
+ * `custody sidecar`: the process injected next to every workload. Settings come from a config file
+ * (YAML or JSON), then environment variables `CUSTODY_<SETTING>`, then flags, each overriding the
+ * one before; every setting is checked before anything starts.
+ */
+
+import { pino } from "pino";
+import { z } from "zod";
+import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
+import { parseDuration } from "../../../crds/src/duration.js";
+import { UsageError } from "../../../crds/src/errors.js";
+import { parseYamlDocuments } from "../../../crds/src/manifest.js";
+import { readBoundedFile } from "../../../pki/src/files.js";
+import { DEFAULT_LIMITS } from "../chain/limits.js";
+import { DEFAULT_MAX_BODY_BYTES, DEFAULT_MEMORY_BODY_BYTES } from "./body.js";
+import { type Listen, startSidecar } from "./sidecar.js";
+
+const COMMAND = "sidecar";
+const SHUTDOWN_GRACE_MS = 10_000;
+
+const SETTINGS = {
+  identity: "identity Secret directory (tls.crt, tls.key, ca.crt)",
+  registry: "registry file, or directory of registry-<i>.json shards",
+  "app-port": "the app's port on 127.0.0.1",
+  "token-url": "token service endpoint (https://…/oauth2/token); without it chains start with the first link",
+  outbound: "outbound listen address (default 127.0.0.1:15001)",
+  inbound: "inbound listen address (default 0.0.0.0:15006)",
+  admin: "admin listen address (default 0.0.0.0:15020)",
+  "redis-url": "share the replay guard through Redis (redis://host:6379); default in-memory",
+  "replay-failure-mode": "closed (default) | open: what to do while Redis cannot answer",
+  "when-no-policy": "deny (default) | allow: calls to a service no AccessPolicy targets",
+  "max-body-bytes": `largest request body accepted (default ${DEFAULT_MAX_BODY_BYTES})`,
+  "poll-interval": "re-read identity and registry at least this often (default 5s)",
+  "log-level": "fatal | error | warn | info | debug (default info)",
+} as const;
+type Setting = keyof typeof SETTINGS;
+
+const listenSchema = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):\d{1,5}$/, { error: "must be HOST:PORT" });
+const settingsSchema = z.strictObject({
+  identity: z.string({ error: "is required: the identity Secret directory" }).min(1),
+  registry: z.string({ error: "is required: the registry file or directory" }).min(1),
+  "app-port": z.coerce
+    .number({ error: "is required: the app's port on 127.0.0.1" })
+    .int()
+    .min(1, { error: "must be a port, 1-65535" })
+    .max(65_535, { error: "must be a port, 1-65535" }),
+  "token-url": z.url({ protocol: /^https$/ }).optional(),
+  outbound: listenSchema.default("127.0.0.1:15001"),
+  inbound: listenSchema.default("0.0.0.0:15006"),
+  admin: listenSchema.default("0.0.0.0:15020"),
+  "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
+  "replay-failure-mode": z.enum(["closed", "open"]).default("closed"),
+  "when-no-policy": z.enum(["deny", "allow"]).default("deny"),
+  "max-body-bytes": z.coerce
+    .number()
+    .int()
+    .min(1_024)
+    .max(1024 * 1024 * 1024)
+    .default(DEFAULT_MAX_BODY_BYTES),
+  "poll-interval": z.string().default("5s"),
+  "log-level": z.enum(["fatal", "error", "warn", "info", "debug"]).default("info"),
+});
+
+const HELP = `Usage: custody sidecar [--config FILE] [--SETTING VALUE ...]
+
+Runs the sidecar: outbound proxy (the app's HTTP_PROXY), inbound mTLS proxy in front of the app,
+admin port with /metrics, /healthz and /readyz.
+
+Settings (config file keys, flags --KEY, or environment CUSTODY_KEY with - as _):
+${Object.entries(SETTINGS)
+  .map(([key, help]) => `  ${key.padEnd(22)}${help}`)
+  .join("\n")}
+
+Required: identity, registry, app-port.
+`;
+
+function envSettings(env: NodeJS.ProcessEnv): Partial<Record<Setting, string>> {
+  const out: Partial<Record<Setting, string>> = {};
+  for (const key of Object.keys(SETTINGS) as Setting[]) {
+    const value = env[`CUSTODY_${key.toUpperCase().replaceAll("-", "_")}`];
+    if (value !== undefined && value !== "") out[key] = value;
+  }
+  return out;
+}
+
+async function fileSettings(path: string | undefined): Promise<Record<string, unknown>> {
+  if (path === undefined) return {};
+  const [document, ...more] = parseYamlDocuments(await readBoundedFile(path, 64 * 1024), path);
+  if (more.length > 0 || typeof document !== "object" || document === null || Array.isArray(document)) {
+    throw new UsageError(`${COMMAND}: ${path} must hold one mapping of settings.`);
+  }
+  return document as Record<string, unknown>;
+}
+
+function listenOf(text: string): Listen {
+  const at = text.lastIndexOf(":");
+  const host = text.slice(0, at).replace(/^\[|\]$/g, "");
+  return { host: host === "" ? "0.0.0.0" : host, port: Number(text.slice(at + 1)) };
+}
+
+export const sidecarCommand: Command = async (args, io) => {
+  const options = Object.fromEntries(Object.keys(SETTINGS).map((key) => [key, { type: "string" as const }]));
+  const { values } = parseCommandArgs(COMMAND, args, {
+    ...options,
+    config: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help === true) {
+    io.stdout(HELP);
+    return EXIT_OK;
+  }
+  const fromFlags = Object.fromEntries(
+    Object.entries(values).filter(([key, value]) => key in SETTINGS && value !== undefined),
+  );
+  const merged = {
+    ...(await fileSettings(values.config as string | undefined)),
+    ...envSettings(process.env),
+    ...fromFlags,
+  };
+  const parsed = settingsSchema.safeParse(merged);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map(
+      (issue) => `${issue.path.join(".") || "settings"}: ${issue.message}`,
+    );
+    throw new UsageError(`${COMMAND}: ${problems.join("; ")}. See \`custody sidecar --help\`.`);
+  }
+  const settings = parsed.data;
+  let pollIntervalMs: number;
+  try {
+    pollIntervalMs = parseDuration(settings["poll-interval"]);
+  } catch (error) {
+    throw new UsageError(
+      `${COMMAND}: poll-interval: ${error instanceof Error ? error.message : String(error)}.`,
+    );
+  }
+  const logger = pino({
+    level: settings["log-level"],
+    base: { component: "sidecar" },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  });
+  const running = await startSidecar({
+    identityDirectory: settings.identity,
+    registryPath: settings.registry,
+    appPort: settings["app-port"],
+    tokenUrl: settings["token-url"],
+    outbound: listenOf(settings.outbound),
+    inbound: listenOf(settings.inbound),
+    admin: listenOf(settings.admin),
+    limits: DEFAULT_LIMITS,
+    whenNoPolicy: settings["when-no-policy"],
+    replay: { redisUrl: settings["redis-url"], failureMode: settings["replay-failure-mode"] },
+    spool: { memoryBytes: DEFAULT_MEMORY_BODY_BYTES, maxBytes: settings["max-body-bytes"] },
+    pollIntervalMs,
+    logger,
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      logger.info({ event: "shutting_down", signal }, "shutting down: finishing requests in flight");
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      void running.close(SHUTDOWN_GRACE_MS).then(resolve);
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+  logger.info({ event: "stopped" }, "sidecar stopped");
+  return EXIT_OK;
+};
