@@ -8,7 +8,6 @@ import { createHash } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import { get } from "node:https";
-import { createServer as createNetServer } from "node:net";
 import { join } from "node:path";
 import { type Logger, pino } from "pino";
 import { compilePolicy } from "../../crds/src/compiled-policy.js";
@@ -22,6 +21,7 @@ import {
 } from "../../pki/src/index.js";
 import { DEFAULT_LIMITS } from "../../sidecar/src/chain/limits.js";
 import { type RunningSidecar, startSidecar } from "../../sidecar/src/runtime/sidecar.js";
+import { freePort } from "./net.js";
 
 export interface ServiceSpec {
   readonly name: string;
@@ -48,17 +48,6 @@ export interface MeshService {
   sidecar: RunningSidecar | undefined;
   readonly received: Received[];
   handler: AppHandler;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createNetServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function jwkOf(pem: string) {

@@ -1,10 +1,8 @@
-import { type ChildProcess, spawn } from "node:child_process";
-import { once } from "node:events";
-import { createServer, connect as tcpConnect } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { Registry } from "prom-client";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { freePort, HOST, type RedisProcess, startRedis } from "../../e2e/support/redis.js";
 import { requireTool } from "../../e2e/support/tools.js";
 import { ReplayStoreUnavailableError } from "../src/replay/guard.js";
 import { createReplayMetrics } from "../src/replay/metrics.js";
@@ -15,107 +13,6 @@ import {
 } from "../src/replay/redis.js";
 
 const hasRedis = requireTool("redis-server");
-const HOST = "127.0.0.1";
-
-/** A port on 127.0.0.1 that nothing listens on right now. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, HOST);
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("no TCP address");
-  return address.port;
-}
-
-/** True once something on `port` answers PING with PONG. */
-async function answersPing(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = tcpConnect({ host: HOST, port });
-    let reply = "";
-    socket.setTimeout(200, () => socket.destroy());
-    socket.on("connect", () => socket.write("PING\r\n"));
-    socket.on("data", (chunk) => {
-      reply += chunk.toString("utf8");
-      if (reply.includes("\r\n")) socket.end();
-    });
-    socket.on("close", () => resolve(reply.startsWith("+PONG")));
-    socket.on("error", () => socket.destroy());
-  });
-}
-
-/** A throwaway redis-server on 127.0.0.1 only, keeping nothing on disk. */
-class RedisProcess {
-  #child: ChildProcess | undefined;
-  constructor(readonly port: number) {}
-
-  get url(): string {
-    return `redis://${HOST}:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    const child = spawn(
-      "redis-server",
-      [
-        "--bind",
-        HOST,
-        "--port",
-        String(this.port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-      ],
-      { stdio: "ignore" },
-    );
-    this.#child = child;
-    // Never outlive the test process, even when it dies before afterAll.
-    process.once("exit", () => child.kill("SIGKILL"));
-    const deadline = Date.now() + 10_000;
-    while (Date.now() < deadline) {
-      if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-      if (await answersPing(this.port)) return;
-      await sleep(20);
-    }
-    throw new Error(`redis-server did not answer PING on ${HOST}:${this.port}`);
-  }
-
-  async stop(): Promise<void> {
-    const child = this.#child;
-    this.#child = undefined;
-    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, "exit");
-    child.kill("SIGKILL");
-    await exited;
-  }
-
-  /** Freezes the server: connections stay open, nothing is answered (an overloaded Redis). */
-  pause(): void {
-    this.#child?.kill("SIGSTOP");
-  }
-
-  resume(): void {
-    this.#child?.kill("SIGCONT");
-  }
-}
-
-async function startRedis(): Promise<RedisProcess> {
-  // A free port can be taken between the check and the start: try a few.
-  for (let attempt = 1; ; attempt++) {
-    const redis = new RedisProcess(await freePort());
-    try {
-      await redis.start();
-      return redis;
-    } catch (error) {
-      await redis.stop();
-      if (attempt === 3) throw error;
-    }
-  }
-}
-
 async function checkCount(registry: Registry, result: string): Promise<number> {
   const metric = await registry.getSingleMetric("custody_replay_checks_total")?.get();
   const sample = metric?.values.find((v) => v.labels.store === "redis" && v.labels.result === result);
