@@ -11,8 +11,9 @@ NPM ?= npm
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-bench: install ## Benchmarks: call-chain size and verification cost vs the talk's nested format
+bench: install ## Benchmarks: call chains vs the talk's nested format; token service vs bare TLS handshakes
 	$(NPM) run --silent bench:chain
+	$(NPM) run --silent bench:issuer
 
 # Reinstall only when the lock file changed since the last install.
 node_modules/.package-lock.json: package.json package-lock.json

@@ -69,6 +69,8 @@ export class Mesh {
   issuer!: Awaited<ReturnType<typeof startIssuer>>;
   generation = 1;
   policies: unknown[] = [];
+  specs: ServiceSpec[] = [];
+  readonly extraSidecars: RunningSidecar[] = [];
 
   constructor(readonly directory: string) {}
 
@@ -132,8 +134,43 @@ export class Mesh {
       await this.startApp(service);
     }
     this.policies = [...policies];
+    this.specs = [...specs];
     await this.publishRegistry(specs);
     for (const service of this.services.values()) await this.startSidecar(service);
+  }
+
+  /** A new service with its app and sidecar, published in a new registry generation. */
+  async addService(spec: ServiceSpec): Promise<MeshService> {
+    const id = `${spec.name}.${spec.namespace}`;
+    const identityDirectory = join(this.directory, "identities", id);
+    await mkdir(identityDirectory, { recursive: true });
+    await this.issueIdentity(id, identityDirectory);
+    const service: MeshService = {
+      id,
+      identityDirectory,
+      inboundPort: await freePort(),
+      appPort: await freePort(),
+      sidecar: undefined,
+      received: [],
+      handler: async () => ({ status: 200, body: "ok" }),
+    };
+    this.services.set(id, service);
+    await this.startApp(service);
+    this.specs.push(spec);
+    await this.publishRegistry(this.specs);
+    await this.startSidecar(service);
+    // Every other sidecar picks the new generation up on its own (watch + poll).
+    const generation = this.generation - 1;
+    for (const other of this.services.values()) {
+      if (other === service || other.sidecar === undefined) continue;
+      const admin = other.sidecar.adminUrl;
+      for (let attempt = 0; attempt < 100; attempt++) {
+        const ready = (await (await fetch(`${admin}/readyz`)).json()) as { generation?: number };
+        if (ready.generation === generation) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    return service;
   }
 
   async issueIdentity(id: string, directory: string): Promise<void> {
@@ -230,14 +267,17 @@ export class Mesh {
     await (await import("node:fs/promises")).rename(temporary, this.registryPath);
   }
 
-  async startSidecar(service: MeshService, overrides: { redisUrl?: string } = {}): Promise<RunningSidecar> {
+  async startSidecar(
+    service: MeshService,
+    overrides: { redisUrl?: string; inboundPort?: number } = {},
+  ): Promise<RunningSidecar> {
     const sidecar = await startSidecar({
       identityDirectory: service.identityDirectory,
       registryPath: this.registryPath,
       appPort: service.appPort,
       tokenUrl: this.issuer.tokenUrl,
       outbound: { host: "127.0.0.1", port: 0 },
-      inbound: { host: "127.0.0.1", port: service.inboundPort },
+      inbound: { host: "127.0.0.1", port: overrides.inboundPort ?? service.inboundPort },
       admin: { host: "127.0.0.1", port: 0 },
       limits: DEFAULT_LIMITS,
       whenNoPolicy: "allow",
@@ -246,7 +286,8 @@ export class Mesh {
       pollIntervalMs: 200,
       logger: this.logger.child({ service: service.id }),
     });
-    service.sidecar = sidecar;
+    if (overrides.inboundPort === undefined) service.sidecar = sidecar;
+    else this.extraSidecars.push(sidecar);
     return sidecar;
   }
 
@@ -256,7 +297,64 @@ export class Mesh {
     return service;
   }
 
+  /** What the service's sidecar signs links with: its certificate key under its registry kid. */
+  async signerOf(
+    id: string,
+  ): Promise<{ serviceId: string; kid: string; privateKey: import("node:crypto").KeyObject }> {
+    const { readFile } = await import("node:fs/promises");
+    const { createPrivateKey } = await import("node:crypto");
+    const directory = this.service(id).identityDirectory;
+    const { kid } = await jwkOf(await readFile(join(directory, "tls.crt"), "utf8"));
+    return {
+      serviceId: id,
+      kid,
+      privateKey: createPrivateKey(await readFile(join(directory, "tls.key"), "utf8")),
+    };
+  }
+
+  /** A request straight to a service's inbound port over mTLS, as `from`'s sidecar would send it. */
+  async callInbound(
+    from: string,
+    port: number,
+    init: { method: string; path: string; body?: string; chain?: string },
+  ): Promise<{ status: number; body: string; headers: IncomingHttpHeaders }> {
+    const { readFile } = await import("node:fs/promises");
+    const { request } = await import("node:https");
+    const directory = this.service(from).identityDirectory;
+    const [cert, key] = await Promise.all([
+      readFile(join(directory, "tls.crt")),
+      readFile(join(directory, "tls.key")),
+    ]);
+    return new Promise((resolve, reject) => {
+      const outgoing = request(
+        {
+          host: "127.0.0.1",
+          port,
+          method: init.method,
+          path: init.path,
+          cert,
+          key,
+          ca: this.ca.certificate.pem,
+          servername: "localhost",
+          headers: init.chain === undefined ? {} : { "custody-chain": init.chain },
+        },
+        (response) => {
+          let text = "";
+          response.on("data", (chunk: Buffer) => {
+            text += chunk.toString("utf8");
+          });
+          response.on("end", () =>
+            resolve({ status: response.statusCode ?? 0, body: text, headers: response.headers }),
+          );
+        },
+      );
+      outgoing.on("error", reject);
+      outgoing.end(init.body);
+    });
+  }
+
   async close(): Promise<void> {
+    for (const sidecar of this.extraSidecars) await sidecar.close(100);
     for (const service of this.services.values()) await service.sidecar?.close(100);
     await this.issuer?.close(100);
     for (const app of this.apps) app.closeAllConnections();

@@ -40,3 +40,17 @@ export function requireTool(name: string): boolean {
   process.stderr.write(`SKIP: ${check.detail}; tests that need it are skipped.\n`);
   return false;
 }
+
+/**
+ * What `promtool check metrics` says about an exposition: "" when it passes. promtool reads the
+ * exposition on stdin and exits non-zero on any lint problem, printing the problems.
+ */
+export function promtoolProblems(exposition: string): string {
+  try {
+    execFileSync("promtool", ["check", "metrics"], { input: exposition, stdio: "pipe" });
+    return "";
+  } catch (error) {
+    const failed = error as { stdout?: Buffer; stderr?: Buffer; message: string };
+    return `${failed.stdout?.toString() ?? ""}${failed.stderr?.toString() ?? ""}` || failed.message;
+  }
+}

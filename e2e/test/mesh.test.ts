@@ -3,15 +3,44 @@
  * shop → cart (POST /cart/confirm) → payments (POST /pay-for-order/…), with Payments' policy
  * requiring exactly that path and the origin's scope.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { temporaryDirectory } from "../../pki/test/support.js";
+import { mintLink } from "../../sidecar/src/chain/mint.js";
+import { normalizeOperation } from "../../sidecar/src/chain/normalize.js";
 import { callThrough, Mesh, type ServiceSpec } from "../support/mesh.js";
+import { freePort } from "../support/net.js";
+import { startRedis } from "../support/redis.js";
+import { promtoolProblems, requireTool } from "../support/tools.js";
+
+const hasPromtool = requireTool("promtool");
+const hasRedis = requireTool("redis-server");
 
 const SPECS: ServiceSpec[] = [
   { name: "shop", namespace: "shop", scopes: ["shop.checkout"], edge: true },
   { name: "cart", namespace: "shop", claims: { team: "checkout" } },
   { name: "payments", namespace: "shop" },
 ];
+
+const CART_POLICY = {
+  apiVersion: "custody.dev/v1alpha1",
+  kind: "AccessPolicy",
+  metadata: { name: "cart", namespace: "shop" },
+  spec: {
+    target: "cart",
+    defaultAction: "allow",
+    rules: [
+      {
+        name: "rate-limited",
+        operation: { path: "/limited" },
+        require: { comeFrom: [{ service: "shop" }] },
+        quota: { requestsPerSecond: 1, burst: 2, per: "caller" },
+        action: "allow",
+      },
+    ],
+  },
+};
 
 const PAYMENTS_POLICY = {
   apiVersion: "custody.dev/v1alpha1",
@@ -44,10 +73,11 @@ describe("the checkout through three sidecars", () => {
   beforeAll(async () => {
     directory = await temporaryDirectory();
     mesh = new Mesh(directory.path);
-    await mesh.start(SPECS, [PAYMENTS_POLICY]);
+    await mesh.start(SPECS, [PAYMENTS_POLICY, CART_POLICY]);
     const cart = mesh.service("cart.shop");
     // Cart's app pays for the order it confirms, copying the chain it received (like a trace header).
     cart.handler = async (request) => {
+      if (request.url !== "/cart/confirm") return { status: 200, body: "ok" };
       const cartSidecar = cart.sidecar;
       if (cartSidecar === undefined) throw new Error("no cart sidecar");
       const paid = await callThrough(cartSidecar, "http://payments.shop/pay-for-order/12345", {
@@ -111,4 +141,153 @@ describe("the checkout through three sidecars", () => {
     expect(answer.status).toBe(502);
     expect(JSON.parse(answer.body)).toEqual({ error: "bad_gateway", reason: "unknown_service" });
   });
+
+  const sidecarOf = (id: string) => {
+    const sidecar = mesh.service(id).sidecar;
+    if (sidecar === undefined) throw new Error(`no sidecar for ${id}`);
+    return sidecar;
+  };
+
+  async function linkFromShop(body: string | undefined, path = "/cart/items") {
+    const signer = await mesh.signerOf("shop.shop");
+    return mintLink(signer, { audience: "cart.shop", operation: normalizeOperation("POST", path), body })
+      .header;
+  }
+
+  it("refuses a body changed after signing (401 body_mismatch)", async () => {
+    const chain = await linkFromShop('{"qty":1}');
+    const answer = await mesh.callInbound("shop.shop", mesh.service("cart.shop").inboundPort, {
+      method: "POST",
+      path: "/cart/items",
+      body: '{"qty":1000}',
+      chain,
+    });
+    expect(answer.status).toBe(401);
+    expect(JSON.parse(answer.body)).toEqual({ error: "unauthenticated", reason: "body_mismatch" });
+  });
+
+  it("refuses a replayed chain (401 replayed) and a chain played by another workload (peer_mismatch)", async () => {
+    const port = mesh.service("cart.shop").inboundPort;
+    const chain = await linkFromShop("{}");
+    const call = (from: string) =>
+      mesh.callInbound(from, port, { method: "POST", path: "/cart/items", body: "{}", chain });
+    expect((await call("payments.shop")).body).toContain("peer_mismatch");
+    expect((await call("shop.shop")).status).toBe(200);
+    expect(JSON.parse((await call("shop.shop")).body).reason).toBe("replayed");
+  });
+
+  it("refuses a call without a chain, or without a client certificate", async () => {
+    const port = mesh.service("cart.shop").inboundPort;
+    const noChain = await mesh.callInbound("shop.shop", port, { method: "GET", path: "/" });
+    expect(JSON.parse(noChain.body)).toEqual({ error: "unauthenticated", reason: "missing_chain" });
+  });
+
+  it("drops Custody-* headers a client sends and gives the app the ones it verified", async () => {
+    const shop = sidecarOf("shop.shop");
+    await callThrough(shop, "http://cart.shop/whoami", { headers: { "custody-caller": "admin.shop" } });
+    expect(mesh.service("cart.shop").received.at(-1)?.headers["custody-caller"]).toBe("shop.shop");
+  });
+
+  it("applies quota per caller: 429 with Retry-After once the burst is spent", async () => {
+    const shop = sidecarOf("shop.shop");
+    const statuses: string[] = [];
+    let retryAfter: string | string[] | undefined;
+    for (let i = 0; i < 4; i++) {
+      const answer = await callThrough(shop, "http://cart.shop/limited");
+      statuses.push(`${answer.status} ${answer.body}`);
+      if (answer.status === 429) retryAfter = answer.headers["retry-after"];
+    }
+    expect(statuses.slice(0, 2)).toEqual(["200 ok", "200 ok"]);
+    expect(statuses.at(-1)).toBe(
+      JSON.stringify({ error: "rate_limited", reason: "quota_exceeded" }).replace(/^/, "429 "),
+    );
+    expect(Number(retryAfter)).toBeGreaterThanOrEqual(1);
+  });
+
+  it("streams a 10 MB body through both sidecars intact", async () => {
+    const shop = sidecarOf("shop.shop");
+    const big = "0123456789abcdef".repeat(655_360);
+    const answer = await callThrough(shop, "http://cart.shop/upload", { method: "PUT", body: big });
+    expect(answer.status).toBe(200);
+    const received = mesh.service("cart.shop").received.at(-1);
+    expect(received?.body.length).toBe(big.length);
+    expect(received?.body === big).toBe(true);
+  });
+
+  it("serves calls to a service added to the registry, without restarts", async () => {
+    const ledger = await mesh.addService({ name: "ledger", namespace: "shop" });
+    const answer = await callThrough(sidecarOf("shop.shop"), "http://ledger.shop/entries", {
+      method: "POST",
+      body: "{}",
+    });
+    expect(answer.status).toBe(200);
+    expect(ledger.received.at(-1)?.headers["custody-caller"]).toBe("shop.shop");
+  });
+
+  it("keeps the last good registry when a malformed one is mounted", async () => {
+    const shop = sidecarOf("shop.shop");
+    const before = await refusedReloads(shop.adminUrl);
+    await writeFile(mesh.registryPath, "{ not json");
+    await vi.waitFor(async () => expect(await refusedReloads(shop.adminUrl)).toBeGreaterThan(before), {
+      timeout: 5_000,
+    });
+    const answer = await callThrough(shop, "http://cart.shop/still-there");
+    expect(answer.status).toBe(200);
+    await mesh.publishRegistry(mesh.specs);
+  });
+
+  it.skipIf(!hasPromtool)("exports metrics that pass promtool check metrics", async () => {
+    const text = await (await fetch(`${sidecarOf("cart.shop").adminUrl}/metrics`)).text();
+    expect(text).toContain(
+      'custody_sidecar_requests_total{direction="inbound",decision="allow",reason="allowed"}',
+    );
+    expect(promtoolProblems(text)).toBe("");
+  });
+
+  it("reports ready while it has an identity token and a registry", async () => {
+    const answer = await fetch(`${sidecarOf("shop.shop").adminUrl}/readyz`);
+    expect(answer.status).toBe(200);
+  });
+
+  it.skipIf(!hasRedis)(
+    "two replicas sharing Redis: a chain replayed to the second replica is refused",
+    async () => {
+      const redis = await startRedis();
+      try {
+        const payments = mesh.service("payments.shop");
+        const [portA, portB] = [await freePort(), await freePort()];
+        await mesh.startSidecar(payments, { redisUrl: redis.url, inboundPort: portA });
+        await mesh.startSidecar(payments, { redisUrl: redis.url, inboundPort: portB });
+        const signer = await mesh.signerOf("cart.shop");
+        const chain = mintLink(signer, {
+          audience: "payments.shop",
+          operation: normalizeOperation("GET", "/status"),
+        }).header;
+        const first = await mesh.callInbound("cart.shop", portA, { method: "GET", path: "/status", chain });
+        const second = await mesh.callInbound("cart.shop", portB, { method: "GET", path: "/status", chain });
+        expect(JSON.parse(first.body).reason).not.toBe("replayed");
+        expect(JSON.parse(second.body)).toEqual({ error: "unauthenticated", reason: "replayed" });
+      } finally {
+        await redis.stop();
+      }
+    },
+  );
+
+  it("keeps calling while the token service is down, on the identity token it has", async () => {
+    await mesh.issuer.close(100);
+    await sleep(50);
+    const answer = await callThrough(sidecarOf("shop.shop"), "http://cart.shop/cart/confirm", {
+      method: "POST",
+      body: "{}",
+    });
+    expect(answer.body).toBe("payments said 200: ok");
+  });
 });
+
+async function refusedReloads(adminUrl: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  const line = text
+    .split("\n")
+    .find((entry) => entry.startsWith('custody_sidecar_registry_reloads_total{result="refused"}'));
+  return Number(line?.split(" ").at(-1) ?? 0);
+}

@@ -6,7 +6,6 @@
  * malformed requests, manifest reloads and the metrics that count all of it.
  */
 
-import { execFileSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import type { IncomingHttpHeaders } from "node:http";
@@ -26,7 +25,7 @@ import {
 } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT_OK } from "../../cli/src/kit.js";
-import { requireTool } from "../../e2e/support/tools.js";
+import { promtoolProblems, requireTool } from "../../e2e/support/tools.js";
 import { pkiCommand } from "../../pki/src/cli.js";
 import {
   EKU_CLIENT_AUTH,
@@ -913,9 +912,7 @@ describe.skipIf(!hasTools)("custody issuer, a real process", () => {
       const text = await response.text();
       expect(text).toContain("custody_issuer_tokens_issued_total");
       expect(text).toContain("custody_issuer_request_duration_seconds_bucket");
-      // promtool reads the exposition on stdin and exits non-zero on any lint problem.
-      const check = () => execFileSync("promtool", ["check", "metrics"], { input: text, stdio: "pipe" });
-      expect(check).not.toThrow();
+      expect(promtoolProblems(text)).toBe("");
     });
 
     it("report the identities loaded and the signing keys published", async () => {
