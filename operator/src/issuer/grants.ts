@@ -10,6 +10,7 @@ import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { JwtError, verifyJwt } from "../../../pki/src/jwt.js";
 import { type VerifiedClientCertificate, verifyClientCertificate } from "../../../pki/src/verify.js";
+import type { VerifiedCertificateCache } from "./certificate-cache.js";
 import { OAuthError } from "./errors.js";
 import { requireParameter } from "./form.js";
 import type { IdentityIndex, IssuerIdentity } from "./identities.js";
@@ -45,6 +46,8 @@ export interface GrantContext {
   readonly audience: string;
   readonly maxLifetimeSeconds: number;
   readonly nowMs: number;
+  /** Reuses verifications of a chain presented before; a fresh verification without it. */
+  readonly certificates?: VerifiedCertificateCache;
 }
 
 export interface GrantResult {
@@ -84,7 +87,11 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
   }
   let certificate: VerifiedClientCertificate;
   try {
-    certificate = verifyClientCertificate(context.bundle, chain, { now: new Date(context.nowMs) });
+    const now = new Date(context.nowMs);
+    certificate =
+      context.certificates === undefined
+        ? verifyClientCertificate(context.bundle, chain, { now })
+        : context.certificates.verify(context.bundle, chain, now);
   } catch (error) {
     if (!(error instanceof CertificateVerificationError)) throw error;
     throw new OAuthError(

@@ -36,6 +36,7 @@ import {
   sendJson,
 } from "../http/io.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
+import { VerifiedCertificateCache } from "./certificate-cache.js";
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
 import {
@@ -226,6 +227,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   };
 
   let issuerUrl = config.issuer ?? "";
+  const certificates = new VerifiedCertificateCache();
   const audience = config.audience ?? `spiffe://${trustDomain}`;
   const handleToken = async (request: IncomingMessage, response: ServerResponse) => {
     const started = process.hrtime.bigint();
@@ -255,6 +257,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
         audience,
         maxLifetimeSeconds: Math.floor(config.maxTokenLifetimeMs / 1000),
         nowMs: now(),
+        certificates,
       };
       const result = grantToken(context, form, peerCertificateChain(request.socket as TLSSocket));
       sendJson(response, 200, result.body, { pragma: "no-cache" });
