@@ -103,19 +103,42 @@ function expectedSignatureLength(alg: JwsAlgorithm, key: KeyObject): number {
 }
 
 /**
- * Verifies a signature with a key whose algorithm must be exactly `alg`: a header cannot talk a
- * verifier into using a key with another algorithm (the classic RS/HS confusion).
+ * Verifies a signature over bytes with a key whose algorithm must be exactly `alg`: a header cannot
+ * talk a verifier into using a key with another algorithm (the classic RS/HS confusion).
  */
-export function verifySignature(alg: JwsAlgorithm, key: KeyObject, signingInput: string, signature: Buffer) {
+export function verifyBytes(alg: JwsAlgorithm, key: KeyObject, data: Buffer, signature: Buffer): boolean {
   if (algorithmForKey(key) !== alg || signature.length !== expectedSignatureLength(alg, key)) return false;
-  const data = Buffer.from(signingInput, "ascii");
+  try {
+    switch (alg) {
+      case "ES256":
+        return verify("sha256", data, { key, dsaEncoding: "ieee-p1363" }, signature);
+      case "EdDSA":
+        return verify(null, data, key, signature);
+      case "RS256":
+        return verify("sha256", data, key, signature);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/** verifyBytes over a compact JWS signing input (`header.payload`, ASCII). */
+export function verifySignature(alg: JwsAlgorithm, key: KeyObject, signingInput: string, signature: Buffer) {
+  return verifyBytes(alg, key, Buffer.from(signingInput, "ascii"), signature);
+}
+
+/** Signs bytes with `alg`, which must be the algorithm that goes with `privateKey`. */
+export function signBytes(alg: JwsAlgorithm, privateKey: KeyObject, data: Buffer): Buffer {
+  if (algorithmForKey(privateKey) !== alg) {
+    throw new JwsError("alg_not_allowed", `the key cannot sign with algorithm ${alg}.`);
+  }
   switch (alg) {
     case "ES256":
-      return verify("sha256", data, { key, dsaEncoding: "ieee-p1363" }, signature);
+      return sign("sha256", data, { key: privateKey, dsaEncoding: "ieee-p1363" });
     case "EdDSA":
-      return verify(null, data, key, signature);
+      return sign(null, data, privateKey);
     case "RS256":
-      return verify("sha256", data, key, signature);
+      return sign("sha256", data, privateKey);
   }
 }
 
@@ -130,22 +153,11 @@ export function signCompactJws(
   privateKey: KeyObject,
 ): string {
   const alg = header.alg;
-  const signingInput = `${encodeJson(header)}.${encodeJson(payload)}`;
-  const data = Buffer.from(signingInput, "ascii");
-  let signature: Buffer;
-  switch (alg) {
-    case "ES256":
-      signature = sign("sha256", data, { key: privateKey, dsaEncoding: "ieee-p1363" });
-      break;
-    case "EdDSA":
-      signature = sign(null, data, privateKey);
-      break;
-    case "RS256":
-      signature = sign("sha256", data, privateKey);
-      break;
-    default:
-      throw new JwsError("alg_not_allowed", `cannot sign with algorithm ${String(alg)}.`);
+  if (alg !== "ES256" && alg !== "EdDSA" && alg !== "RS256") {
+    throw new JwsError("alg_not_allowed", `cannot sign with algorithm ${String(alg)}.`);
   }
+  const signingInput = `${encodeJson(header)}.${encodeJson(payload)}`;
+  const signature = signBytes(alg, privateKey, Buffer.from(signingInput, "ascii"));
   return `${signingInput}.${signature.toString("base64url")}`;
 }
 

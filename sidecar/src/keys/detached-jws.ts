@@ -15,9 +15,9 @@
  *   Bytes are signed as they are (no cty). Verification requires the same kind of payload.
  * - `iat` (seconds) says when it was signed; verifiers may demand a maximum age.
  */
-import { type KeyObject, sign, verify } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { CHAIN_LINK_TYPE } from "../../../crds/src/names.js";
-import { algorithmForKey, type JwsAlgorithm } from "../../../pki/src/jws.js";
+import { algorithmForKey, type JwsAlgorithm, signBytes, verifyBytes } from "../../../pki/src/jws.js";
 import { DEFAULT_LIMITS } from "../chain/limits.js";
 import type { TrustView } from "../chain/trust.js";
 import { decodeBase64url, decodeJsonObject, encodeBase64url } from "./base64url.js";
@@ -109,38 +109,8 @@ export function signDetached(
   };
   const headerPart = encodeBase64url(JSON.stringify(header));
   const data = signingInput(headerPart, bytes);
-  let signature: Buffer;
-  switch (alg) {
-    case "ES256":
-      signature = sign("sha256", data, { key: signer.privateKey, dsaEncoding: "ieee-p1363" });
-      break;
-    case "EdDSA":
-      signature = sign(null, data, signer.privateKey);
-      break;
-    case "RS256":
-      signature = sign("sha256", data, signer.privateKey);
-      break;
-  }
+  const signature = signBytes(alg, signer.privateKey, data);
   return `${headerPart}..${signature.toString("base64url")}`;
-}
-
-/** Like pki's verifySignature, over bytes: the key's type must be exactly the one `alg` names. */
-function verifyBytes(alg: JwsAlgorithm, key: KeyObject, data: Buffer, signature: Buffer): boolean {
-  if (algorithmForKey(key) !== alg) return false;
-  const expectedLength = alg === "RS256" ? (key.asymmetricKeyDetails?.modulusLength ?? 0) / 8 : 64;
-  if (signature.length !== expectedLength) return false;
-  try {
-    switch (alg) {
-      case "ES256":
-        return verify("sha256", data, { key, dsaEncoding: "ieee-p1363" }, signature);
-      case "EdDSA":
-        return verify(null, data, key, signature);
-      case "RS256":
-        return verify("sha256", data, key, signature);
-    }
-  } catch {
-    return false;
-  }
 }
 
 interface DetachedHeader {
