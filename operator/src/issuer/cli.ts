@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { type Command, EXIT_OK, parseCommandArgs, requireOption } from "../../../cli/src/kit.js";
+import { runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { isServiceId } from "../../../crds/src/names.js";
@@ -141,16 +142,11 @@ export const issuerCommand: Command = async (args, io) => {
     }),
     logger,
   });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      logger.info({ event: "shutting_down", signal }, "shutting down: draining requests in flight");
-      process.off("SIGTERM", stop);
-      process.off("SIGINT", stop);
-      void running.close(SHUTDOWN_GRACE_MS).then(resolve);
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
+  await runUntilSignal(async (signal) => {
+    logger.info({ event: "shutting_down", signal }, "shutting down: draining requests in flight");
+    await running.close(SHUTDOWN_GRACE_MS);
   });
+
   logger.info({ event: "stopped" }, "token service stopped");
   return EXIT_OK;
 };

@@ -6,18 +6,13 @@
  * that state, so a reload never shows a request half of the old state and half of the new.
  */
 
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from "node:http";
-import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
+import { closeGracefully, listen } from "../../../cli/src/serve.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
 import { TrustBundle } from "../../../pki/src/bundle.js";
 import { type CertificateAuthority, caPaths, loadCertificateAuthority } from "../../../pki/src/ca.js";
@@ -112,16 +107,6 @@ function defaultIssuer(listen: HostPort, port: number): string {
   const wildcardOrLoopback = ["0.0.0.0", "::", "127.0.0.1", "::1", "localhost"].includes(listen.host);
   const host = wildcardOrLoopback ? "localhost" : isIP(listen.host) === 6 ? `[${listen.host}]` : listen.host;
   return `https://${host}:${port}`;
-}
-
-function listen(server: Server | HttpsServer, address: HostPort): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address.port, address.host, () => {
-      server.off("error", reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
 }
 
 function urlHost(host: string): string {
@@ -424,7 +409,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
       watcher.close();
       clearInterval(renewal);
       clearInterval(maintenance);
-      await Promise.all([closeServer(server, graceMs), closeServer(adminServer, graceMs)]);
+      await Promise.all([closeGracefully(server, graceMs), closeGracefully(adminServer, graceMs)]);
     },
   };
 }
@@ -496,16 +481,4 @@ function describeError(error: unknown): { message: string; code?: string } {
     return code === undefined ? { message: error.message } : { message: error.message, code };
   }
   return { message: String(error) };
-}
-
-function closeServer(server: Server | HttpsServer, graceMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const force = setTimeout(() => server.closeAllConnections(), graceMs);
-    force.unref();
-    server.close(() => {
-      clearTimeout(force);
-      resolve();
-    });
-    server.closeIdleConnections();
-  });
 }

@@ -7,6 +7,7 @@
 import { pino } from "pino";
 import { z } from "zod";
 import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
+import { runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { parseYamlDocuments } from "../../../crds/src/manifest.js";
@@ -155,16 +156,11 @@ export const sidecarCommand: Command = async (args, io) => {
     pollIntervalMs,
     logger,
   });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      logger.info({ event: "shutting_down", signal }, "shutting down: finishing requests in flight");
-      process.off("SIGTERM", stop);
-      process.off("SIGINT", stop);
-      void running.close(SHUTDOWN_GRACE_MS).then(resolve);
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
+  await runUntilSignal(async (signal) => {
+    logger.info({ event: "shutting_down", signal }, "shutting down: finishing requests in flight");
+    await running.close(SHUTDOWN_GRACE_MS);
   });
+
   logger.info({ event: "stopped" }, "sidecar stopped");
   return EXIT_OK;
 };

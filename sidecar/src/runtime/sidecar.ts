@@ -5,11 +5,10 @@
  * Requests read the latest good identity and registry; reloads swap them whole.
  */
 
-import { createServer as createHttpServer, type Server } from "node:http";
-import type { Server as HttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
+import { createServer as createHttpServer } from "node:http";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
+import { closeGracefully, listen } from "../../../cli/src/serve.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
@@ -64,28 +63,6 @@ export class SidecarStartError extends CustodyError {
   constructor(message: string) {
     super("sidecar_start_failed", message);
   }
-}
-
-function listen(server: Server | HttpsServer, address: Listen): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address.port, address.host, () => {
-      server.off("error", reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
-}
-
-function closeServer(server: Server | HttpsServer, graceMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const force = setTimeout(() => server.closeAllConnections(), graceMs);
-    force.unref();
-    server.close(() => {
-      clearTimeout(force);
-      resolve();
-    });
-    server.closeIdleConnections();
-  });
 }
 
 export async function startSidecar(config: SidecarConfig): Promise<RunningSidecar> {
@@ -285,9 +262,9 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       registryWatcher.close();
       keeper?.close();
       await Promise.all([
-        closeServer(outbound, graceMs),
-        closeServer(inbound, graceMs),
-        closeServer(admin, graceMs),
+        closeGracefully(outbound, graceMs),
+        closeGracefully(inbound, graceMs),
+        closeGracefully(admin, graceMs),
       ]);
       await fetcher?.close();
       await redis?.close();

@@ -1,0 +1,54 @@
+/**
+ * The lifecycle every long-running command shares: listen (resolving the port actually bound),
+ * close gracefully (stop accepting, let requests in flight finish, then cut what is left), and run
+ * until SIGTERM or SIGINT.
+ */
+import type { Server } from "node:net";
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+interface HttpLikeServer extends Server {
+  closeAllConnections(): void;
+  closeIdleConnections(): void;
+}
+
+/** Listens and resolves the bound port (port 0 picks a free one). */
+export function listen(server: Server, address: ListenAddress): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(address.port, address.host, () => {
+      server.off("error", reject);
+      const bound = server.address();
+      resolve(typeof bound === "object" && bound !== null ? bound.port : address.port);
+    });
+  });
+}
+
+/** Stops accepting, closes idle keep-alive connections, and cuts the rest after `graceMs`. */
+export function closeGracefully(server: HttpLikeServer, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    force.unref();
+    server.close(() => {
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+/** Resolves once SIGTERM or SIGINT arrived and `stop` has finished. */
+export function runUntilSignal(stop: (signal: NodeJS.Signals) => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      void stop(signal).then(resolve);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}
