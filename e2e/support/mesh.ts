@@ -61,6 +61,27 @@ function jwkOf(pem: string) {
   });
 }
 
+/** The token service on loopback ports, its CA in `<directory>/ca`, its keys in `<directory>/issuer-state`. */
+export function startTestIssuer(directory: string, manifests: string, logger: Logger) {
+  return startIssuer({
+    caDirectory: join(directory, "ca"),
+    trustBundlePath: undefined,
+    manifestsDirectory: manifests,
+    stateDirectory: join(directory, "issuer-state"),
+    listen: { host: "127.0.0.1", port: 0 },
+    admin: { host: "127.0.0.1", port: 0 },
+    issuer: undefined,
+    audience: undefined,
+    trustedIssuersPath: undefined,
+    rotationPeriodMs: 86_400_000,
+    maxTokenLifetimeMs: 3_600_000,
+    serverNames: [],
+    serverId: "issuer.custody-system",
+    pollIntervalMs: 60_000,
+    logger,
+  });
+}
+
 export class Mesh {
   readonly services = new Map<string, MeshService>();
   readonly apps: Server[] = [];
@@ -99,48 +120,16 @@ export class Mesh {
         }),
       );
     }
-    this.issuer = await startIssuer({
-      caDirectory: join(this.directory, "ca"),
-      trustBundlePath: undefined,
-      manifestsDirectory: manifests,
-      stateDirectory: join(this.directory, "issuer-state"),
-      listen: { host: "127.0.0.1", port: 0 },
-      admin: { host: "127.0.0.1", port: 0 },
-      issuer: undefined,
-      audience: undefined,
-      trustedIssuersPath: undefined,
-      rotationPeriodMs: 86_400_000,
-      maxTokenLifetimeMs: 3_600_000,
-      serverNames: [],
-      serverId: "issuer.custody-system",
-      pollIntervalMs: 60_000,
-      logger: this.logger,
-    });
-    for (const spec of specs) {
-      const id = `${spec.name}.${spec.namespace}`;
-      const identityDirectory = join(this.directory, "identities", id);
-      await mkdir(identityDirectory, { recursive: true });
-      await this.issueIdentity(id, identityDirectory);
-      const service: MeshService = {
-        id,
-        identityDirectory,
-        inboundPort: await freePort(),
-        appPort: await freePort(),
-        sidecar: undefined,
-        received: [],
-        handler: async () => ({ status: 200, body: "ok" }),
-      };
-      this.services.set(id, service);
-      await this.startApp(service);
-    }
+    this.issuer = await startTestIssuer(this.directory, manifests, this.logger);
+    for (const spec of specs) await this.createService(spec);
     this.policies = [...policies];
     this.specs = [...specs];
     await this.publishRegistry(specs);
     for (const service of this.services.values()) await this.startSidecar(service);
   }
 
-  /** A new service with its app and sidecar, published in a new registry generation. */
-  async addService(spec: ServiceSpec): Promise<MeshService> {
+  /** Identity files, ports and a running app for one service (its sidecar starts later). */
+  private async createService(spec: ServiceSpec): Promise<MeshService> {
     const id = `${spec.name}.${spec.namespace}`;
     const identityDirectory = join(this.directory, "identities", id);
     await mkdir(identityDirectory, { recursive: true });
@@ -156,6 +145,12 @@ export class Mesh {
     };
     this.services.set(id, service);
     await this.startApp(service);
+    return service;
+  }
+
+  /** A new service with its app and sidecar, published in a new registry generation. */
+  async addService(spec: ServiceSpec): Promise<MeshService> {
+    const service = await this.createService(spec);
     this.specs.push(spec);
     await this.publishRegistry(this.specs);
     await this.startSidecar(service);

@@ -6,7 +6,6 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startIssuer } from "../../operator/src/issuer/service.js";
 import {
   type CertificateAuthority,
   createCertificateAuthority,
@@ -16,10 +15,11 @@ import { temporaryDirectory } from "../../pki/test/support.js";
 import { loadIdentityFiles } from "../../sidecar/src/runtime/identity-files.js";
 import { tokenServiceFetcher } from "../../sidecar/src/runtime/identity-token.js";
 import { writeIdentity } from "../../sidecar/test/support/identity.js";
+import { startTestIssuer } from "../support/mesh.js";
 
 describe("tokenServiceFetcher against a real token service", () => {
   let directory: { path: string; cleanup: () => Promise<void> };
-  let issuer: Awaited<ReturnType<typeof startIssuer>>;
+  let issuer: Awaited<ReturnType<typeof startTestIssuer>>;
   let ca: CertificateAuthority;
 
   beforeAll(async () => {
@@ -32,23 +32,7 @@ describe("tokenServiceFetcher against a real token service", () => {
       join(manifests, "cart.yaml"),
       "apiVersion: custody.dev/v1alpha1\nkind: ServiceIdentity\nmetadata: {name: cart, namespace: shop}\nspec: {tokenTTL: 5m}\n",
     );
-    issuer = await startIssuer({
-      caDirectory: join(directory.path, "ca"),
-      trustBundlePath: undefined,
-      manifestsDirectory: manifests,
-      stateDirectory: join(directory.path, "state"),
-      listen: { host: "127.0.0.1", port: 0 },
-      admin: { host: "127.0.0.1", port: 0 },
-      issuer: undefined,
-      audience: undefined,
-      trustedIssuersPath: undefined,
-      rotationPeriodMs: 86_400_000,
-      maxTokenLifetimeMs: 3_600_000,
-      serverNames: [],
-      serverId: "issuer.custody-system",
-      pollIntervalMs: 60_000,
-      logger: pino({ level: "silent" }),
-    });
+    issuer = await startTestIssuer(directory.path, manifests, pino({ level: "silent" }));
   });
   afterAll(async () => {
     await issuer?.close(100);

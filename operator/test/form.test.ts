@@ -1,21 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { OAuthError } from "../src/issuer/errors.js";
 import {
   assertFormContentType,
   MAX_TOKEN_REQUEST_PARAMETERS,
   parseTokenForm,
   requireParameter,
 } from "../src/issuer/form.js";
-
-function refusal(action: () => unknown): OAuthError {
-  try {
-    action();
-  } catch (error) {
-    if (error instanceof OAuthError) return error;
-    throw error;
-  }
-  throw new Error("expected an OAuthError");
-}
+import { refusal } from "./support/oauth.js";
 
 describe("token request content type", () => {
   it.each(["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=UTF-8"])(

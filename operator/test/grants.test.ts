@@ -6,10 +6,10 @@ import { TrustBundle } from "../../pki/src/bundle.js";
 import type { CertificateAuthority } from "../../pki/src/ca.js";
 import { IssuerKeySet } from "../../pki/src/jwks.js";
 import { parseCompactJws, sha256Base64url, signCompactJws, verifySignature } from "../../pki/src/jws.js";
-import { OAuthError } from "../src/issuer/errors.js";
 import { type GrantContext, grantToken } from "../src/issuer/grants.js";
 import { IdentityIndex } from "../src/issuer/identities.js";
 import type { SigningKey } from "../src/issuer/signing-keys.js";
+import { refusal } from "./support/oauth.js";
 import { type ClientCertificate, createCa, custodyClient, partnerClient } from "./support/pki.js";
 
 const ISSUER = "https://issuer.custody.test";
@@ -34,16 +34,6 @@ function identity(name: string, spec: Record<string, unknown>) {
 
 const form = (entries: Record<string, string>) => new Map(Object.entries(entries));
 const chainOf = (client: ClientCertificate) => [client.certificate.der];
-
-function refusal(action: () => unknown): OAuthError {
-  try {
-    action();
-  } catch (error) {
-    if (error instanceof OAuthError) return error;
-    throw error;
-  }
-  throw new Error("expected an OAuthError");
-}
 
 function claimsOf(token: string): Record<string, unknown> {
   return parseCompactJws(token).payload as Record<string, unknown>;
