@@ -273,6 +273,52 @@ describe("the checkout through three sidecars", () => {
     },
   );
 
+  async function keyService(id: string, route: string, body: unknown) {
+    const answer = await fetch(`${sidecarOf(id).outboundUrl}/.custody/${route}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: answer.status, json: (await answer.json()) as Record<string, unknown> };
+  }
+
+  it("key service: shop seals a card number for payments and cart; each opens it, shop itself cannot", async () => {
+    const sealed = await keyService("shop.shop", "seal", {
+      recipients: ["payments.shop", "cart.shop"],
+      plaintext: "4111 1111 1111 1111",
+      contentType: "text/plain",
+    });
+    expect(sealed.status).toBe(200);
+    for (const reader of ["payments.shop", "cart.shop"]) {
+      const opened = await keyService(reader, "open", sealed.json);
+      expect(opened.status).toBe(200);
+      expect(Buffer.from(String(opened.json.plaintextBase64url), "base64url").toString()).toBe(
+        "4111 1111 1111 1111",
+      );
+    }
+    expect(await keyService("shop.shop", "open", sealed.json)).toEqual({
+      status: 400,
+      json: { error: "key_service", reason: "not_a_recipient" },
+    });
+    const tampered = { ...sealed.json, ciphertext: `A${String(sealed.json.ciphertext).slice(1)}` };
+    expect((await keyService("payments.shop", "open", tampered)).json.reason).toBe("decryption_failed");
+  });
+
+  it("key service: what cart signs, payments verifies through the registry; a changed payload fails", async () => {
+    const signed = await keyService("cart.shop", "sign", { payload: { order: 12345, amount: "59.90" } });
+    expect(signed.status).toBe(200);
+    const verified = await keyService("payments.shop", "verify", {
+      jws: signed.json.jws,
+      payload: { amount: "59.90", order: 12345 },
+    });
+    expect(verified.json).toMatchObject({ valid: true, signer: "cart.shop" });
+    const forged = await keyService("payments.shop", "verify", {
+      jws: signed.json.jws,
+      payload: { order: 12345, amount: "0.01" },
+    });
+    expect(forged).toEqual({ status: 400, json: { error: "key_service", reason: "bad_signature" } });
+  });
+
   it("keeps calling while the token service is down, on the identity token it has", async () => {
     await mesh.issuer.close(100);
     await sleep(50);

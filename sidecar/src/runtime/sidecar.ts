@@ -12,6 +12,7 @@ import { closeGracefully, listen } from "../../../cli/src/serve.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
+import type { LinkSigner } from "../chain/mint.js";
 import { QuotaLimiter } from "../quota/limiter.js";
 import { createQuotaMetrics } from "../quota/metrics.js";
 import type { ReplayGuard } from "../replay/guard.js";
@@ -22,9 +23,10 @@ import type { SpoolOptions } from "./body.js";
 import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
 import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
 import { createInboundServer } from "./inbound-server.js";
+import { createKeyRoutes } from "./key-routes.js";
 import { createSidecarMetrics } from "./metrics.js";
-import { createOutboundServer } from "./outbound-server.js";
-import { RegistrySource } from "./registry-source.js";
+import { createOutboundServer, signerFor } from "./outbound-server.js";
+import { type RegistrySnapshot, RegistrySource } from "./registry-source.js";
 
 export interface Listen {
   readonly host: string;
@@ -144,7 +146,19 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     metrics,
     now,
   });
+  let signerMemo:
+    | { identity: WorkloadIdentity; snapshot: RegistrySnapshot; signer: LinkSigner | undefined }
+    | undefined;
+  const currentSigner = (): LinkSigner | undefined => {
+    const snapshot = source.snapshot;
+    if (snapshot === undefined) return undefined;
+    if (signerMemo?.identity !== identity || signerMemo.snapshot !== snapshot) {
+      signerMemo = { identity, snapshot, signer: signerFor(identity, snapshot) };
+    }
+    return signerMemo.signer;
+  };
   const outbound = createOutboundServer({
+    localRoutes: createKeyRoutes({ registry: () => source.snapshot, signer: currentSigner, now }),
     self,
     identity: () => identity,
     registry: () => source.snapshot,
