@@ -264,13 +264,13 @@ export class Mesh {
 
   async startSidecar(
     service: MeshService,
-    overrides: { redisUrl?: string; inboundPort?: number } = {},
+    overrides: { redisUrl?: string; inboundPort?: number; tokenUrl?: string } = {},
   ): Promise<RunningSidecar> {
     const sidecar = await startSidecar({
       identityDirectory: service.identityDirectory,
       registryPath: this.registryPath,
       appPort: service.appPort,
-      tokenUrl: this.issuer.tokenUrl,
+      tokenUrl: overrides.tokenUrl ?? this.issuer.tokenUrl,
       outbound: { host: "127.0.0.1", port: 0 },
       inbound: { host: "127.0.0.1", port: overrides.inboundPort ?? service.inboundPort },
       admin: { host: "127.0.0.1", port: 0 },

@@ -300,7 +300,9 @@ describe("the checkout through three sidecars", () => {
       status: 400,
       json: { error: "key_service", reason: "not_a_recipient" },
     });
-    const tampered = { ...sealed.json, ciphertext: `A${String(sealed.json.ciphertext).slice(1)}` };
+    const ciphertext = String(sealed.json.ciphertext);
+    const flipped = `${ciphertext.startsWith("A") ? "B" : "A"}${ciphertext.slice(1)}`;
+    const tampered = { ...sealed.json, ciphertext: flipped };
     expect((await keyService("payments.shop", "open", tampered)).json.reason).toBe("decryption_failed");
   });
 
@@ -317,6 +319,17 @@ describe("the checkout through three sidecars", () => {
       payload: { order: 12345, amount: "0.01" },
     });
     expect(forged).toEqual({ status: 400, json: { error: "key_service", reason: "bad_signature" } });
+  });
+
+  it("reports not ready (503) while it has no valid identity token", async () => {
+    const unreachable = `https://127.0.0.1:${await freePort()}/oauth2/token`;
+    const lonely = await mesh.startSidecar(mesh.service("ledger.shop"), {
+      inboundPort: await freePort(),
+      tokenUrl: unreachable,
+    });
+    const answer = await fetch(`${lonely.adminUrl}/readyz`);
+    expect(answer.status).toBe(503);
+    expect(await answer.json()).toMatchObject({ status: "not_ready", reason: "no valid identity token" });
   });
 
   it("keeps calling while the token service is down, on the identity token it has", async () => {
