@@ -35,6 +35,11 @@ import {
   privateKeyToPem,
 } from "../../pki/src/index.js";
 import { extendedKeyUsage, subjectAltName } from "../../pki/src/template.js";
+import {
+  seedCa as seedCaIn,
+  seedKeyAndCsr as seedKeyAndCsrIn,
+  seedSign as seedSignIn,
+} from "../../pki/test/seed-recipe.js";
 import { captureIO, HOUR, handBuilt, run, temporaryDirectory } from "../../pki/test/support.js";
 import { type IssuerProcess, type LogLine, startIssuerProcess } from "./support/issuer-process.js";
 
@@ -50,7 +55,6 @@ const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
 const TRUST_DOMAIN_AUDIENCE = "spiffe://custody.local";
 const USER_ISSUER = "https://login.example";
 const PARTNER_SUBJECT = "CN=client_alternative,O=Partner,C=US";
-const SEED_PASSPHRASE = "pass:seed-secret";
 
 type Json = Record<string, unknown>;
 type SigningKey = Awaited<ReturnType<typeof joseKeyPair>>["privateKey"];
@@ -83,10 +87,6 @@ async function pki(...args: string[]): Promise<string> {
   if (code !== EXIT_OK)
     throw new Error(`custody pki ${args.join(" ")} failed (${code}): ${captured.stderr()}`);
   return captured.stdout();
-}
-
-async function openssl(cwd: string, ...args: string[]): Promise<void> {
-  await run("openssl", args, { cwd });
 }
 
 /** base64url(SHA-256(DER)), RFC 8705 §3.1, computed here independently of the issuer's code. */
@@ -249,64 +249,9 @@ describe.skipIf(!hasTools)("custody issuer, a real process", () => {
   let foreignKey: SigningKey;
   let main: IssuerProcess;
 
-  /** `openssl req -new -x509` CA, key encrypted as the seed's interactive recipe leaves it. */
-  async function seedCa(name: string, subject: string): Promise<void> {
-    await openssl(
-      directory.path,
-      "req",
-      "-new",
-      "-x509",
-      "-days",
-      "265",
-      "-keyout",
-      `./pki/CA/${name}.key`,
-      "-out",
-      `./pki/CA/${name}.crt`,
-      "-subj",
-      subject,
-      "-passout",
-      SEED_PASSPHRASE,
-    );
-  }
-
-  /** genrsa + req -new, as the seed does. */
-  async function seedKeyAndCsr(name: string, subject: string): Promise<void> {
-    await openssl(directory.path, "genrsa", "-out", `./pki/${name}.key`, "2048");
-    await openssl(
-      directory.path,
-      "req",
-      "-new",
-      "-key",
-      `./pki/${name}.key`,
-      "-out",
-      `./pki/${name}.csr`,
-      "-subj",
-      subject,
-    );
-  }
-
-  /** The seed's `openssl x509 -req … -CAcreateserial -days 100 -sha256`. */
-  async function seedSign(name: string, ca: string): Promise<void> {
-    await openssl(
-      directory.path,
-      "x509",
-      "-req",
-      "-in",
-      `./pki/${name}.csr`,
-      "-CA",
-      `./pki/CA/${ca}.crt`,
-      "-CAkey",
-      `./pki/CA/${ca}.key`,
-      "-CAcreateserial",
-      "-out",
-      `./pki/${name}.crt`,
-      "-days",
-      "100",
-      "-sha256",
-      "-passin",
-      SEED_PASSPHRASE,
-    );
-  }
+  const seedCa = (name: string, subject: string) => seedCaIn(directory.path, name, subject);
+  const seedKeyAndCsr = (name: string, subject: string) => seedKeyAndCsrIn(directory.path, name, subject);
+  const seedSign = (name: string, ca: string) => seedSignIn(directory.path, name, ca);
 
   /** curl, as the issue shows it: `curl --cert … --key … --cacert ca/ca.crt -d … https://localhost:PORT/…`. */
   async function curlToken(client: ClientFiles | undefined, parameters: readonly string[]): Promise<Answer> {

@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT_OK, EXIT_REJECTED } from "../../cli/src/kit.js";
 import { requireTool } from "../../e2e/support/tools.js";
 import { pkiCommand } from "../src/cli.js";
-import { captureIO, run, temporaryDirectory } from "./support.js";
+import { openssl, seedCa as seedCaIn, seedClient as seedClientIn } from "./seed-recipe.js";
+import { captureIO, temporaryDirectory } from "./support.js";
 
 const hasOpenssl = requireTool("openssl");
 
@@ -16,11 +17,6 @@ async function pki(...args: string[]): Promise<{ code: number; stdout: string; s
   const captured = captureIO();
   const code = await pkiCommand(args, captured.io);
   return { code, stdout: captured.stdout(), stderr: captured.stderr() };
-}
-
-async function openssl(cwd: string, ...args: string[]): Promise<string> {
-  const { stdout } = await run("openssl", args, { cwd });
-  return stdout;
 }
 
 /** `openssl verify` prints "FILE: OK" and exits 0 on success; anything else is a failure. */
@@ -36,60 +32,9 @@ describe.skipIf(!hasOpenssl)("the design seed's openssl recipe", () => {
   let directory: { path: string; cleanup: () => Promise<void> };
   const seed = (...parts: string[]) => join(directory.path, "pki", ...parts);
 
-  /** `openssl req -new -x509 …` CA (key encrypted, as the seed's interactive recipe leaves it). */
-  async function seedCa(name: string, subject: string): Promise<void> {
-    await openssl(
-      directory.path,
-      "req",
-      "-new",
-      "-x509",
-      "-days",
-      "265",
-      "-keyout",
-      `./pki/CA/${name}.key`,
-      "-out",
-      `./pki/CA/${name}.crt`,
-      "-subj",
-      subject,
-      "-passout",
-      "pass:seed-secret",
-    );
-  }
-
-  /** genrsa + req -new + x509 -req -CAcreateserial, exactly as the seed does. */
-  async function seedClient(name: string, ca: string, subject: string): Promise<void> {
-    await openssl(directory.path, "genrsa", "-out", `./pki/${name}.key`, "2048");
-    await openssl(
-      directory.path,
-      "req",
-      "-new",
-      "-key",
-      `./pki/${name}.key`,
-      "-out",
-      `./pki/${name}.csr`,
-      "-subj",
-      subject,
-    );
-    await openssl(
-      directory.path,
-      "x509",
-      "-req",
-      "-in",
-      `./pki/${name}.csr`,
-      "-CA",
-      `./pki/CA/${ca}.crt`,
-      "-CAkey",
-      `./pki/CA/${ca}.key`,
-      "-CAcreateserial",
-      "-out",
-      `./pki/${name}.crt`,
-      "-days",
-      "100",
-      "-sha256",
-      "-passin",
-      "pass:seed-secret",
-    );
-  }
+  const seedCa = (name: string, subject: string) => seedCaIn(directory.path, name, subject);
+  const seedClient = (name: string, ca: string, subject: string) =>
+    seedClientIn(directory.path, name, ca, subject);
 
   beforeAll(async () => {
     directory = await temporaryDirectory();
