@@ -6,6 +6,7 @@ import { TrustBundle } from "../../pki/src/bundle.js";
 import type { CertificateAuthority } from "../../pki/src/ca.js";
 import { IssuerKeySet } from "../../pki/src/jwks.js";
 import { parseCompactJws, sha256Base64url, signCompactJws, verifySignature } from "../../pki/src/jws.js";
+import { VerifiedCertificateCache } from "../../pki/src/peer.js";
 import { type GrantContext, grantToken } from "../src/issuer/grants.js";
 import { IdentityIndex } from "../src/issuer/identities.js";
 import type { SigningKey } from "../src/issuer/signing-keys.js";
@@ -92,6 +93,7 @@ describe("token grants", () => {
       audience: "spiffe://custody.local",
       maxLifetimeSeconds: 86_400,
       nowMs,
+      certificates: new VerifiedCertificateCache(),
     };
   });
 

@@ -1,12 +1,8 @@
 /**
  * Small HTTP helpers shared by the operator's servers: bounded bodies, JSON answers with the
- * headers every answer carries, and the client certificate chain of a TLS request.
+ * headers every answer carries, listen addresses.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { PeerCertificate, TLSSocket } from "node:tls";
-
-/** Longest chain read from a TLS peer: leaf plus intermediates, far beyond any real deployment. */
-const MAX_PEER_CHAIN = 8;
 
 export class BodyTooLargeError extends Error {
   constructor(readonly limit: number) {
@@ -64,20 +60,6 @@ export function sendJson(
     ...headers,
   });
   response.end(text);
-}
-
-/** The certificates the TLS peer presented, leaf first, as DER; empty when it presented none. */
-export function peerCertificateChain(socket: TLSSocket): Uint8Array[] {
-  const chain: Uint8Array[] = [];
-  let certificate: PeerCertificate | undefined = socket.getPeerCertificate(true);
-  while (certificate?.raw !== undefined && chain.length < MAX_PEER_CHAIN) {
-    chain.push(new Uint8Array(certificate.raw));
-    const issuer: PeerCertificate | undefined = (certificate as { issuerCertificate?: PeerCertificate })
-      .issuerCertificate;
-    if (issuer === undefined || issuer === certificate || issuer.raw?.equals(certificate.raw)) break;
-    certificate = issuer;
-  }
-  return chain;
 }
 
 export interface HostPort {

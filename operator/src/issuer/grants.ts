@@ -9,8 +9,8 @@ import { normalizedDistinguishedName, printable } from "../../../pki/src/dn.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { JwtError, verifyJwt } from "../../../pki/src/jwt.js";
-import { type VerifiedClientCertificate, verifyClientCertificate } from "../../../pki/src/verify.js";
-import type { VerifiedCertificateCache } from "./certificate-cache.js";
+import type { VerifiedCertificateCache } from "../../../pki/src/peer.js";
+import type { VerifiedClientCertificate } from "../../../pki/src/verify.js";
 import { OAuthError } from "./errors.js";
 import { requireParameter } from "./form.js";
 import type { IdentityIndex, IssuerIdentity } from "./identities.js";
@@ -46,8 +46,8 @@ export interface GrantContext {
   readonly audience: string;
   readonly maxLifetimeSeconds: number;
   readonly nowMs: number;
-  /** Reuses verifications of a chain presented before; a fresh verification without it. */
-  readonly certificates?: VerifiedCertificateCache;
+  /** Client chains verified before: a refresh or a kept-alive client is verified once. */
+  readonly certificates: VerifiedCertificateCache;
 }
 
 export interface GrantResult {
@@ -87,11 +87,7 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
   }
   let certificate: VerifiedClientCertificate;
   try {
-    const now = new Date(context.nowMs);
-    certificate =
-      context.certificates === undefined
-        ? verifyClientCertificate(context.bundle, chain, { now })
-        : context.certificates.verify(context.bundle, chain, now);
+    certificate = context.certificates.verify(context.bundle, chain, new Date(context.nowMs));
   } catch (error) {
     if (!(error instanceof CertificateVerificationError)) throw error;
     throw new OAuthError(

@@ -21,17 +21,10 @@ import { readBoundedFile } from "../../../pki/src/files.js";
 import { issueCertificate } from "../../../pki/src/issue.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { privateKeyToPem } from "../../../pki/src/keys.js";
+import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
-import {
-  BodyTooLargeError,
-  ClientAbortedError,
-  type HostPort,
-  peerCertificateChain,
-  readBody,
-  sendJson,
-} from "../http/io.js";
+import { BodyTooLargeError, ClientAbortedError, type HostPort, readBody, sendJson } from "../http/io.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
-import { VerifiedCertificateCache } from "./certificate-cache.js";
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
 import {

@@ -8,7 +8,7 @@
 
 import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
-import { verifyClientCertificate } from "../../../pki/src/verify.js";
+import type { VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import { ChainError } from "../chain/errors.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
@@ -37,6 +37,8 @@ export interface InboundContext {
   readonly quota: QuotaLimiter;
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
+  /** Client chains verified before (per process): the inbound hot path verifies each chain once. */
+  readonly certificates: VerifiedCertificateCache;
 }
 
 export interface Allowed {
@@ -87,9 +89,11 @@ function peerService(context: InboundContext, request: InboundRequest): string |
   if (request.peerChain.length === 0)
     return refuse(401, "no_client_certificate", "no client certificate was presented.");
   try {
-    const verified = verifyClientCertificate(context.snapshot.bundle, request.peerChain, {
-      now: new Date(request.nowMs),
-    });
+    const verified = context.certificates.verify(
+      context.snapshot.bundle,
+      request.peerChain,
+      new Date(request.nowMs),
+    );
     const parsed = verified.spiffeId === undefined ? undefined : parseSpiffeId(verified.spiffeId);
     if (parsed === undefined || parsed.trustDomain !== context.snapshot.registry.trustDomain) {
       return refuse(

@@ -9,6 +9,7 @@ import { Agent, request as httpRequest, type IncomingMessage, type ServerRespons
 import { createServer, type Server } from "node:https";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
+import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { formatOperation } from "../chain/normalize.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
@@ -42,20 +43,6 @@ export interface InboundOptions {
   readonly now?: () => number;
 }
 
-const MAX_PEER_CHAIN = 8;
-
-function peerChain(socket: TLSSocket): Uint8Array[] {
-  const chain: Uint8Array[] = [];
-  let certificate = socket.getPeerCertificate?.(true);
-  while (certificate?.raw !== undefined && chain.length < MAX_PEER_CHAIN) {
-    chain.push(new Uint8Array(certificate.raw));
-    const issuer = certificate.issuerCertificate;
-    if (issuer === undefined || issuer === certificate || issuer.raw?.equals(certificate.raw)) break;
-    certificate = issuer;
-  }
-  return chain;
-}
-
 /** `allow policy=shop/payments rule=pay-for-order`: what the app may log or act on. */
 function decisionHeader(outcome: Allowed): string {
   const verdict = outcome.decision.decidedBy;
@@ -66,6 +53,7 @@ function decisionHeader(outcome: Allowed): string {
 export function createInboundServer(options: InboundOptions): Server {
   const now = options.now ?? Date.now;
   const app = new Agent({ keepAlive: true, maxSockets: 256 });
+  const certificates = new VerifiedCertificateCache();
   const identity = options.identity();
   const server = createServer(
     {
@@ -133,13 +121,14 @@ export function createInboundServer(options: InboundOptions): Server {
           quota: options.quota,
           limits: options.limits,
           whenNoPolicy: options.whenNoPolicy,
+          certificates,
         },
         {
           method: request.method ?? "GET",
           target: request.url ?? "/",
           chainHeader: headerValue,
           bodyHash: body.hash,
-          peerChain: peerChain(request.socket as TLSSocket),
+          peerChain: peerCertificateChain(request.socket as TLSSocket),
           nowMs: now(),
         },
       );

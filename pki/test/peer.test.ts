@@ -1,8 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { TrustBundle } from "../../pki/src/bundle.js";
-import { CertificateVerificationError } from "../../pki/src/errors.js";
-import { VerifiedCertificateCache } from "../src/issuer/certificate-cache.js";
-import { createCa, custodyClient } from "./support/pki.js";
+import { TrustBundle } from "../src/bundle.js";
+import { type CertificateAuthority, createCertificateAuthority } from "../src/ca.js";
+import { CertificateVerificationError } from "../src/errors.js";
+import { issueCertificate, type LeafOptions } from "../src/issue.js";
+import { VerifiedCertificateCache } from "../src/peer.js";
+
+/** A CA valid since yesterday, so a certificate can be checked past its notAfter. */
+const createCa = (trustDomain = "custody.local") =>
+  createCertificateAuthority({ trustDomain, now: new Date(Date.now() - 86_400_000) });
+const custodyClient = (ca: CertificateAuthority, id: string, options: LeafOptions = {}) =>
+  issueCertificate(ca, { id, usage: "client", ...options });
 
 describe("VerifiedCertificateCache", () => {
   it("answers a repeated chain from the cache, but never past the certificate's notAfter", async () => {
