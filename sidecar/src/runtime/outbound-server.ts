@@ -26,6 +26,8 @@ export interface OutboundOptions {
   readonly self: string;
   readonly identity: () => WorkloadIdentity;
   readonly registry: () => RegistrySnapshot | undefined;
+  /** This workload's link signer (its key under its registry kid); undefined while unpublished. */
+  readonly signer: () => LinkSigner | undefined;
   /** The identity JWT to start chains with (e0), when there is one. */
   readonly identityToken: () => string | undefined;
   readonly spool: SpoolOptions;
@@ -141,9 +143,6 @@ function spiffeCheck(expected: string) {
 
 export function createOutboundServer(options: OutboundOptions): Server {
   let pools: { identity: WorkloadIdentity; ca: string; agent: Agent } | undefined;
-  let signerCache:
-    | { identity: WorkloadIdentity; snapshot: RegistrySnapshot; signer: LinkSigner | undefined }
-    | undefined;
 
   const agentFor = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): Agent => {
     const ca = snapshot.registry.trustBundle;
@@ -159,12 +158,6 @@ export function createOutboundServer(options: OutboundOptions): Server {
     pools = { identity, ca, agent };
     return agent;
   };
-  const signer = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): LinkSigner | undefined => {
-    if (signerCache?.identity !== identity || signerCache.snapshot !== snapshot) {
-      signerCache = { identity, snapshot, signer: signerFor(identity, snapshot) };
-    }
-    return signerCache.signer;
-  };
 
   async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
@@ -179,7 +172,7 @@ export function createOutboundServer(options: OutboundOptions): Server {
         throw new OutboundRefusal(503, "registry_unavailable", "no registry loaded yet.");
       const target = resolveTarget(request, snapshot);
       const identity = options.identity();
-      const linkSigner = signer(identity, snapshot);
+      const linkSigner = options.signer();
       if (linkSigner === undefined) {
         throw new OutboundRefusal(
           503,

@@ -149,6 +149,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   let signerMemo:
     | { identity: WorkloadIdentity; snapshot: RegistrySnapshot; signer: LinkSigner | undefined }
     | undefined;
+  /** One lookup of this workload's kid per (certificate, registry generation), for links and the key service. */
   const currentSigner = (): LinkSigner | undefined => {
     const snapshot = source.snapshot;
     if (snapshot === undefined) return undefined;
@@ -159,6 +160,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   };
   const outbound = createOutboundServer({
     localRoutes: createKeyRoutes({ registry: () => source.snapshot, signer: currentSigner, now }),
+    signer: currentSigner,
     self,
     identity: () => identity,
     registry: () => source.snapshot,
