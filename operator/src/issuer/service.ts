@@ -6,12 +6,13 @@
  * that state, so a reload never shows a request half of the old state and half of the new.
  */
 
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import type { Registry } from "prom-client";
+import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
 import { closeGracefully, listen } from "../../../cli/src/serve.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
 import { TrustBundle } from "../../../pki/src/bundle.js";
@@ -118,12 +119,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     );
   }
   const trustDomain = ca.trustDomain;
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "custody_issuer_" });
-  // prom-client names three gauges `*_total`, a suffix Prometheus reserves for counters (promtool
-  // check metrics fails on them); the gauges without the suffix break the same counts down by type.
-  for (const name of ["active_handles_total", "active_requests_total", "active_resources_total"])
-    registry.removeSingleMetric(`custody_issuer_nodejs_${name}`);
+  const registry = createMetricsRegistry("custody_issuer_");
   const metrics = createIssuerMetrics(registry);
   const keys = await SigningKeyRing.open({
     directory: config.stateDirectory,
@@ -317,23 +313,10 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     handle,
   );
   server.maxConnections = 4096;
-  const adminServer = createHttpServer(
-    { maxHeaderSize: 8 * 1024, requestTimeout: 10_000 },
-    (request, response) => {
-      const path = (request.url ?? "").split("?")[0];
-      if (path === "/healthz") return sendJson(response, 200, { status: "ok" });
-      if (path === "/readyz")
-        return sendJson(response, 200, { status: "ready", identities: state.identities.size });
-      if (path === "/metrics") {
-        void registry.metrics().then((text) => {
-          response.writeHead(200, { "content-type": registry.contentType });
-          response.end(text);
-        });
-        return;
-      }
-      sendJson(response, 404, { error: "not_found" });
-    },
-  );
+  const adminServer = createAdminServer(registry, () => ({
+    status: 200,
+    body: { status: "ready", identities: state.identities.size },
+  }));
 
   const port = await listen(server, config.listen);
   issuerUrl = config.issuer ?? defaultIssuer(config.listen, port);

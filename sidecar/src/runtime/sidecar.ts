@@ -5,9 +5,9 @@
  * Requests read the latest good identity and registry; reloads swap them whole.
  */
 
-import { createServer as createHttpServer } from "node:http";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import type { Registry } from "prom-client";
+import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
 import { closeGracefully, listen } from "../../../cli/src/serve.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
@@ -70,12 +70,7 @@ export class SidecarStartError extends CustodyError {
 export async function startSidecar(config: SidecarConfig): Promise<RunningSidecar> {
   const { logger } = config;
   const now = config.now ?? Date.now;
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "custody_sidecar_" });
-  // prom-client names three gauges `*_total`, a suffix Prometheus reserves for counters.
-  for (const name of ["active_handles_total", "active_requests_total", "active_resources_total"]) {
-    registry.removeSingleMetric(`custody_sidecar_nodejs_${name}`);
-  }
+  const registry = createMetricsRegistry("custody_sidecar_");
   const metrics = createSidecarMetrics(registry);
   const replayMetrics = createReplayMetrics(registry);
 
@@ -178,29 +173,12 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       return { ready: false, why: "no valid identity token" };
     return { ready: true, why: "ok" };
   };
-  const admin = createHttpServer((request, response) => {
-    const path = (request.url ?? "").split("?")[0];
-    const json = (status: number, body: unknown) => {
-      response.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
-      response.end(JSON.stringify(body));
+  const admin = createAdminServer(registry, () => {
+    const { ready, why } = readiness();
+    return {
+      status: ready ? 200 : 503,
+      body: { status: ready ? "ready" : "not_ready", reason: why, generation: source.snapshot?.generation },
     };
-    if (path === "/healthz") return json(200, { status: "ok" });
-    if (path === "/readyz") {
-      const { ready, why } = readiness();
-      return json(ready ? 200 : 503, {
-        status: ready ? "ready" : "not_ready",
-        reason: why,
-        generation: source.snapshot?.generation,
-      });
-    }
-    if (path === "/metrics") {
-      void registry.metrics().then((text) => {
-        response.writeHead(200, { "content-type": registry.contentType });
-        response.end(text);
-      });
-      return;
-    }
-    json(404, { error: "not_found" });
   });
 
   const reloadIdentity = async () => {
