@@ -10,6 +10,16 @@ export interface ListenAddress {
   readonly port: number;
 }
 
+/** `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces); undefined for anything else. */
+export function parseListenAddress(text: string): ListenAddress | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
+  if (match === null) return undefined;
+  const port = Number(match[3]);
+  if (port > 65_535) return undefined;
+  const host = match[1] ?? match[2] ?? "";
+  return { host: host === "" ? "0.0.0.0" : host, port };
+}
+
 interface HttpLikeServer extends Server {
   closeAllConnections(): void;
   closeIdleConnections(): void;

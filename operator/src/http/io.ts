@@ -1,6 +1,6 @@
 /**
  * Small HTTP helpers shared by the operator's servers: bounded bodies, JSON answers with the
- * headers every answer carries, listen addresses.
+ * headers every answer carries.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 
@@ -60,19 +60,4 @@ export function sendJson(
     ...headers,
   });
   response.end(text);
-}
-
-export interface HostPort {
-  readonly host: string;
-  readonly port: number;
-}
-
-/** `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces). */
-export function parseHostPort(text: string): HostPort | undefined {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
-  if (match === null) return undefined;
-  const port = Number(match[3]);
-  if (port > 65_535) return undefined;
-  const host = match[1] ?? match[2] ?? "";
-  return { host: host === "" ? "0.0.0.0" : host, port };
 }

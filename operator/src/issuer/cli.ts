@@ -4,11 +4,10 @@
  */
 import { join } from "node:path";
 import { type Command, EXIT_OK, parseCommandArgs, requireOption } from "../../../cli/src/kit.js";
-import { runUntilSignal } from "../../../cli/src/serve.js";
+import { type ListenAddress, parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { isServiceId } from "../../../crds/src/names.js";
-import { type HostPort, parseHostPort } from "../http/io.js";
 import { createLogger, LOG_LEVELS, type LogLevel } from "../log.js";
 import { startIssuer } from "./service.js";
 
@@ -46,8 +45,8 @@ Refreshing: a client asks again, with the same certificate, before its token exp
 A token never outlives the certificate it was issued for.
 `;
 
-function hostPortOption(name: string, value: string): HostPort {
-  const parsed = parseHostPort(value);
+function hostPortOption(name: string, value: string): ListenAddress {
+  const parsed = parseListenAddress(value);
   if (parsed === undefined)
     throw new UsageError(`${COMMAND}: --${name} must be HOST:PORT (got ${JSON.stringify(value)}).`);
   return parsed;

@@ -13,7 +13,7 @@ import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
-import { closeGracefully, listen } from "../../../cli/src/serve.js";
+import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
 import { TrustBundle } from "../../../pki/src/bundle.js";
 import { type CertificateAuthority, caPaths, loadCertificateAuthority } from "../../../pki/src/ca.js";
@@ -24,7 +24,7 @@ import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { privateKeyToPem } from "../../../pki/src/keys.js";
 import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
-import { BodyTooLargeError, ClientAbortedError, type HostPort, readBody, sendJson } from "../http/io.js";
+import { BodyTooLargeError, ClientAbortedError, readBody, sendJson } from "../http/io.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
@@ -52,8 +52,8 @@ export interface IssuerConfig {
   readonly trustBundlePath: string | undefined;
   readonly manifestsDirectory: string;
   readonly stateDirectory: string;
-  readonly listen: HostPort;
-  readonly admin: HostPort;
+  readonly listen: ListenAddress;
+  readonly admin: ListenAddress;
   /** `iss` of tokens; default https://localhost:<port> (or the listen host when it is a name). */
   readonly issuer: string | undefined;
   /** `aud` of identity tokens; default spiffe://<trust domain>. */
@@ -97,7 +97,7 @@ async function loadBundle(ca: CertificateAuthority, caDirectory: string, bundleP
   return hasCa ? alone : TrustBundle.fromPem([caSource, extra]);
 }
 
-function defaultIssuer(listen: HostPort, port: number): string {
+function defaultIssuer(listen: ListenAddress, port: number): string {
   const wildcardOrLoopback = ["0.0.0.0", "::", "127.0.0.1", "::1", "localhost"].includes(listen.host);
   const host = wildcardOrLoopback ? "localhost" : isIP(listen.host) === 6 ? `[${listen.host}]` : listen.host;
   return `https://${host}:${port}`;

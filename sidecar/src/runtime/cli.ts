@@ -7,14 +7,14 @@
 import { pino } from "pino";
 import { z } from "zod";
 import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
-import { runUntilSignal } from "../../../cli/src/serve.js";
+import { parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { parseYamlDocuments } from "../../../crds/src/manifest.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import { DEFAULT_LIMITS } from "../chain/limits.js";
 import { DEFAULT_MAX_BODY_BYTES, DEFAULT_MEMORY_BODY_BYTES } from "./body.js";
-import { type Listen, startSidecar } from "./sidecar.js";
+import { startSidecar } from "./sidecar.js";
 
 const COMMAND = "sidecar";
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -36,9 +36,16 @@ const SETTINGS = {
 } as const;
 type Setting = keyof typeof SETTINGS;
 
-const listenSchema = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:[\]]*):\d{1,5}$/, { error: "must be HOST:PORT" });
+/** The string a person writes, the address the sidecar listens on. */
+const listenSchema = (fallback: string) =>
+  z
+    .string()
+    .prefault(fallback)
+    .transform((text, ctx) => {
+      const address = parseListenAddress(text);
+      if (address === undefined) ctx.addIssue({ code: "custom", message: "must be HOST:PORT" });
+      return address ?? { host: "", port: 0 };
+    });
 const settingsSchema = z.strictObject({
   identity: z.string({ error: "is required: the identity Secret directory" }).min(1),
   registry: z.string({ error: "is required: the registry file or directory" }).min(1),
@@ -48,9 +55,9 @@ const settingsSchema = z.strictObject({
     .min(1, { error: "must be a port, 1-65535" })
     .max(65_535, { error: "must be a port, 1-65535" }),
   "token-url": z.url({ protocol: /^https$/ }).optional(),
-  outbound: listenSchema.default("127.0.0.1:15001"),
-  inbound: listenSchema.default("0.0.0.0:15006"),
-  admin: listenSchema.default("0.0.0.0:15020"),
+  outbound: listenSchema("127.0.0.1:15001"),
+  inbound: listenSchema("0.0.0.0:15006"),
+  admin: listenSchema("0.0.0.0:15020"),
   "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
   "replay-failure-mode": z.enum(["closed", "open"]).default("closed"),
   "when-no-policy": z.enum(["deny", "allow"]).default("deny"),
@@ -93,12 +100,6 @@ async function fileSettings(path: string | undefined): Promise<Record<string, un
     throw new UsageError(`${COMMAND}: ${path} must hold one mapping of settings.`);
   }
   return document as Record<string, unknown>;
-}
-
-function listenOf(text: string): Listen {
-  const at = text.lastIndexOf(":");
-  const host = text.slice(0, at).replace(/^\[|\]$/g, "");
-  return { host: host === "" ? "0.0.0.0" : host, port: Number(text.slice(at + 1)) };
 }
 
 export const sidecarCommand: Command = async (args, io) => {
@@ -146,9 +147,9 @@ export const sidecarCommand: Command = async (args, io) => {
     registryPath: settings.registry,
     appPort: settings["app-port"],
     tokenUrl: settings["token-url"],
-    outbound: listenOf(settings.outbound),
-    inbound: listenOf(settings.inbound),
-    admin: listenOf(settings.admin),
+    outbound: settings.outbound,
+    inbound: settings.inbound,
+    admin: settings.admin,
     limits: DEFAULT_LIMITS,
     whenNoPolicy: settings["when-no-policy"],
     replay: { redisUrl: settings["redis-url"], failureMode: settings["replay-failure-mode"] },

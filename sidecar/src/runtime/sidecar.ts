@@ -8,7 +8,7 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
-import { closeGracefully, listen } from "../../../cli/src/serve.js";
+import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
@@ -28,20 +28,15 @@ import { createSidecarMetrics } from "./metrics.js";
 import { createOutboundServer, signerFor } from "./outbound-server.js";
 import { type RegistrySnapshot, RegistrySource } from "./registry-source.js";
 
-export interface Listen {
-  readonly host: string;
-  readonly port: number;
-}
-
 export interface SidecarConfig {
   readonly identityDirectory: string;
   readonly registryPath: string;
   readonly appPort: number;
   /** Absent: no identity token (chains start with the first link). */
   readonly tokenUrl: string | undefined;
-  readonly outbound: Listen;
-  readonly inbound: Listen;
-  readonly admin: Listen;
+  readonly outbound: ListenAddress;
+  readonly inbound: ListenAddress;
+  readonly admin: ListenAddress;
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
   readonly replay: { readonly redisUrl: string | undefined; readonly failureMode: ReplayFailureMode };
