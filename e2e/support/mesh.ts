@@ -4,10 +4,16 @@
  * operator's Secret would be (tls.crt, tls.key, ca.crt); the registry as the operator would publish
  * it (keys, locations, the token service's JWKS, compiled policies).
  */
-import { createHash } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
-import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
-import { get } from "node:https";
+import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+} from "node:http";
+import { get, request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { type Logger, pino } from "pino";
 import { compilePolicy } from "../../crds/src/compiled-policy.js";
@@ -51,13 +57,31 @@ export interface MeshService {
 }
 
 function jwkOf(pem: string) {
-  return import("node:crypto").then(({ createPublicKey }) => {
-    const jwk = createPublicKey(pem).export({ format: "jwk" });
-    const kid = createHash("sha256")
-      .update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }))
-      .digest("base64url")
-      .slice(0, 16);
-    return { kid, jwk: { ...jwk, alg: "ES256", kid } };
+  const jwk = createPublicKey(pem).export({ format: "jwk" });
+  const kid = createHash("sha256")
+    .update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }))
+    .digest("base64url")
+    .slice(0, 16);
+  return { kid, jwk: { ...jwk, alg: "ES256", kid } };
+}
+
+export interface Answer {
+  readonly status: number;
+  readonly body: string;
+  readonly headers: IncomingHttpHeaders;
+}
+
+/** The whole response, as text. */
+function collect(response: IncomingMessage): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    response.on("data", (chunk: Buffer) => {
+      text += chunk.toString("utf8");
+    });
+    response.on("error", reject);
+    response.on("end", () =>
+      resolve({ status: response.statusCode ?? 0, body: text, headers: response.headers }),
+    );
   });
 }
 
@@ -213,11 +237,7 @@ export class Mesh {
     const url = new URL("/.well-known/jwks.json", this.issuer.tokenUrl);
     return new Promise((resolve, reject) => {
       get(url, { ca: this.ca.certificate.pem }, (response) => {
-        let text = "";
-        response.on("data", (chunk: Buffer) => {
-          text += chunk.toString("utf8");
-        });
-        response.on("end", () => resolve(JSON.parse(text) as { keys: unknown[] }));
+        collect(response).then((answer) => resolve(JSON.parse(answer.body) as { keys: unknown[] }), reject);
       }).on("error", reject);
     });
   }
@@ -227,14 +247,13 @@ export class Mesh {
     specs: readonly ServiceSpec[],
     extraServices: readonly Record<string, unknown>[] = [],
   ): Promise<void> {
-    const { readFile } = await import("node:fs/promises");
     const services = [];
     for (const spec of specs) {
       const id = `${spec.name}.${spec.namespace}`;
       const service = this.services.get(id);
       if (service === undefined) continue;
       const pem = await readFile(join(service.identityDirectory, "tls.crt"), "utf8");
-      const { kid, jwk } = await jwkOf(pem);
+      const { kid, jwk } = jwkOf(pem);
       services.push({
         id,
         environment: "default",
@@ -259,7 +278,7 @@ export class Mesh {
     };
     const temporary = `${this.registryPath}.tmp`;
     await writeFile(temporary, JSON.stringify(document));
-    await (await import("node:fs/promises")).rename(temporary, this.registryPath);
+    await rename(temporary, this.registryPath);
   }
 
   async startSidecar(
@@ -293,13 +312,9 @@ export class Mesh {
   }
 
   /** What the service's sidecar signs links with: its certificate key under its registry kid. */
-  async signerOf(
-    id: string,
-  ): Promise<{ serviceId: string; kid: string; privateKey: import("node:crypto").KeyObject }> {
-    const { readFile } = await import("node:fs/promises");
-    const { createPrivateKey } = await import("node:crypto");
+  async signerOf(id: string): Promise<{ serviceId: string; kid: string; privateKey: KeyObject }> {
     const directory = this.service(id).identityDirectory;
-    const { kid } = await jwkOf(await readFile(join(directory, "tls.crt"), "utf8"));
+    const { kid } = jwkOf(await readFile(join(directory, "tls.crt"), "utf8"));
     return {
       serviceId: id,
       kid,
@@ -312,16 +327,14 @@ export class Mesh {
     from: string,
     port: number,
     init: { method: string; path: string; body?: string; chain?: string },
-  ): Promise<{ status: number; body: string; headers: IncomingHttpHeaders }> {
-    const { readFile } = await import("node:fs/promises");
-    const { request } = await import("node:https");
+  ): Promise<Answer> {
     const directory = this.service(from).identityDirectory;
     const [cert, key] = await Promise.all([
       readFile(join(directory, "tls.crt")),
       readFile(join(directory, "tls.key")),
     ]);
     return new Promise((resolve, reject) => {
-      const outgoing = request(
+      const outgoing = httpsRequest(
         {
           host: "127.0.0.1",
           port,
@@ -333,15 +346,7 @@ export class Mesh {
           servername: "localhost",
           headers: init.chain === undefined ? {} : { "custody-chain": init.chain },
         },
-        (response) => {
-          let text = "";
-          response.on("data", (chunk: Buffer) => {
-            text += chunk.toString("utf8");
-          });
-          response.on("end", () =>
-            resolve({ status: response.statusCode ?? 0, body: text, headers: response.headers }),
-          );
-        },
+        (response) => void collect(response).then(resolve, reject),
       );
       outgoing.on("error", reject);
       outgoing.end(init.body);
@@ -362,11 +367,10 @@ export async function callThrough(
   sidecar: RunningSidecar,
   url: string,
   init: { method?: string; body?: string; headers?: Record<string, string> } = {},
-): Promise<{ status: number; body: string; headers: IncomingHttpHeaders }> {
-  const { request } = await import("node:http");
+): Promise<Answer> {
   const proxy = new URL(sidecar.outboundUrl);
   return new Promise((resolve, reject) => {
-    const outgoing = request(
+    const outgoing = httpRequest(
       {
         host: proxy.hostname,
         port: Number(proxy.port),
@@ -374,15 +378,7 @@ export async function callThrough(
         path: url,
         headers: { ...(init.headers ?? {}), host: new URL(url).host },
       },
-      (response) => {
-        let text = "";
-        response.on("data", (chunk: Buffer) => {
-          text += chunk.toString("utf8");
-        });
-        response.on("end", () =>
-          resolve({ status: response.statusCode ?? 0, body: text, headers: response.headers }),
-        );
-      },
+      (response) => void collect(response).then(resolve, reject),
     );
     outgoing.on("error", reject);
     outgoing.end(init.body);
