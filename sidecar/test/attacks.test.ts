@@ -84,12 +84,14 @@ describe("attack suite: the receiver refuses", () => {
       body?: string | null;
       limits?: ChainLimits;
       self?: string;
+      peer?: string;
     } = {},
   ) =>
     verifyChain(
       header,
       {
         self: options.self ?? "payments.shop",
+        peer: options.peer,
         operation: normalizeOperation(options.method ?? "POST", options.target ?? PAY),
         bodyHash: options.body === null ? undefined : sha256Base64url(options.body ?? BODY),
         nowSeconds: now(),
@@ -484,6 +486,12 @@ describe("attack suite: the receiver refuses", () => {
       scope: "shop.customer",
     });
     await refused(at(withInitial(exchanged, cart)), "initial_token_not_admitted");
+  });
+
+  it("63. a captured chain played over another workload's connection, and its jti is not spent", async () => {
+    const header = link().header;
+    await refused(at(header, { peer: "shop.shop" }), "peer_mismatch");
+    await expect(at(header, { peer: "cart.shop" })).resolves.toBeDefined();
   });
 
   it("60. a configured tighter limit applies (depth 2)", async () => {

@@ -16,6 +16,7 @@ export const CHAIN_REASONS = [
   "key_issuer_mismatch",
   "bad_signature",
   "audience_mismatch",
+  "peer_mismatch",
   "operation_mismatch",
   "expired",
   "issued_in_future",

@@ -53,6 +53,13 @@ export interface VerifiedChain {
 export interface IncomingCall {
   /** This service's id: the head's `aud` must be it. */
   readonly self: string;
+  /**
+   * The service the connection is authenticated as (TLS client certificate), when known. The head
+   * must be signed by it: the link proves who signed, TLS who is connected, and they must agree, or
+   * a captured (still unused) chain could be played by another workload. Checked before the jti is
+   * spent, so such an attempt cannot use the chain up either.
+   */
+  readonly peer?: string | undefined;
   readonly operation: Operation;
   /** base64url SHA-256 of the received body, or undefined when there is no body. */
   readonly bodyHash: string | undefined;
@@ -162,6 +169,13 @@ async function verifyHead(
   const head = verifyLinkSignature(parseCompactJws(text, index), sha256Base64url(text), index, trust, limits);
   if (head.aud !== call.self)
     throw new ChainError("audience_mismatch", "head is addressed to another service.");
+  if (call.peer !== undefined && head.iss !== call.peer) {
+    throw new ChainError(
+      "peer_mismatch",
+      `head was signed by ${head.iss}, but ${call.peer} is connected.`,
+      index,
+    );
+  }
   if (head.op !== formatOperation(call.operation)) {
     throw new ChainError("operation_mismatch", "head was signed for another operation.", index);
   }

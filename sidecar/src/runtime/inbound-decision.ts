@@ -110,21 +110,6 @@ function peerService(context: InboundContext, request: InboundRequest): string |
   }
 }
 
-/** `iss` of the last element, read without verifying anything; undefined when it cannot be read. */
-function claimedCaller(header: string | undefined): string | undefined {
-  const head = header?.slice(header.lastIndexOf("~") + 1) ?? "";
-  const payload = head.split(".")[1];
-  if (payload === undefined || payload.length > 8192) return undefined;
-  try {
-    const claims: unknown = JSON.parse(Buffer.from(payload, "base64url").toString("utf8"));
-    return typeof claims === "object" && claims !== null && "iss" in claims && typeof claims.iss === "string"
-      ? claims.iss
-      : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 export async function decideInbound(
   context: InboundContext,
   request: InboundRequest,
@@ -148,22 +133,13 @@ export async function decideInbound(
   }
   const peer = peerService(context, request);
   if (typeof peer !== "string") return { ...peer, operation };
-  // The link proves who signed; TLS proves who is connected. They must be the same service, or a
-  // captured (still unused) chain could be played by another workload. Checked on the unverified
-  // head before verification, so such an attempt cannot use up the chain's jti either.
-  const claimed = claimedCaller(request.chainHeader);
-  if (claimed !== undefined && claimed !== peer) {
-    return refuse(401, "peer_mismatch", `the chain's head names ${claimed}, but ${peer} is connected.`, {
-      operation,
-      caller: peer,
-    });
-  }
   let chain: VerifiedChain;
   try {
     chain = await verifyChain(
       request.chainHeader,
       {
         self: context.self,
+        peer,
         operation,
         bodyHash: request.bodyHash,
         nowSeconds: Math.floor(request.nowMs / 1000),
@@ -178,14 +154,6 @@ export async function decideInbound(
     return refuse(status, error.code, error.message, { operation, caller: peer });
   }
   const caller = chain.head.iss;
-  if (caller !== peer) {
-    return refuse(
-      401,
-      "peer_mismatch",
-      `the chain's head was signed by ${caller}, but ${peer} is connected.`,
-      { operation, caller: peer },
-    );
-  }
   const decision = decide(
     snapshot.registry.policies,
     { target: self, operation, chain },
