@@ -4,8 +4,10 @@
  * streamed back as it arrives.
  */
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { CHAIN_HEADER } from "../chain/limits.js";
 
-export const CHAIN_HEADER = "custody-chain";
+export { CHAIN_HEADER };
+
 export const CALLER_HEADER = "custody-caller";
 export const DECISION_HEADER = "custody-decision";
 const CUSTODY_HEADERS = new Set([CHAIN_HEADER, CALLER_HEADER, DECISION_HEADER]);

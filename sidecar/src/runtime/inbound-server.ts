@@ -10,7 +10,7 @@ import { createServer, type Server } from "node:https";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
-import type { ChainLimits } from "../chain/limits.js";
+import { CHAIN_SEPARATOR, type ChainLimits } from "../chain/limits.js";
 import { formatOperation } from "../chain/normalize.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
@@ -159,7 +159,7 @@ export function createInboundServer(options: InboundOptions): Server {
       ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
       host: `127.0.0.1:${options.appPort}`,
       "content-length": String(body.length),
-      [CHAIN_HEADER]: outcome.chain.elements.join("~"),
+      [CHAIN_HEADER]: outcome.chain.elements.join(CHAIN_SEPARATOR),
       [CALLER_HEADER]: outcome.caller,
       [DECISION_HEADER]: decisionHeader(outcome),
     };

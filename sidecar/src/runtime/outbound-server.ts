@@ -13,6 +13,7 @@ import type { Logger } from "pino";
 import { isServiceId, parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
 import type { RegistryService } from "../../../crds/src/registry-schema.js";
 import { parseCompactJws } from "../chain/jws.js";
+import { CHAIN_SEPARATOR } from "../chain/limits.js";
 import { LINK_TYPE } from "../chain/link.js";
 import { type LinkSigner, mintLink } from "../chain/mint.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
@@ -100,7 +101,7 @@ function propagatedChain(request: IncomingMessage, self: string): string[] | und
   const value = request.headers[CHAIN_HEADER];
   if (value === undefined || value === "") return undefined;
   if (Array.isArray(value)) throw new OutboundRefusal(400, "chain_repeated", "Custody-Chain appears twice.");
-  const elements = value.split("~");
+  const elements = value.split(CHAIN_SEPARATOR);
   const head = elements.at(-1) ?? "";
   let header: Readonly<Record<string, unknown>>;
   let payload: Readonly<Record<string, unknown>>;
