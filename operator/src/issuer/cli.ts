@@ -4,11 +4,11 @@
  */
 import { join } from "node:path";
 import { type Command, EXIT_OK, parseCommandArgs, requireOption } from "../../../cli/src/kit.js";
+import { createLogger, LOG_LEVELS, type LogLevel } from "../../../cli/src/log.js";
 import { type ListenAddress, parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { isServiceId } from "../../../crds/src/names.js";
-import { createLogger, LOG_LEVELS, type LogLevel } from "../log.js";
 import { startIssuer } from "./service.js";
 
 const COMMAND = "issuer";

@@ -4,9 +4,9 @@
  * one before; every setting is checked before anything starts.
  */
 
-import { pino } from "pino";
 import { z } from "zod";
 import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
+import { createLogger, LOG_LEVELS } from "../../../cli/src/log.js";
 import { parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
@@ -68,7 +68,7 @@ const settingsSchema = z.strictObject({
     .max(1024 * 1024 * 1024)
     .default(DEFAULT_MAX_BODY_BYTES),
   "poll-interval": z.string().default("5s"),
-  "log-level": z.enum(["fatal", "error", "warn", "info", "debug"]).default("info"),
+  "log-level": z.enum(LOG_LEVELS).default("info"),
 });
 
 const HELP = `Usage: custody sidecar [--config FILE] [--SETTING VALUE ...]
@@ -137,11 +137,7 @@ export const sidecarCommand: Command = async (args, io) => {
       `${COMMAND}: poll-interval: ${error instanceof Error ? error.message : String(error)}.`,
     );
   }
-  const logger = pino({
-    level: settings["log-level"],
-    base: { component: "sidecar" },
-    timestamp: pino.stdTimeFunctions.isoTime,
-  });
+  const logger = createLogger("sidecar", settings["log-level"]);
   const running = await startSidecar({
     identityDirectory: settings.identity,
     registryPath: settings.registry,
