@@ -11,6 +11,11 @@ import type { PeerCertificate, TLSSocket } from "node:tls";
 import type { TrustBundle } from "./bundle.js";
 import { type VerifiedClientCertificate, verifyClientCertificate } from "./verify.js";
 
+/** RFC 8705 §3.1 `x5t#S256`: base64url SHA-256 of the DER certificate a token is bound to. */
+export function certificateThumbprint(der: Uint8Array): string {
+  return createHash("sha256").update(der).digest("base64url");
+}
+
 /** Longest chain read from a TLS peer: leaf plus intermediates, far beyond any real deployment. */
 const MAX_PEER_CHAIN = 8;
 

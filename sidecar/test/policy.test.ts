@@ -5,7 +5,7 @@ import { parseManifests } from "../../crds/src/manifest.js";
 import { mintLink } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
 import { type VerifiedChain, verifyChain } from "../src/chain/verify.js";
-import { decide } from "../src/policy/engine.js";
+import { decide, provenanceOfChain } from "../src/policy/engine.js";
 import { PatternCache } from "../src/policy/operation.js";
 import {
   makeService,
@@ -87,7 +87,7 @@ async function decideFor(
   const head = chain.head.operation;
   return decide(
     policies,
-    { target: services.payments.info, operation: head, chain },
+    { target: services.payments.info, operation: head, from: provenanceOfChain(chain) },
     { service: (id) => trust.service(id), patterns },
   );
 }
@@ -341,7 +341,7 @@ describe("rule language", () => {
     expect(
       decide(
         [exact],
-        { target: services.payments.info, operation: chain.head.operation, chain },
+        { target: services.payments.info, operation: chain.head.operation, from: provenanceOfChain(chain) },
         {
           service: (id) => trust.service(id),
           patterns,

@@ -5,7 +5,8 @@
  * Both are bound to the presented client certificate (RFC 8705 `cnf.x5t#S256`) and never outlive it.
  */
 import { randomBytes } from "node:crypto";
-import { sha256Base64url, signCompactJws } from "../../../pki/src/jws.js";
+import { signCompactJws } from "../../../pki/src/jws.js";
+import { certificateThumbprint } from "../../../pki/src/peer.js";
 import type { IssuerIdentity } from "./identities.js";
 import type { SigningKey } from "./signing-keys.js";
 
@@ -30,11 +31,6 @@ export interface IssuedToken {
   readonly jti: string;
   readonly expiresAt: number;
   readonly expiresIn: number;
-}
-
-/** RFC 8705 §3.1: base64url SHA-256 of the DER certificate. */
-export function certificateThumbprint(der: Uint8Array): string {
-  return sha256Base64url(der);
 }
 
 /** The latest `exp` allowed: the identity's TTL, the service cap, the certificate, and any `limit`. */

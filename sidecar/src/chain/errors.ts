@@ -29,6 +29,7 @@ export const CHAIN_REASONS = [
   "out_of_order",
   "initial_token_invalid",
   "initial_token_not_admitted",
+  "binding_mismatch",
 ] as const;
 
 export type ChainReason = (typeof CHAIN_REASONS)[number];

@@ -231,7 +231,7 @@ function checkNeighbours(earlier: VerifiedLink, later: VerifiedLink, skew: numbe
 }
 
 /** Initial-token checks that are not the chain's own reason codes all report initial_token_invalid. */
-function readInitialToken(
+export function readInitialToken(
   jws: ParsedJws,
   hash: string,
   trust: TrustView,
@@ -291,12 +291,9 @@ function verifyInitialToken(
   if (first.prv !== token.hash) {
     throw new ChainError("hash_link_broken", "prv does not hash the initial token.", first.index);
   }
-  if (token.kind === "identity") {
-    if (token.subject !== first.iss) {
-      throw new ChainError("initial_token_not_admitted", "identity token belongs to another service.", 0);
-    }
-    return token;
-  }
+  // A service's own identity token starts its own chains; anything else must have been admitted by
+  // an edge (a user's token, or another workload's identity token presented as a bearer credential).
+  if (token.kind === "identity" && token.subject === first.iss) return token;
   if (token.kind === "delegated" && token.actor !== first.iss) {
     throw new ChainError(
       "initial_token_not_admitted",
@@ -305,7 +302,12 @@ function verifyInitialToken(
     );
   }
   if (trust.service(first.iss)?.edge !== true) {
-    throw new ChainError("initial_token_not_admitted", `${first.iss} is not an edge service.`, 0);
+    const what = token.kind === "identity" ? "another service's identity token" : "a user's token";
+    throw new ChainError(
+      "initial_token_not_admitted",
+      `${first.iss} is not an edge service, so it cannot start a chain with ${what}.`,
+      0,
+    );
   }
   return token;
 }

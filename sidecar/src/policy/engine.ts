@@ -66,10 +66,23 @@ export interface Decision {
   readonly audited: readonly PolicyVerdict[];
 }
 
+/**
+ * Where a request comes from, as policies see it. For a chain: its links and initial token. For an
+ * edge entry (a bearer token, no chain): the token as the initial element and, when it is a
+ * workload's identity token, that workload as the one hop of the call path.
+ */
+export interface Provenance {
+  /** The immediate caller's service id; undefined for a user entering through an edge. */
+  readonly caller: string | undefined;
+  /** Newest first: entry 0 is the immediate caller, the last the origin (as comeFrom is written). */
+  readonly hops: readonly CallHop[];
+  readonly initial: InitialToken | undefined;
+}
+
 export interface PolicyRequest {
   readonly target: ServiceInfo;
   readonly operation: Operation;
-  readonly chain: VerifiedChain;
+  readonly from: Provenance;
 }
 
 export interface EngineOptions {
@@ -128,20 +141,23 @@ function checkInitialToken(
   return undefined;
 }
 
-/** Newest first: entry 0 is the immediate caller, the last the origin (as comeFrom is written). */
-export function callPathOf(chain: VerifiedChain): CallHop[] {
-  return chain.links.map((link) => ({ service: link.iss, operation: link.operation })).reverse();
+export function provenanceOfChain(chain: VerifiedChain): Provenance {
+  return {
+    caller: chain.head.iss,
+    hops: chain.links.map((link) => ({ service: link.iss, operation: link.operation })).reverse(),
+    initial: chain.initial,
+  };
 }
 
 function checkRequirements(
   rule: CompiledRule,
   request: PolicyRequest,
-  hops: readonly CallHop[],
   options: Pick<EngineOptions, "service" | "patterns">,
 ): RuleOutcome | undefined {
   const { initialToken, comeFrom, callerClaims } = rule.require;
+  const { hops, caller, initial } = request.from;
   if (initialToken !== undefined) {
-    const problem = checkInitialToken(initialToken, request.chain.initial);
+    const problem = checkInitialToken(initialToken, initial);
     if (problem !== undefined) return problem;
   }
   if (comeFrom !== undefined && !callPathMatches(comeFrom, hops, options)) {
@@ -150,12 +166,16 @@ function checkRequirements(
       detail: `call path ${describeCallPath(request.target.id, hops)} does not match comeFrom ${describeMatchers(comeFrom)}`,
     };
   }
-  const caller = request.chain.head.iss;
-  if (callerClaims !== undefined && !claimsMatch(callerClaims, options.service(caller)?.claims)) {
-    return {
-      reason: "caller_claims",
-      detail: `caller ${caller} does not have the identity claims ${JSON.stringify(callerClaims)}`,
-    };
+  if (callerClaims !== undefined) {
+    if (caller === undefined) {
+      return { reason: "caller_claims", detail: "a user entered through the edge; no service called" };
+    }
+    if (!claimsMatch(callerClaims, options.service(caller)?.claims)) {
+      return {
+        reason: "caller_claims",
+        detail: `caller ${caller} does not have the identity claims ${JSON.stringify(callerClaims)}`,
+      };
+    }
   }
   return undefined;
 }
@@ -163,7 +183,6 @@ function checkRequirements(
 function evaluatePolicy(
   policy: CompiledPolicy,
   request: PolicyRequest,
-  hops: readonly CallHop[],
   options: Pick<EngineOptions, "service" | "patterns">,
 ): PolicyVerdict {
   const name = `${policy.namespace}/${policy.name}`;
@@ -197,7 +216,7 @@ function evaluatePolicy(
   }
   const label = `${name} rule ${rule.name}`;
   if (rule.action === "deny") return verdict(rule.name, false, "denied_by_rule", `${label} denies ${op}`);
-  const problem = checkRequirements(rule, request, hops, options);
+  const problem = checkRequirements(rule, request, options);
   if (problem !== undefined)
     return verdict(rule.name, false, problem.reason, `${label} denied ${op}: ${problem.detail}`);
   const quota =
@@ -233,8 +252,7 @@ export function decide(
       audited: [],
     };
   }
-  const hops = callPathOf(request.chain);
-  const verdicts = applicable.map((policy) => evaluatePolicy(policy, request, hops, options));
+  const verdicts = applicable.map((policy) => evaluatePolicy(policy, request, options));
   const enforced = verdicts.filter((verdict) => verdict.mode === "enforce");
   const audited = verdicts.filter((verdict) => verdict.mode === "audit" && !verdict.allowed);
   const denial = enforced.find((verdict) => !verdict.allowed);

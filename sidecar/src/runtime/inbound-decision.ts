@@ -9,12 +9,14 @@
 import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { VerifiedCertificateCache } from "../../../pki/src/peer.js";
+import type { VerifiedClientCertificate } from "../../../pki/src/verify.js";
+import { admitBearer, bearerToken } from "../chain/entry.js";
 import { ChainError } from "../chain/errors.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
 import type { ServiceInfo } from "../chain/trust.js";
-import { type VerifiedChain, verifyChain } from "../chain/verify.js";
-import { type Decision, decide } from "../policy/engine.js";
+import { verifyChain } from "../chain/verify.js";
+import { type Decision, decide, type Provenance, provenanceOfChain } from "../policy/engine.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import type { RegistrySnapshot } from "./registry-source.js";
@@ -24,6 +26,8 @@ export interface InboundRequest {
   /** The request target as received (origin-form path and query). */
   readonly target: string;
   readonly chainHeader: string | undefined;
+  /** `Authorization`, read only for edge entry (no chain, on an edge service). */
+  readonly authorization: string | undefined;
   readonly bodyHash: string | undefined;
   /** The TLS peer's certificates, leaf first (DER). */
   readonly peerChain: readonly Uint8Array[];
@@ -44,8 +48,14 @@ export interface InboundContext {
 export interface Allowed {
   readonly allowed: true;
   readonly operation: Operation;
-  readonly chain: VerifiedChain;
-  readonly caller: string;
+  /** `chain`: a verified Custody-Chain; `bearer`: an edge entry, the token as the chain's e0. */
+  readonly entry: "chain" | "bearer";
+  /** The chain the app receives (and copies onto the calls it makes). */
+  readonly elements: readonly string[];
+  /** The calling service; undefined for a user entering through an edge. */
+  readonly caller: string | undefined;
+  /** Who the request is for, when a user's token started it: `<issuer> <subject>`. */
+  readonly subject: string | undefined;
   readonly decision: Decision;
 }
 
@@ -59,7 +69,8 @@ export interface Refused {
   readonly detail: string;
   readonly retryAfterSeconds?: number;
   readonly operation?: Operation;
-  readonly caller?: string;
+  readonly caller?: string | undefined;
+  readonly subject?: string | undefined;
   readonly decision?: Decision;
 }
 
@@ -84,29 +95,100 @@ function refuse(
   return { allowed: false, status, error, reason, detail, ...extra };
 }
 
-/** The service id the TLS peer's certificate names, or a refusal. */
-function peerService(context: InboundContext, request: InboundRequest): string | Refused {
-  if (request.peerChain.length === 0)
-    return refuse(401, "no_client_certificate", "no client certificate was presented.");
+/** The TLS peer's verified certificate, or undefined when none was presented, or a refusal. */
+function verifiedPeer(
+  context: InboundContext,
+  request: InboundRequest,
+): VerifiedClientCertificate | undefined | Refused {
+  if (request.peerChain.length === 0) return undefined;
   try {
-    const verified = context.certificates.verify(
-      context.snapshot.bundle,
-      request.peerChain,
-      new Date(request.nowMs),
-    );
-    const parsed = verified.spiffeId === undefined ? undefined : parseSpiffeId(verified.spiffeId);
-    if (parsed === undefined || parsed.trustDomain !== context.snapshot.registry.trustDomain) {
-      return refuse(
-        401,
-        "peer_not_a_service",
-        "the client certificate names no service of this trust domain.",
-      );
-    }
-    return serviceId(parsed.ref);
+    return context.certificates.verify(context.snapshot.bundle, request.peerChain, new Date(request.nowMs));
   } catch (error) {
     if (error instanceof CertificateVerificationError)
       return refuse(401, `peer_${error.code}`, error.message);
     throw error;
+  }
+}
+
+/** The service id the TLS peer's certificate names, or a refusal. */
+function peerService(context: InboundContext, request: InboundRequest): string | Refused {
+  const verified = verifiedPeer(context, request);
+  if (verified === undefined)
+    return refuse(401, "no_client_certificate", "no client certificate was presented.");
+  if ("allowed" in verified) return verified;
+  const parsed = verified.spiffeId === undefined ? undefined : parseSpiffeId(verified.spiffeId);
+  if (parsed === undefined || parsed.trustDomain !== context.snapshot.registry.trustDomain) {
+    return refuse(401, "peer_not_a_service", "the client certificate names no service of this trust domain.");
+  }
+  return serviceId(parsed.ref);
+}
+
+interface Origin {
+  readonly entry: Allowed["entry"];
+  readonly elements: readonly string[];
+  readonly from: Provenance;
+}
+
+/** A chain that verifies for exactly this request, over a connection from the service that signed its head. */
+async function chainOrigin(
+  context: InboundContext,
+  request: InboundRequest,
+  operation: Operation,
+): Promise<Origin | Refused> {
+  const peer = peerService(context, request);
+  if (typeof peer !== "string") return { ...peer, operation };
+  try {
+    const chain = await verifyChain(
+      request.chainHeader,
+      {
+        self: context.self,
+        peer,
+        operation,
+        bodyHash: request.bodyHash,
+        nowSeconds: Math.floor(request.nowMs / 1000),
+      },
+      context.snapshot.trust,
+      context.replay,
+      { limits: context.limits, cache: context.snapshot.cache },
+    );
+    return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain) };
+  } catch (error) {
+    if (!(error instanceof ChainError)) throw error;
+    const status = error.code === "replay_store_unavailable" ? 503 : 401;
+    return refuse(status, error.code, error.message, { operation, caller: peer });
+  }
+}
+
+/** Edge entry: a bearer token admitted as the initial element of a chain that starts here. */
+function bearerOrigin(
+  context: InboundContext,
+  request: InboundRequest,
+  operation: Operation,
+  self: ServiceInfo,
+  token: string,
+): Origin | Refused {
+  const peer = verifiedPeer(context, request);
+  if (peer !== undefined && "allowed" in peer) return { ...peer, operation };
+  try {
+    const admitted = admitBearer(
+      {
+        self,
+        token,
+        clientCertificate: peer === undefined ? undefined : request.peerChain[0],
+        nowSeconds: Math.floor(request.nowMs / 1000),
+      },
+      context.snapshot.trust,
+      context.limits,
+    );
+    const { caller, initial } = admitted;
+    return {
+      entry: "bearer",
+      elements: [token],
+      from: { caller, hops: caller === undefined ? [] : [{ service: caller, operation }], initial },
+    };
+  } catch (error) {
+    if (!(error instanceof ChainError)) throw error;
+    return refuse(401, error.code, error.message, { operation });
   }
 }
 
@@ -131,32 +213,17 @@ export async function decideInbound(
       { operation },
     );
   }
-  const peer = peerService(context, request);
-  if (typeof peer !== "string") return { ...peer, operation };
-  let chain: VerifiedChain;
-  try {
-    chain = await verifyChain(
-      request.chainHeader,
-      {
-        self: context.self,
-        peer,
-        operation,
-        bodyHash: request.bodyHash,
-        nowSeconds: Math.floor(request.nowMs / 1000),
-      },
-      snapshot.trust,
-      context.replay,
-      { limits: context.limits, cache: snapshot.cache },
-    );
-  } catch (error) {
-    if (!(error instanceof ChainError)) throw error;
-    const status = error.code === "replay_store_unavailable" ? 503 : 401;
-    return refuse(status, error.code, error.message, { operation, caller: peer });
-  }
-  const caller = chain.head.iss;
+  const token = request.chainHeader === undefined && self.edge ? bearerToken(request.authorization) : undefined;
+  const origin =
+    token === undefined
+      ? await chainOrigin(context, request, operation)
+      : bearerOrigin(context, request, operation, self, token);
+  if ("allowed" in origin) return origin;
+  const { caller, initial } = origin.from;
+  const subject = caller === undefined && initial !== undefined ? `${initial.issuer} ${initial.subject}` : undefined;
   const decision = decide(
     snapshot.registry.policies,
-    { target: self, operation, chain },
+    { target: self, operation, from: origin.from },
     {
       service: (id) => snapshot.trust.service(id),
       patterns: snapshot.patterns,
@@ -164,21 +231,24 @@ export async function decideInbound(
     },
   );
   if (!decision.allowed)
-    return refuse(403, decision.reason, decision.explanation, { operation, caller, decision });
+    return refuse(403, decision.reason, decision.explanation, { operation, caller, subject, decision });
   const quota = decision.decidedBy?.quota;
   if (quota !== undefined && decision.decidedBy !== undefined) {
+    // `per: caller`: a user who entered through the edge is their own caller.
+    const who = caller ?? subject ?? "anonymous";
     const taken = context.quota.take(
-      { policy: decision.decidedBy.policy, rule: decision.decidedBy.rule ?? "default", caller },
+      { policy: decision.decidedBy.policy, rule: decision.decidedBy.rule ?? "default", caller: who },
       quota,
     );
     if (!taken.allowed) {
-      return refuse(429, "quota_exceeded", `quota of ${decision.decidedBy.policy} exhausted for ${caller}.`, {
+      return refuse(429, "quota_exceeded", `quota of ${decision.decidedBy.policy} exhausted for ${who}.`, {
         operation,
         caller,
+        subject,
         decision,
         retryAfterSeconds: taken.retryAfterSeconds,
       });
     }
   }
-  return { allowed: true, operation, chain, caller, decision };
+  return { allowed: true, operation, entry: origin.entry, elements: origin.elements, caller, subject, decision };
 }

@@ -46,8 +46,9 @@ export interface InboundOptions {
 /** `allow policy=shop/payments rule=pay-for-order`: what the app may log or act on. */
 function decisionHeader(outcome: Allowed): string {
   const verdict = outcome.decision.decidedBy;
-  if (verdict === undefined) return "allow reason=no_policy";
-  return `allow policy=${verdict.policy} rule=${verdict.rule ?? "defaultAction"}${outcome.decision.audited.length > 0 ? " audited=deny" : ""}`;
+  const entry = outcome.entry === "bearer" ? " entry=bearer" : "";
+  if (verdict === undefined) return `allow reason=no_policy${entry}`;
+  return `allow policy=${verdict.policy} rule=${verdict.rule ?? "defaultAction"}${outcome.decision.audited.length > 0 ? " audited=deny" : ""}${entry}`;
 }
 
 export function createInboundServer(options: InboundOptions): Server {
@@ -79,6 +80,7 @@ export function createInboundServer(options: InboundOptions): Server {
       {
         event: "inbound_decision",
         caller: outcome.caller,
+        subject: outcome.subject,
         operation: outcome.operation === undefined ? undefined : formatOperation(outcome.operation),
         decision: outcome.allowed ? "allow" : "deny",
         status: outcome.allowed ? undefined : outcome.status,
@@ -112,7 +114,11 @@ export function createInboundServer(options: InboundOptions): Server {
     }
     try {
       const chainHeader = request.headers[CHAIN_HEADER];
-      const headerValue = Array.isArray(chainHeader) ? undefined : chainHeader;
+      if (Array.isArray(chainHeader)) {
+        sendRefusal(response, { status: 400, error: "bad_request", reason: "chain_repeated" });
+        return;
+      }
+      const headerValue = chainHeader === "" ? undefined : chainHeader;
       const outcome = await decideInbound(
         {
           self: options.self,
@@ -127,6 +133,7 @@ export function createInboundServer(options: InboundOptions): Server {
           method: request.method ?? "GET",
           target: request.url ?? "/",
           chainHeader: headerValue,
+          authorization: request.headers.authorization,
           bodyHash: body.hash,
           peerChain: peerCertificateChain(request.socket as TLSSocket),
           nowMs: now(),
@@ -135,7 +142,7 @@ export function createInboundServer(options: InboundOptions): Server {
       audit(
         outcome,
         started,
-        outcome.allowed ? outcome.chain.elements.length : 0,
+        outcome.allowed ? outcome.elements.length : 0,
         Buffer.byteLength(headerValue ?? ""),
       );
       if (!outcome.allowed) {
@@ -155,14 +162,16 @@ export function createInboundServer(options: InboundOptions): Server {
     body: SpooledBody,
   ): Promise<void> {
     const { operation } = outcome;
-    const headers = {
+    const headers: Record<string, string | string[] | undefined> = {
       ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
       host: `127.0.0.1:${options.appPort}`,
       "content-length": String(body.length),
-      [CHAIN_HEADER]: outcome.chain.elements.join(CHAIN_SEPARATOR),
-      [CALLER_HEADER]: outcome.caller,
+      [CHAIN_HEADER]: outcome.elements.join(CHAIN_SEPARATOR),
       [DECISION_HEADER]: decisionHeader(outcome),
     };
+    if (outcome.caller !== undefined) headers[CALLER_HEADER] = outcome.caller;
+    // Consumed, as Envoy's jwt_authn does: the app gets the verified token as the chain's e0 instead.
+    if (outcome.entry === "bearer") delete headers.authorization;
     return new Promise((resolve) => {
       // The app receives the normalized target: exactly what was authorized, never a variant of it.
       const path = `${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`;
