@@ -32,7 +32,6 @@ for (const service of Object.values(services)) trust.addService(service);
 
 type Hop = [TestService, string, string]; // caller, METHOD, path — each hop calls the next one
 
-/** Builds and verifies a real chain: hops[0] is the origin, the last hop calls `target`. */
 /** The initial token with `scope`: a user's token at an edge origin, else the origin's identity token. */
 function initialToken(origin: TestService | undefined, scope: string | undefined): string[] {
   if (scope === undefined || origin === undefined) return [];
@@ -41,6 +40,7 @@ function initialToken(origin: TestService | undefined, scope: string | undefined
     : [tokenService.token({ sub: origin.info.id, aud: "custody", scope })];
 }
 
+/** Builds and verifies a real chain: hops[0] is the origin, the last hop calls `target`. */
 async function chainTo(
   target: TestService,
   hops: Hop[],

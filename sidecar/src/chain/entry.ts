@@ -88,7 +88,11 @@ export function admitBearer(
     );
   }
   if (text.length > limits.maxElementBytes) {
-    throw new ChainError("element_too_large", `bearer token is larger than ${limits.maxElementBytes} bytes.`, 0);
+    throw new ChainError(
+      "element_too_large",
+      `bearer token is larger than ${limits.maxElementBytes} bytes.`,
+      0,
+    );
   }
   const jws = parseCompactJws(text, 0);
   if (isLinkHeader(jws.header)) {

@@ -213,14 +213,16 @@ export async function decideInbound(
       { operation },
     );
   }
-  const token = request.chainHeader === undefined && self.edge ? bearerToken(request.authorization) : undefined;
+  const token =
+    request.chainHeader === undefined && self.edge ? bearerToken(request.authorization) : undefined;
   const origin =
     token === undefined
       ? await chainOrigin(context, request, operation)
       : bearerOrigin(context, request, operation, self, token);
   if ("allowed" in origin) return origin;
   const { caller, initial } = origin.from;
-  const subject = caller === undefined && initial !== undefined ? `${initial.issuer} ${initial.subject}` : undefined;
+  const subject =
+    caller === undefined && initial !== undefined ? `${initial.issuer} ${initial.subject}` : undefined;
   const decision = decide(
     snapshot.registry.policies,
     { target: self, operation, from: origin.from },
@@ -250,5 +252,13 @@ export async function decideInbound(
       });
     }
   }
-  return { allowed: true, operation, entry: origin.entry, elements: origin.elements, caller, subject, decision };
+  return {
+    allowed: true,
+    operation,
+    entry: origin.entry,
+    elements: origin.elements,
+    caller,
+    subject,
+    decision,
+  };
 }
