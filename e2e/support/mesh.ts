@@ -242,6 +242,11 @@ export class Mesh {
     });
   }
 
+  /** External issuers (user IdPs) every later registry generation trusts, with inline JWKS. */
+  trustedIssuers: Record<string, unknown>[] = [];
+  /** Keys published for a service besides its current certificate's (rotation: next or previous). */
+  readonly extraKeys = new Map<string, Record<string, unknown>[]>();
+
   /** Writes the registry (a new generation) from the identities on disk. */
   async publishRegistry(
     specs: readonly ServiceSpec[],
@@ -261,7 +266,10 @@ export class Mesh {
         scopes: spec.scopes ?? [],
         edge: spec.edge ?? false,
         location: `127.0.0.1:${service.inboundPort}`,
-        keys: [{ kid, status: "current", notAfter: new Date(Date.now() + 86_400_000).toISOString(), jwk }],
+        keys: [
+          { kid, status: "current", notAfter: new Date(Date.now() + 86_400_000).toISOString(), jwk },
+          ...(this.extraKeys.get(id) ?? []),
+        ],
       });
     }
     const document = {
@@ -272,7 +280,7 @@ export class Mesh {
       trustDomain: "custody.local",
       trustBundle: this.ca.certificate.pem,
       tokenService: { issuer: this.issuer.issuer, jwks: await this.jwks() },
-      trustedIssuers: [],
+      trustedIssuers: this.trustedIssuers,
       services: [...services, ...extraServices],
       policies: this.policies.map((policy) => compilePolicy(policy)),
     };
@@ -322,17 +330,26 @@ export class Mesh {
     };
   }
 
-  /** A request straight to a service's inbound port over mTLS, as `from`'s sidecar would send it. */
+  /** The published key entry for a certificate (what publishRegistry lists), for rotation tests. */
+  static registryKeyOf(certificatePem: string, status: "current" | "next" | "previous") {
+    const { kid, jwk } = jwkOf(certificatePem);
+    return { kid, status, notAfter: new Date(Date.now() + 86_400_000).toISOString(), jwk };
+  }
+
+  /**
+   * A request straight to a service's inbound port, as `from`'s sidecar would send it: over mTLS
+   * with `from`'s certificate, or with no client certificate when `from` is undefined.
+   */
   async callInbound(
-    from: string,
+    from: string | undefined,
     port: number,
-    init: { method: string; path: string; body?: string; chain?: string },
+    init: { method: string; path: string; body?: string; chain?: string; headers?: Record<string, string> },
   ): Promise<Answer> {
-    const directory = this.service(from).identityDirectory;
-    const [cert, key] = await Promise.all([
-      readFile(join(directory, "tls.crt")),
-      readFile(join(directory, "tls.key")),
-    ]);
+    const directory = from === undefined ? undefined : this.service(from).identityDirectory;
+    const [cert, key] =
+      directory === undefined
+        ? [undefined, undefined]
+        : await Promise.all([readFile(join(directory, "tls.crt")), readFile(join(directory, "tls.key"))]);
     return new Promise((resolve, reject) => {
       const outgoing = httpsRequest(
         {
@@ -340,11 +357,14 @@ export class Mesh {
           port,
           method: init.method,
           path: init.path,
-          cert,
-          key,
+          ...(cert === undefined ? {} : { cert, key }),
           ca: this.ca.certificate.pem,
           servername: "localhost",
-          headers: init.chain === undefined ? {} : { "custody-chain": init.chain },
+          agent: false,
+          headers: {
+            ...(init.headers ?? {}),
+            ...(init.chain === undefined ? {} : { "custody-chain": init.chain }),
+          },
         },
         (response) => void collect(response).then(resolve, reject),
       );
