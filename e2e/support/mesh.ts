@@ -136,7 +136,8 @@ export class Mesh {
           kind: "ServiceIdentity",
           metadata: { name: spec.name, namespace: spec.namespace },
           spec: {
-            scopes: spec.scopes ?? [],
+            // An empty scope list is invalid (the token service would skip the whole manifest).
+            ...(spec.scopes === undefined || spec.scopes.length === 0 ? {} : { scopes: spec.scopes }),
             claims: spec.claims ?? {},
             edge: spec.edge ?? false,
             tokenTTL: "5m",
