@@ -142,13 +142,32 @@ function spiffeCheck(expected: string) {
   };
 }
 
+/** How long a replaced connection pool may finish the requests it carries: the request timeout. */
+const RETIRE_AFTER_MS = 60_000;
+
+/**
+ * A pool whose certificate or trust bundle was replaced: its idle connections close now, and the
+ * requests in flight on it finish before the rest is destroyed — destroying it at once would fail
+ * every call in flight at the moment of a certificate rotation.
+ */
+function retire(agent: Agent, retired: Set<Agent>): void {
+  for (const sockets of Object.values(agent.freeSockets))
+    for (const socket of sockets ?? []) socket.destroy();
+  retired.add(agent);
+  setTimeout(() => {
+    agent.destroy();
+    retired.delete(agent);
+  }, RETIRE_AFTER_MS).unref();
+}
+
 export function createOutboundServer(options: OutboundOptions): Server {
   let pools: { identity: WorkloadIdentity; ca: string; agent: Agent } | undefined;
+  const retired = new Set<Agent>();
 
   const agentFor = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): Agent => {
     const ca = snapshot.registry.trustBundle;
     if (pools?.identity === identity && pools.ca === ca) return pools.agent;
-    pools?.agent.destroy();
+    if (pools !== undefined) retire(pools.agent, retired);
     const agent = new Agent({
       keepAlive: true,
       maxSockets: 256,
@@ -253,7 +272,11 @@ export function createOutboundServer(options: OutboundOptions): Server {
     { maxHeaderSize: 32 * 1024, requestTimeout: 60_000, keepAliveTimeout: 30_000 },
     (request, response) => void handle(request, response),
   );
-  server.on("close", () => pools?.agent.destroy());
+  server.on("close", () => {
+    pools?.agent.destroy();
+    for (const agent of retired) agent.destroy();
+    retired.clear();
+  });
   return server;
 }
 
