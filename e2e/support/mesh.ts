@@ -344,7 +344,13 @@ export class Mesh {
   async callInbound(
     from: string | undefined,
     port: number,
-    init: { method: string; path: string; body?: string; chain?: string; headers?: Record<string, string> },
+    init: {
+      method: string;
+      path: string;
+      body?: string;
+      chain?: string;
+      headers?: Record<string, string | string[]>;
+    },
   ): Promise<Answer> {
     const directory = from === undefined ? undefined : this.service(from).identityDirectory;
     const [cert, key] =

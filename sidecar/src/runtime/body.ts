@@ -17,7 +17,7 @@ export const DEFAULT_MEMORY_BODY_BYTES = 256 * 1024;
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 
 export class BodyError extends CustodyError {
-  declare readonly code: "body_too_large" | "body_incomplete";
+  declare readonly code: "body_too_large";
   constructor(code: BodyError["code"], message: string) {
     super(code, message);
   }

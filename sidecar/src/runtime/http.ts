@@ -81,3 +81,14 @@ export function relayResponse(upstream: IncomingMessage, response: ServerRespons
   upstream.pipe(response);
   upstream.on("error", () => response.destroy());
 }
+
+/**
+ * The request's one Custody-Chain value (undefined when absent or empty), or `null` when it was sent
+ * more than once: Node joins repeated headers with ", ", so only the distinct view can tell.
+ */
+export function chainHeaderOf(request: IncomingMessage): string | undefined | null {
+  const values = request.headersDistinct[CHAIN_HEADER];
+  if (values === undefined || values.length === 0) return undefined;
+  if (values.length > 1) return null;
+  return values[0] === "" ? undefined : values[0];
+}

@@ -5,6 +5,7 @@
  * token service is unreachable. Until a token expires it stays in use: a token service outage is
  * invisible to calls for as long as the last token lives.
  */
+import { isIP } from "node:net";
 import { Agent, request } from "undici";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { parseCompactJws } from "../../../pki/src/jws.js";
@@ -37,6 +38,7 @@ export function tokenServiceFetcher(
 ) {
   const now = options.now ?? Date.now;
   let pool: { agent: Agent; identity: WorkloadIdentity } | undefined;
+  const hostname = new URL(tokenUrl).hostname.replace(/^\[|\]$/g, "");
   const agentFor = (identity: WorkloadIdentity): Agent => {
     if (pool?.identity === identity) return pool.agent;
     void pool?.agent.close();
@@ -45,7 +47,8 @@ export function tokenServiceFetcher(
         cert: identity.certificatePem,
         key: identity.keyPem,
         ca: identity.caPem,
-        servername: new URL(tokenUrl).hostname,
+        // SNI carries host names only (RFC 6066): none for an address.
+        ...(isIP(hostname) === 0 ? { servername: hostname } : {}),
       },
       connections: 1,
       keepAliveTimeout: 30_000,

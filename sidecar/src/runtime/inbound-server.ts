@@ -18,6 +18,7 @@ import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./bod
 import {
   CALLER_HEADER,
   CHAIN_HEADER,
+  chainHeaderOf,
   DECISION_HEADER,
   forwardableHeaders,
   relayResponse,
@@ -113,12 +114,11 @@ export function createInboundServer(options: InboundOptions): Server {
       return;
     }
     try {
-      const chainHeader = request.headers[CHAIN_HEADER];
-      if (Array.isArray(chainHeader)) {
+      const headerValue = chainHeaderOf(request);
+      if (headerValue === null) {
         sendRefusal(response, { status: 400, error: "bad_request", reason: "chain_repeated" });
         return;
       }
-      const headerValue = chainHeader === "" ? undefined : chainHeader;
       const outcome = await decideInbound(
         {
           self: options.self,

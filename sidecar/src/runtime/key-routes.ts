@@ -141,7 +141,8 @@ export function createKeyRoutes(options: KeyRoutesOptions) {
 
   return async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const name = (request.url ?? "").split("?")[0]?.slice("/.custody/".length) ?? "";
-    const route = routes[name];
+    // Own properties only: `constructor`, `__proto__` and the like are not routes.
+    const route = Object.hasOwn(routes, name) ? routes[name] : undefined;
     try {
       if (route === undefined) throw new RouteRefusal(404, "unknown_route");
       if (request.method !== "POST") throw new RouteRefusal(405, "method_not_allowed");

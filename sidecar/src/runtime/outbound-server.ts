@@ -8,6 +8,7 @@
 import { createPublicKey } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Agent, request as httpsRequest } from "node:https";
+import { isIP } from "node:net";
 import type { PeerCertificate } from "node:tls";
 import type { Logger } from "pino";
 import { isServiceId, parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
@@ -18,7 +19,7 @@ import { LINK_TYPE } from "../chain/link.js";
 import { type LinkSigner, mintLink } from "../chain/mint.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
 import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./body.js";
-import { CHAIN_HEADER, forwardableHeaders, relayResponse, sendRefusal } from "./http.js";
+import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, relayResponse, sendRefusal } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import type { SidecarMetrics } from "./metrics.js";
 import type { RegistrySnapshot } from "./registry-source.js";
@@ -68,7 +69,9 @@ function resolveTarget(request: IncomingMessage, snapshot: RegistrySnapshot): Ta
   let host: string | undefined;
   let target = raw;
   if (/^https?:\/\//i.test(raw)) {
-    const url = new URL(raw);
+    const url = URL.canParse(raw) ? new URL(raw) : undefined;
+    if (url === undefined)
+      throw new OutboundRefusal(400, "invalid_target", "the request target is not a valid URL.");
     if (url.protocol !== "http:")
       throw new OutboundRefusal(400, "unsupported_scheme", "use http:// targets; the sidecar adds TLS.");
     host = url.host;
@@ -98,9 +101,9 @@ function resolveTarget(request: IncomingMessage, snapshot: RegistrySnapshot): Ta
  * head was addressed to this service, or is an initial token this service was handed (edge).
  */
 function propagatedChain(request: IncomingMessage, self: string): string[] | undefined {
-  const value = request.headers[CHAIN_HEADER];
-  if (value === undefined || value === "") return undefined;
-  if (Array.isArray(value)) throw new OutboundRefusal(400, "chain_repeated", "Custody-Chain appears twice.");
+  const value = chainHeaderOf(request);
+  if (value === undefined) return undefined;
+  if (value === null) throw new OutboundRefusal(400, "chain_repeated", "Custody-Chain appears twice.");
   const elements = value.split(CHAIN_SEPARATOR);
   const head = elements.at(-1) ?? "";
   let header: Readonly<Record<string, unknown>>;
@@ -254,7 +257,8 @@ export function createOutboundServer(options: OutboundOptions): Server {
             [CHAIN_HEADER]: chain,
           },
           agent,
-          servername: host,
+          // SNI carries host names only (RFC 6066); the peer is checked by its SPIFFE id anyway.
+          ...(isIP(host) === 0 ? { servername: host } : {}),
           checkServerIdentity: spiffeCheck(expected),
         },
         (answer) => {
