@@ -37,13 +37,26 @@ export function listen(server: Server, address: ListenAddress): Promise<number> 
   });
 }
 
-/** Stops accepting, closes idle keep-alive connections, and cuts the rest after `graceMs`. */
+/**
+ * Stops accepting, closes idle keep-alive connections, and cuts the rest after `graceMs`. A
+ * connection busy at the start is closed once its response is done (a response started meanwhile
+ * says `Connection: close`): Node keeps such a connection alive, and every caller's pool holds one,
+ * so without this every shutdown would wait out the whole grace and then cut what had been reused.
+ */
 export function closeGracefully(server: HttpLikeServer, graceMs: number): Promise<void> {
   return new Promise((resolve) => {
     const force = setTimeout(() => server.closeAllConnections(), graceMs);
     force.unref();
+    const lastOnConnection = (_request: unknown, response: { shouldKeepAlive: boolean }) => {
+      response.shouldKeepAlive = false;
+    };
+    server.on("request", lastOnConnection);
+    const sweep = setInterval(() => server.closeIdleConnections(), 100);
+    sweep.unref();
     server.close(() => {
       clearTimeout(force);
+      clearInterval(sweep);
+      server.off("request", lastOnConnection);
       resolve();
     });
     server.closeIdleConnections();

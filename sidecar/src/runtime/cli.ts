@@ -17,7 +17,6 @@ import { DEFAULT_MAX_BODY_BYTES, DEFAULT_MEMORY_BODY_BYTES } from "./body.js";
 import { startSidecar } from "./sidecar.js";
 
 const COMMAND = "sidecar";
-const SHUTDOWN_GRACE_MS = 10_000;
 
 const SETTINGS = {
   identity: "identity Secret directory (tls.crt, tls.key, ca.crt)",
@@ -32,6 +31,7 @@ const SETTINGS = {
   "when-no-policy": "deny (default) | allow: calls to a service no AccessPolicy targets",
   "max-body-bytes": `largest request body accepted (default ${DEFAULT_MAX_BODY_BYTES})`,
   "poll-interval": "re-read identity and registry at least this often (default 5s)",
+  "shutdown-grace": "on SIGTERM, let requests in flight finish this long, then cut them (default 10s)",
   "log-level": "fatal | error | warn | info | debug (default info)",
 } as const;
 type Setting = keyof typeof SETTINGS;
@@ -68,6 +68,7 @@ const settingsSchema = z.strictObject({
     .max(1024 * 1024 * 1024)
     .default(DEFAULT_MAX_BODY_BYTES),
   "poll-interval": z.string().default("5s"),
+  "shutdown-grace": z.string().default("10s"),
   "log-level": z.enum(LOG_LEVELS).default("info"),
 });
 
@@ -102,6 +103,14 @@ async function fileSettings(path: string | undefined): Promise<Record<string, un
   return document as Record<string, unknown>;
 }
 
+function durationSetting(name: Setting, text: string): number {
+  try {
+    return parseDuration(text);
+  } catch (error) {
+    throw new UsageError(`${COMMAND}: ${name}: ${error instanceof Error ? error.message : String(error)}.`);
+  }
+}
+
 export const sidecarCommand: Command = async (args, io) => {
   const options = Object.fromEntries(Object.keys(SETTINGS).map((key) => [key, { type: "string" as const }]));
   const { values } = parseCommandArgs(COMMAND, args, {
@@ -129,14 +138,8 @@ export const sidecarCommand: Command = async (args, io) => {
     throw new UsageError(`${COMMAND}: ${problems.join("; ")}. See \`custody sidecar --help\`.`);
   }
   const settings = parsed.data;
-  let pollIntervalMs: number;
-  try {
-    pollIntervalMs = parseDuration(settings["poll-interval"]);
-  } catch (error) {
-    throw new UsageError(
-      `${COMMAND}: poll-interval: ${error instanceof Error ? error.message : String(error)}.`,
-    );
-  }
+  const pollIntervalMs = durationSetting("poll-interval", settings["poll-interval"]);
+  const shutdownGraceMs = durationSetting("shutdown-grace", settings["shutdown-grace"]);
   const logger = createLogger("sidecar", settings["log-level"]);
   const running = await startSidecar({
     identityDirectory: settings.identity,
@@ -155,7 +158,7 @@ export const sidecarCommand: Command = async (args, io) => {
   });
   await runUntilSignal(async (signal) => {
     logger.info({ event: "shutting_down", signal }, "shutting down: finishing requests in flight");
-    await running.close(SHUTDOWN_GRACE_MS);
+    await running.close(shutdownGraceMs);
   });
 
   logger.info({ event: "stopped" }, "sidecar stopped");
