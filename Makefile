@@ -14,6 +14,7 @@ help: ## List the targets
 bench: install ## Benchmarks: call chains vs the talk's nested format; token service vs bare TLS handshakes
 	$(NPM) run --silent bench:chain
 	$(NPM) run --silent bench:issuer
+	$(NPM) run --silent bench:sidecar
 
 # Reinstall only when the lock file changed since the last install.
 node_modules/.package-lock.json: package.json package-lock.json
