@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { VerifiedElementCache } from "../src/chain/cache.js";
 import { sha256Base64url } from "../src/chain/jws.js";
-import { mintLink } from "../src/chain/mint.js";
+import { mintLink, newJti } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
 import { type VerifiedLink, verifyChain } from "../src/chain/verify.js";
 import { MemoryReplayGuard } from "../src/replay/memory.js";
@@ -182,5 +182,13 @@ describe("call-chain tokens", () => {
     const sizes = new Set(elements.slice(1).map((element) => element.length));
     expect(sizes.size).toBe(1);
     expect(elements.join("~").length).toBeLessThan(4500);
+  });
+});
+
+describe("jti", () => {
+  it("is 128 random bits, never repeated across refills of the random pool", () => {
+    const ids = Array.from({ length: 2_000 }, newJti);
+    expect(new Set(ids).size).toBe(ids.length);
+    for (const id of ids) expect(Buffer.from(id, "base64url")).toHaveLength(16);
   });
 });

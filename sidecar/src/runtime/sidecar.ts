@@ -18,7 +18,7 @@ import { createQuotaMetrics } from "../quota/metrics.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import { MemoryReplayGuard } from "../replay/memory.js";
 import { createReplayMetrics, withReplayMetrics } from "../replay/metrics.js";
-import { RedisReplayGuard, type ReplayFailureMode } from "../replay/redis.js";
+import type { RedisReplayGuard, ReplayFailureMode } from "../replay/redis.js";
 import type { SpoolOptions } from "./body.js";
 import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
 import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
@@ -112,6 +112,8 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   if (config.replay.redisUrl === undefined) {
     replay = withReplayMetrics(new MemoryReplayGuard({ now }), replayMetrics, "memory");
   } else {
+    // Loaded only when configured: ioredis is a sizeable share of an idle sidecar's memory.
+    const { RedisReplayGuard } = await import("../replay/redis.js");
     redis = new RedisReplayGuard({
       url: config.replay.redisUrl,
       metrics: replayMetrics,
