@@ -8,11 +8,10 @@
  * Nothing is asserted on speed. It exits non-zero only if something breaks: a request that does not
  * answer 200 with a token, a resumed session, the issuer's metrics disagreeing with what we received.
  */
-import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync } from "node:fs";
 import type { Agent } from "node:https";
 import { constants, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import {
   bareHandshake,
@@ -33,6 +32,7 @@ import {
   type Target,
 } from "./issuer-server.js";
 import { type LoadOptions, type Mode, type ModeResult, measureLoad } from "./load.js";
+import { outFile, writeResult } from "./output.js";
 
 /** bench/out/issuer.json. */
 export interface IssuerBenchResult {
@@ -60,8 +60,7 @@ const MAX_FAILURES = 50;
 const DEFAULT_LOG_LEVEL = "info";
 /** Median share of a core taken by other processes above which the report says the machine was busy. */
 const OTHER_CPU_WARNING = 0.25;
-const OUT_DIR = new URL("./out/", import.meta.url);
-const OUT_FILE = fileURLToPath(new URL("issuer.json", OUT_DIR));
+const OUT_FILE = outFile("issuer");
 
 function progress(message: string): void {
   process.stderr.write(`${message}\n`);
@@ -367,14 +366,7 @@ async function main(): Promise<void> {
       process.stdout.write(`${text}\n`);
       throw new Error(`${failures} failures: the numbers above are not valid; ${OUT_FILE} not written`);
     }
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    if (profileDirectory === undefined) {
-      mkdirSync(OUT_DIR, { recursive: true });
-      writeFileSync(OUT_FILE, `${JSON.stringify(result, null, 2)}\n`);
-      progress(`wrote ${OUT_FILE} (${seconds.toFixed(1)} s)`);
-    } else {
-      progress(`profiled run (${seconds.toFixed(1)} s): ${OUT_FILE} not written`);
-    }
+    writeResult("issuer", result, { profiled: profileDirectory !== undefined, startedNs: started, progress });
     process.stdout.write(`${text}\n`);
   } catch (error) {
     if (interruptedBy === undefined) progress(issuer.tail());

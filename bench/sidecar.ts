@@ -9,15 +9,15 @@
  * Targets are reported as PASS or MISS and never fail the run; it exits non-zero only if the set-up
  * fails or requests fail (a non-200 answer, an answer that is not the app's, a child process exiting).
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { constants, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import type { Pool } from "undici";
 import { freePort } from "../e2e/support/net.js";
 import { machineCpuClock } from "./issuer-server.js";
 import { type Mode, measureLoad } from "./load.js";
+import { outFile, writeResult } from "./output.js";
 import { AnswerError, call, callExpectingRefusal, type Expected, keepAlivePool } from "./sidecar-client.js";
 import { CALLEE, CALLER, type MeshFiles, mintPrefix, writeMesh } from "./sidecar-mesh.js";
 import { measureOpenLoop, type OpenLoopMode } from "./sidecar-open-loop.js";
@@ -63,8 +63,7 @@ const MAX_FAILURES = 100;
 const MAX_FAILURE_SHARE = 0.0001;
 const DEFAULT_LOG_LEVEL = "warn";
 const HOST = "127.0.0.1";
-const OUT_DIR = new URL("./out/", import.meta.url);
-const OUT_FILE = fileURLToPath(new URL("sidecar.json", OUT_DIR));
+const OUT_FILE = outFile("sidecar");
 const APP_ENTRY = join(REPO, "bench/sidecar-app.ts");
 
 function progress(message: string): void {
@@ -371,14 +370,11 @@ async function main(): Promise<void> {
         failures,
       },
     };
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    if (profileDirectory === undefined) {
-      mkdirSync(OUT_DIR, { recursive: true });
-      writeFileSync(OUT_FILE, `${JSON.stringify(output, null, 2)}\n`);
-      progress(`wrote ${OUT_FILE} (${seconds.toFixed(1)} s)`);
-    } else {
-      progress(`profiled run (${seconds.toFixed(1)} s): ${OUT_FILE} not written`);
-    }
+    writeResult("sidecar", output, {
+      profiled: profileDirectory !== undefined,
+      startedNs: started,
+      progress,
+    });
     process.stdout.write(`${text}\n`);
   } catch (error) {
     if (interruptedBy === undefined) for (const child of children) progress(child.tail(8));
