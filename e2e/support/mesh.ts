@@ -65,6 +65,12 @@ function jwkOf(pem: string) {
   return { kid, jwk: { ...jwk, alg: "ES256", kid } };
 }
 
+/** A client certificate and its key, PEM. */
+export interface ClientCredentials {
+  readonly cert: string;
+  readonly key: string;
+}
+
 export interface Answer {
   readonly status: number;
   readonly body: string;
@@ -72,7 +78,7 @@ export interface Answer {
 }
 
 /** The whole response, as text. */
-function collect(response: IncomingMessage): Promise<Answer> {
+export function collect(response: IncomingMessage): Promise<Answer> {
   return new Promise((resolve, reject) => {
     let text = "";
     response.on("data", (chunk: Buffer) => {
@@ -179,18 +185,30 @@ export class Mesh {
     this.specs.push(spec);
     await this.publishRegistry(this.specs);
     await this.startSidecar(service);
-    // Every other sidecar picks the new generation up on its own (watch + poll).
+    await this.converged();
+    return service;
+  }
+
+  /**
+   * Waits until every running sidecar serves the newest registry generation (each picks it up on
+   * its own: watch + poll); fails after `timeoutMs`.
+   */
+  async converged(timeoutMs = 10_000): Promise<void> {
     const generation = this.generation - 1;
-    for (const other of this.services.values()) {
-      if (other === service || other.sidecar === undefined) continue;
-      const admin = other.sidecar.adminUrl;
-      for (let attempt = 0; attempt < 100; attempt++) {
-        const ready = (await (await fetch(`${admin}/readyz`)).json()) as { generation?: number };
+    const deadline = Date.now() + timeoutMs;
+    for (const service of this.services.values()) {
+      if (service.sidecar === undefined) continue;
+      for (;;) {
+        const ready = (await (await fetch(`${service.sidecar.adminUrl}/readyz`)).json()) as {
+          generation?: number;
+        };
         if (ready.generation === generation) break;
+        if (Date.now() > deadline) {
+          throw new Error(`${service.id} serves generation ${ready.generation}, not ${generation}`);
+        }
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     }
-    return service;
   }
 
   async issueIdentity(id: string, directory: string): Promise<void> {
@@ -259,7 +277,6 @@ export class Mesh {
       const service = this.services.get(id);
       if (service === undefined) continue;
       const pem = await readFile(join(service.identityDirectory, "tls.crt"), "utf8");
-      const { kid, jwk } = jwkOf(pem);
       services.push({
         id,
         environment: "default",
@@ -267,10 +284,7 @@ export class Mesh {
         scopes: spec.scopes ?? [],
         edge: spec.edge ?? false,
         location: `127.0.0.1:${service.inboundPort}`,
-        keys: [
-          { kid, status: "current", notAfter: new Date(Date.now() + 86_400_000).toISOString(), jwk },
-          ...(this.extraKeys.get(id) ?? []),
-        ],
+        keys: [Mesh.registryKeyOf(pem, "current"), ...(this.extraKeys.get(id) ?? [])],
       });
     }
     const document = {
@@ -320,6 +334,13 @@ export class Mesh {
     return service;
   }
 
+  /** The running in-process sidecar of a service. */
+  sidecarOf(id: string): RunningSidecar {
+    const sidecar = this.service(id).sidecar;
+    if (sidecar === undefined) throw new Error(`no sidecar for ${id}`);
+    return sidecar;
+  }
+
   /** What the service's sidecar signs links with: its certificate key under its registry kid. */
   async signerOf(id: string): Promise<{ serviceId: string; kid: string; privateKey: KeyObject }> {
     const directory = this.service(id).identityDirectory;
@@ -339,30 +360,27 @@ export class Mesh {
 
   /**
    * A request straight to a service's inbound port, as `from`'s sidecar would send it: over mTLS
-   * with `from`'s certificate, or with no client certificate when `from` is undefined.
+   * with the certificate of service `from` (or the given certificate and key), or with no client
+   * certificate when `from` is undefined.
    */
   async callInbound(
-    from: string | undefined,
+    from: string | ClientCredentials | undefined,
     port: number,
     init: {
-      method: string;
+      method?: string;
       path: string;
       body?: string;
       chain?: string;
       headers?: Record<string, string | string[]>;
     },
   ): Promise<Answer> {
-    const directory = from === undefined ? undefined : this.service(from).identityDirectory;
-    const [cert, key] =
-      directory === undefined
-        ? [undefined, undefined]
-        : await Promise.all([readFile(join(directory, "tls.crt")), readFile(join(directory, "tls.key"))]);
+    const { cert, key } = typeof from === "string" ? await this.credentialsOf(from) : (from ?? {});
     return new Promise((resolve, reject) => {
       const outgoing = httpsRequest(
         {
           host: "127.0.0.1",
           port,
-          method: init.method,
+          method: init.method ?? "GET",
           path: init.path,
           ...(cert === undefined ? {} : { cert, key }),
           ca: this.ca.certificate.pem,
@@ -378,6 +396,15 @@ export class Mesh {
       outgoing.on("error", reject);
       outgoing.end(init.body);
     });
+  }
+
+  private async credentialsOf(id: string): Promise<ClientCredentials> {
+    const directory = this.service(id).identityDirectory;
+    const [cert, key] = await Promise.all([
+      readFile(join(directory, "tls.crt"), "utf8"),
+      readFile(join(directory, "tls.key"), "utf8"),
+    ]);
+    return { cert, key };
   }
 
   async close(): Promise<void> {

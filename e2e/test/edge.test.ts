@@ -109,11 +109,7 @@ describe("edge entry: a bearer token starts the chain at an edge service", () =>
       },
     ];
     await mesh.start(SPECS, [SHOP_POLICY, PAYMENTS_POLICY]);
-    const sidecarOf = (id: string) => {
-      const sidecar = mesh.service(id).sidecar;
-      if (sidecar === undefined) throw new Error(`no sidecar for ${id}`);
-      return sidecar;
-    };
+    const sidecarOf = (id: string) => mesh.sidecarOf(id);
     // Each app passes the chain it received on to the next call, as it would a trace header.
     mesh.service("shop.shop").handler = async (request) => {
       if (request.url !== "/checkout") return { status: 200, body: "ok" };

@@ -78,16 +78,18 @@ describe("the checkout through three sidecars", () => {
     // Cart's app pays for the order it confirms, copying the chain it received (like a trace header).
     cart.handler = async (request) => {
       if (request.url !== "/cart/confirm") return { status: 200, body: "ok" };
-      const cartSidecar = cart.sidecar;
-      if (cartSidecar === undefined) throw new Error("no cart sidecar");
-      const paid = await callThrough(cartSidecar, "http://payments.shop/pay-for-order/12345", {
-        method: "POST",
-        body: '{"amount":"59.90"}',
-        headers: {
-          "custody-chain": String(request.headers["custody-chain"] ?? ""),
-          "content-type": "application/json",
+      const paid = await callThrough(
+        mesh.sidecarOf("cart.shop"),
+        "http://payments.shop/pay-for-order/12345",
+        {
+          method: "POST",
+          body: '{"amount":"59.90"}',
+          headers: {
+            "custody-chain": String(request.headers["custody-chain"] ?? ""),
+            "content-type": "application/json",
+          },
         },
-      });
+      );
       return { status: paid.status, body: `payments said ${paid.status}: ${paid.body}` };
     };
   }, 30_000);
@@ -97,8 +99,7 @@ describe("the checkout through three sidecars", () => {
   });
 
   it("carries a three-element chain to payments, which sees the verified chain and its caller", async () => {
-    const shop = mesh.service("shop.shop").sidecar;
-    if (shop === undefined) throw new Error("no shop sidecar");
+    const shop = mesh.sidecarOf("shop.shop");
     const answer = await callThrough(shop, "http://cart.shop/cart/confirm", {
       method: "POST",
       body: '{"cart":"c-1"}',
@@ -124,8 +125,7 @@ describe("the checkout through three sidecars", () => {
   });
 
   it("denies payments called by shop directly: the call path does not match (403)", async () => {
-    const shop = mesh.service("shop.shop").sidecar;
-    if (shop === undefined) throw new Error("no shop sidecar");
+    const shop = mesh.sidecarOf("shop.shop");
     const answer = await callThrough(shop, "http://payments.shop/pay-for-order/1", {
       method: "POST",
       body: "{}",
@@ -135,18 +135,13 @@ describe("the checkout through three sidecars", () => {
   });
 
   it("answers 502 for a target that is not in the registry, without calling anything", async () => {
-    const shop = mesh.service("shop.shop").sidecar;
-    if (shop === undefined) throw new Error("no shop sidecar");
+    const shop = mesh.sidecarOf("shop.shop");
     const answer = await callThrough(shop, "http://evil.example/steal");
     expect(answer.status).toBe(502);
     expect(JSON.parse(answer.body)).toEqual({ error: "bad_gateway", reason: "unknown_service" });
   });
 
-  const sidecarOf = (id: string) => {
-    const sidecar = mesh.service(id).sidecar;
-    if (sidecar === undefined) throw new Error(`no sidecar for ${id}`);
-    return sidecar;
-  };
+  const sidecarOf = (id: string) => mesh.sidecarOf(id);
 
   async function linkFromShop(body: string | undefined, path = "/cart/items") {
     const signer = await mesh.signerOf("shop.shop");

@@ -13,8 +13,7 @@
  */
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
-import { request as httpRequest, type IncomingMessage } from "node:http";
-import { request as httpsRequest } from "node:https";
+import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import type { Extension } from "@peculiar/asn1-x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -41,7 +40,14 @@ import { POLICY_REASONS } from "../../sidecar/src/policy/engine.js";
 import { loadIdentityFiles } from "../../sidecar/src/runtime/identity-files.js";
 import { tokenServiceFetcher } from "../../sidecar/src/runtime/identity-token.js";
 import { type RunningSidecar, startSidecar } from "../../sidecar/src/runtime/sidecar.js";
-import { callThrough, Mesh, type ServiceSpec } from "../support/mesh.js";
+import {
+  type Answer,
+  type ClientCredentials,
+  callThrough,
+  collect,
+  Mesh,
+  type ServiceSpec,
+} from "../support/mesh.js";
 import { freePort } from "../support/net.js";
 
 // --- what the sidecar can answer, per surface -------------------------------------------------
@@ -234,11 +240,10 @@ let redisless: RunningSidecar; // payments, replay store on a closed Redis port
 
 const reasonsProduced = new Set<string>();
 
-function sidecarOf(id: string): RunningSidecar {
-  const sidecar = mesh.service(id).sidecar;
-  if (sidecar === undefined) throw new Error(`no sidecar for ${id}`);
-  return sidecar;
-}
+/** What each row asserts on: status and body. */
+type Reply = Pick<Answer, "status" | "body">;
+
+const sidecarOf = (id: string): RunningSidecar => mesh.sidecarOf(id);
 
 const portOf = (id: string) => mesh.service(id).inboundPort;
 
@@ -337,50 +342,6 @@ afterAll(async () => {
 
 // --- requests -----------------------------------------------------------------------------------
 
-interface Reply {
-  readonly status: number;
-  readonly body: string;
-}
-
-interface ClientIdentity {
-  readonly cert: string;
-  readonly key: string;
-}
-
-/** The whole response, as text. */
-async function reply(response: IncomingMessage): Promise<Reply> {
-  let body = "";
-  response.setEncoding("utf8");
-  for await (const chunk of response) body += chunk;
-  return { status: response.statusCode ?? 0, body };
-}
-
-/** A request to an inbound port over TLS with the given client certificate (or none). */
-function callWith(
-  identity: ClientIdentity | undefined,
-  port: number,
-  init: { method?: string; path: string; body?: string; headers?: Record<string, string | string[]> },
-): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const outgoing = httpsRequest(
-      {
-        host: "127.0.0.1",
-        port,
-        method: init.method ?? "GET",
-        path: init.path,
-        ...(identity ?? {}),
-        ca: mesh.ca.certificate.pem,
-        servername: "localhost",
-        agent: false,
-        headers: init.headers ?? {},
-      },
-      (response) => void reply(response).then(resolve, reject),
-    );
-    outgoing.on("error", reject);
-    outgoing.end(init.body);
-  });
-}
-
 /** An app's call through a sidecar's outbound port in origin form, naming the service in Host. */
 function viaProxy(
   sidecar: RunningSidecar,
@@ -398,7 +359,7 @@ function viaProxy(
         agent: false,
         headers: { ...init.headers, host },
       },
-      (response) => void reply(response).then(resolve, reject),
+      (response) => void collect(response).then(resolve, reject),
     );
     outgoing.on("error", reject);
     outgoing.end(init.body);
@@ -483,13 +444,13 @@ async function cartToPayments(chain: string | undefined, port = portOf("payments
 const genuineCartLink = () => link("cart.shop", "payments.shop", "GET", "/reasons");
 
 /** A client certificate Custody would never issue, signed by `issuer`, with its key. */
-function oddCertificate(options: Omit<Parameters<typeof handBuilt>[0], "subjectKey">): ClientIdentity {
+function oddCertificate(options: Omit<Parameters<typeof handBuilt>[0], "subjectKey">): ClientCredentials {
   const key = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
   const certificate = handBuilt({ ...options, subjectKey: key });
   return { cert: certificate.pem, key: privateKeyToPem(key) };
 }
 
-function identityOf(issued: Awaited<ReturnType<typeof issueCertificate>>): ClientIdentity {
+function identityOf(issued: Awaited<ReturnType<typeof issueCertificate>>): ClientCredentials {
   return { cert: issued.certificate.pem, key: privateKeyToPem(issued.privateKey) };
 }
 
@@ -503,8 +464,8 @@ function spiffeIds(...uris: string[]): Extension[] {
 }
 
 /** GET /reasons at payments' inbound port, presenting `identity` (or no client certificate). */
-const presenting = (identity: ClientIdentity | undefined) =>
-  callWith(identity, portOf("payments.shop"), { path: "/reasons" });
+const presenting = (identity: ClientCredentials | undefined) =>
+  mesh.callInbound(identity, portOf("payments.shop"), { path: "/reasons" });
 
 /** A CA with the mesh CA's name and key identifier but another key (the classic forgery). */
 function lookAlikeCa() {
@@ -844,31 +805,31 @@ const ROWS: Row[] = [
     }),
   ),
   row("inbound", "binding_mismatch", 401, "a user token bound (cnf) to a certificate, without one", () =>
-    callWith(undefined, portOf("shop.shop"), {
+    mesh.callInbound(undefined, portOf("shop.shop"), {
       path: "/",
       headers: { authorization: `Bearer ${userToken({ cnf: { "x5t#S256": sha256Base64url("another") } })}` },
     }),
   ),
   row("inbound", "initial_token_invalid", 401, "an expired user token", () =>
-    callWith(undefined, portOf("shop.shop"), {
+    mesh.callInbound(undefined, portOf("shop.shop"), {
       path: "/",
       headers: { authorization: `Bearer ${userToken({ exp: nowSeconds() - 60 })}` },
     }),
   ),
   row("inbound", "wrong_type", 401, "a call link as a bearer token", async () =>
-    callWith(undefined, portOf("shop.shop"), {
+    mesh.callInbound(undefined, portOf("shop.shop"), {
       path: "/",
       headers: { authorization: `Bearer ${await link("cart.shop", "shop.shop", "GET", "/")}` },
     }),
   ),
   row("inbound", "element_too_large", 401, "a 5000-character bearer token", () =>
-    callWith(undefined, portOf("shop.shop"), {
+    mesh.callInbound(undefined, portOf("shop.shop"), {
       path: "/",
       headers: { authorization: `Bearer ${"a".repeat(5000)}` },
     }),
   ),
   row("inbound", "malformed", 401, "a bearer token that is not a JWT", () =>
-    callWith(undefined, portOf("shop.shop"), { path: "/", headers: { authorization: "Bearer abc" } }),
+    mesh.callInbound(undefined, portOf("shop.shop"), { path: "/", headers: { authorization: "Bearer abc" } }),
   ),
 
   // --- inbound: policies (shop → vault through both sidecars; shop's chain starts with its identity token)

@@ -49,26 +49,9 @@ describe("rotation of the caller's key while traffic flows", () => {
     await directory?.cleanup();
   });
 
-  /** Every sidecar has loaded the newest registry generation. */
-  const converged = async () => {
-    const generation = mesh.generation - 1;
-    await vi.waitFor(
-      async () => {
-        for (const service of mesh.services.values()) {
-          const ready = (await (await fetch(`${service.sidecar?.adminUrl}/readyz`)).json()) as {
-            generation?: number;
-          };
-          expect(ready.generation).toBe(generation);
-        }
-      },
-      { timeout: 10_000, interval: 50 },
-    );
-  };
-
   /** Calls from shop to cart in four lanes, until stopped; every answer that is not 200 is kept. */
   const startTraffic = () => {
-    const sidecar = mesh.service("shop.shop").sidecar;
-    if (sidecar === undefined) throw new Error("no shop sidecar");
+    const sidecar = mesh.sidecarOf("shop.shop");
     const traffic = { calls: 0, failures: [] as string[], running: true, done: Promise.resolve() };
     const lane = async (lane: number) => {
       for (let i = 0; traffic.running; i++) {
@@ -94,7 +77,7 @@ describe("rotation of the caller's key while traffic flows", () => {
     const nextKey = Mesh.registryKeyOf(next.certificate.pem, "next");
     mesh.extraKeys.set(id, [nextKey]);
     await mesh.publishRegistry(mesh.specs);
-    await converged();
+    await mesh.converged();
 
     // 2. The Secret changes (each file replaced atomically, as a volume update would).
     await writeFile(join(directory.path, "tls.key.new"), privateKeyToPem(next.privateKey));
@@ -106,12 +89,12 @@ describe("rotation of the caller's key while traffic flows", () => {
     // 3. The new key is current (publishRegistry derives it from tls.crt); the old one stays as previous.
     mesh.extraKeys.set(id, [Mesh.registryKeyOf(oldCertificate, "previous")]);
     await mesh.publishRegistry(mesh.specs);
-    await converged();
+    await mesh.converged();
 
     // 4. The old key is withdrawn.
     mesh.extraKeys.delete(id);
     await mesh.publishRegistry(mesh.specs);
-    await converged();
+    await mesh.converged();
   }
 
   async function underTraffic(action: () => Promise<void>) {
