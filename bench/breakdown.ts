@@ -18,18 +18,11 @@ import { CHAIN_SEPARATOR, DEFAULT_LIMITS } from "../sidecar/src/chain/limits.js"
 import { type LinkClaims, readLinkClaims, readLinkHeader } from "../sidecar/src/chain/link.js";
 import { parseOperationClaim } from "../sidecar/src/chain/normalize.js";
 import { MemoryReplayGuard } from "../sidecar/src/replay/memory.js";
+import { markdownTable } from "./output.js";
 import { buildChains, buildMesh, MAX_DEPTH, must, noReplayGuard, verifyCustody } from "./scenario.js";
 import { asyncRunner, measure, type Runner, syncRunner, type TimingOptions } from "./timing.js";
 
 const TIMING: TimingOptions = { warmupMs: 200, batchMs: 20, batches: 25 };
-
-function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => (row[i] ?? "").length)));
-  const line = (cells: readonly string[]) =>
-    `| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join(" | ")} |`;
-  const rule = `|${widths.map((width, i) => (i === 0 ? "-".repeat(width + 2) : `${"-".repeat(width + 1)}:`)).join("|")}|`;
-  return [line(header), rule, ...rows.map(line)].join("\n");
-}
 
 function sizeReport(elements: readonly string[]): string {
   const header = elements.join(CHAIN_SEPARATOR);

@@ -12,6 +12,7 @@ import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
 import { VerifiedElementCache } from "../sidecar/src/chain/cache.js";
 import type { VerifiedLink } from "../sidecar/src/chain/verify.js";
+import { markdownTable } from "./output.js";
 import {
   buildChains,
   buildMesh,
@@ -101,14 +102,6 @@ async function measureDepth(mesh: Mesh, depth: number, now: number): Promise<Row
   return row;
 }
 
-function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => (row[i] ?? "").length)));
-  const line = (cells: readonly string[]) =>
-    `| ${cells.map((cell, i) => cell.padStart(widths[i] ?? 0)).join(" | ")} |`;
-  const rule = `|${widths.map((width) => `${"-".repeat(width + 1)}:`).join("|")}|`;
-  return [line(header), rule, ...rows.map(line)].join("\n");
-}
-
 const perElementRatio = (row: ChainBenchRow) => row.custodyVerifyUs / row.depth / row.cryptoVerifyUs;
 
 interface TalkCheck {
@@ -145,6 +138,7 @@ function report(rows: readonly Row[], talk: TalkCheck): string {
       row.nestedVerifyUs.toFixed(1),
       row.custodyCachedVerifyUs.toFixed(1),
     ]),
+    { labels: false },
   );
   const deepest = must(rows.at(-1), "deepest row");
   const worst = rows.reduce((a, b) => (perElementRatio(b) > perElementRatio(a) ? b : a));

@@ -27,12 +27,12 @@ import {
   CLIENT_ID,
   CLIENT_SCOPES,
   type IssuerProcess,
-  machineCpuClock,
   startIssuerProcess,
   type Target,
 } from "./issuer-server.js";
 import { type LoadOptions, type Mode, type ModeResult, measureLoad } from "./load.js";
-import { outFile, writeResult } from "./output.js";
+import { markdownTable, outFile, writeResult } from "./output.js";
+import { machineCpuClock } from "./proc.js";
 
 /** bench/out/issuer.json. */
 export interface IssuerBenchResult {
@@ -180,17 +180,6 @@ async function issuerCounts(target: Target): Promise<{ issued: number; refused: 
     else refused += Number(match[2]);
   }
   return { issued, refused };
-}
-
-/** First column left-aligned (labels), the others right-aligned (numbers). */
-function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => (row[i] ?? "").length)));
-  const pad = (cell: string, i: number) =>
-    i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0);
-  const line = (cells: readonly string[]) => `| ${cells.map(pad).join(" | ")} |`;
-  const dashes = (width: number, i: number) =>
-    i === 0 ? "-".repeat(width + 2) : `${"-".repeat(width + 1)}:`;
-  return [line(header), `|${widths.map(dashes).join("|")}|`, ...rows.map(line)].join("\n");
 }
 
 function report(

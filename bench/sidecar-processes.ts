@@ -5,17 +5,12 @@
  * Linux says about a process in /proc: CPU time, resident memory now (VmRSS) and at its peak (VmHWM),
  * accounted per mode of the benchmark.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
-import { closeSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { machineCpuClock } from "./issuer-server.js";
+import { type Child, machineCpuClock, processCpuSeconds, processMemory, REPO } from "./proc.js";
 
-export const REPO = fileURLToPath(new URL("../", import.meta.url));
 const SOURCE_ENTRY = join(REPO, "cli/src/entry.ts");
-const STOP_GRACE_MS = 10_000;
-/** Start-up guard only (a child that never answers): never a performance assertion. */
-const STARTUP_LIMIT_MS = 60_000;
 
 /** How a sidecar is started: node, its flags, and the CLI entry. */
 export interface CliRuntime {
@@ -55,132 +50,6 @@ export function compileCli(directory: string): Promise<CliRuntime> {
       },
     );
   });
-}
-
-function clockTicksPerSecond(): number {
-  try {
-    const ticks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
-    return Number.isInteger(ticks) && ticks > 0 ? ticks : 100;
-  } catch {
-    return 100;
-  }
-}
-
-const TICKS = clockTicksPerSecond();
-
-/** CPU seconds (user + system) the process has used so far, from /proc/PID/stat; NaN when unreadable. */
-export function processCpuSeconds(pid: number): number {
-  try {
-    // Fields after "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime …
-    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / TICKS;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-export interface Memory {
-  /** Resident set now (VmRSS), in MiB. */
-  readonly rssMb: number;
-  /** The highest resident set since the process started (VmHWM), in MiB. */
-  readonly peakRssMb: number;
-}
-
-/** From /proc/PID/status; NaN where there is none (not Linux, process gone). */
-export function processMemory(pid: number): Memory {
-  let text = "";
-  try {
-    text = readFileSync(`/proc/${pid}/status`, "utf8");
-  } catch {}
-  const kib = (field: string) => {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(text);
-    return match === null ? Number.NaN : Number(match[1]) / 1024;
-  };
-  return { rssMb: kib("VmRSS"), peakRssMb: kib("VmHWM") };
-}
-
-export interface Child {
-  readonly name: string;
-  readonly pid: number;
-  readonly logFile: string;
-  /** Resolves with the reason if the child exits before stop() is called. */
-  readonly exited: Promise<string>;
-  /** The last lines of the child's log and stderr, for error messages. */
-  tail(lines?: number): string;
-  /** SIGTERM, SIGKILL if it takes too long. */
-  stop(): Promise<void>;
-}
-
-/**
- * Starts `node <args>` with stdout going to `logFile` (not a pipe this process would have to read
- * while it measures) and stderr kept in memory (its last 8 KB).
- */
-export function startChild(name: string, args: readonly string[], logFile: string): Child {
-  const logFd = openSync(logFile, "w");
-  let child: ChildProcess;
-  try {
-    child = spawn(process.execPath, args, { cwd: REPO, stdio: ["ignore", logFd, "pipe"] });
-  } finally {
-    closeSync(logFd);
-  }
-  let stderr = "";
-  child.stderr?.setEncoding("utf8");
-  child.stderr?.on("data", (chunk: string) => {
-    stderr = `${stderr}${chunk}`.slice(-8_000);
-  });
-  let stopping = false;
-  const exited = new Promise<string>((resolve) => {
-    child.once("exit", (code, signal) => {
-      if (!stopping) resolve(signal === null ? `exited with code ${code}` : `was killed by ${signal}`);
-    });
-    child.once("error", (error) => resolve(`could not start: ${error.message}`));
-  });
-  const pid = child.pid ?? -1;
-  return {
-    name,
-    pid,
-    logFile,
-    exited,
-    tail(lines = 15) {
-      let log = "";
-      try {
-        log = readFileSync(logFile, "utf8");
-      } catch {}
-      const last = (text: string) => text.trimEnd().split("\n").slice(-lines).join("\n");
-      return `--- ${name} log (last ${lines} lines) ---\n${last(log)}\n--- ${name} stderr ---\n${last(stderr)}`;
-    },
-    async stop() {
-      stopping = true;
-      if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-      const gone = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGTERM");
-      const force = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
-      await gone;
-      clearTimeout(force);
-    },
-  };
-}
-
-/** Polls `url` until it answers 200; fails if the child exits first or after STARTUP_LIMIT_MS. */
-export async function waitUntilReady(child: Child, url: string): Promise<void> {
-  let gone: string | undefined;
-  void child.exited.then((reason) => {
-    gone = reason;
-  });
-  const deadline = Date.now() + STARTUP_LIMIT_MS;
-  while (Date.now() < deadline) {
-    if (gone !== undefined) throw new Error(`${child.name} ${gone} before it was ready\n${child.tail()}`);
-    try {
-      const response = await fetch(url);
-      await response.arrayBuffer();
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`${child.name} was not ready within ${STARTUP_LIMIT_MS / 1000} s\n${child.tail()}`);
 }
 
 /** The processes of one run: the app and the two sidecars. */

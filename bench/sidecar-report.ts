@@ -3,6 +3,7 @@
  * verdicts, and the tables printed at the end.
  */
 import type { ModeResult } from "./load.js";
+import { markdownTable } from "./output.js";
 import type { OpenLoopResult } from "./sidecar-open-loop.js";
 import type { CpuAccount, RssSamples } from "./sidecar-processes.js";
 
@@ -50,17 +51,6 @@ export const round3 = (value: number) => Math.round(value * 1000) / 1000;
 export const round1 = (value: number) => Math.round(value * 10) / 10;
 const ms = (value: number) => value.toFixed(3);
 const verdict = (pass: boolean) => (pass ? "PASS" : "MISS");
-
-/** First column left-aligned (labels), the others right-aligned (numbers). */
-export function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => (row[i] ?? "").length)));
-  const pad = (cell: string, i: number) =>
-    i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0);
-  const line = (cells: readonly string[]) => `| ${cells.map(pad).join(" | ")} |`;
-  const dashes = (width: number, i: number) =>
-    i === 0 ? "-".repeat(width + 2) : `${"-".repeat(width + 1)}:`;
-  return [line(header), `|${widths.map(dashes).join("|")}|`, ...rows.map(line)].join("\n");
-}
 
 export interface Report {
   readonly entries: readonly SidecarDepthResult[];

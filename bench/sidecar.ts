@@ -15,26 +15,21 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { Pool } from "undici";
 import { freePort } from "../e2e/support/net.js";
-import { machineCpuClock } from "./issuer-server.js";
 import { type Mode, measureLoad } from "./load.js";
 import { outFile, writeResult } from "./output.js";
+import { type Child, machineCpuClock, processMemory, REPO, startChild, waitUntilReady } from "./proc.js";
 import { AnswerError, call, callExpectingRefusal, type Expected, keepAlivePool } from "./sidecar-client.js";
 import { CALLEE, CALLER, type MeshFiles, mintPrefix, writeMesh } from "./sidecar-mesh.js";
 import { measureOpenLoop, type OpenLoopMode } from "./sidecar-open-loop.js";
 import {
-  type Child,
   type CliRuntime,
   CpuAccount,
   type CpuReading,
   compileCli,
   type Processes,
-  processMemory,
-  REPO,
   RssSamples,
   readCpu,
-  startChild,
   tsxRuntime,
-  waitUntilReady,
 } from "./sidecar-processes.js";
 import {
   type ModeAccounts,
