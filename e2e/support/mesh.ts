@@ -416,11 +416,20 @@ export class Mesh {
   }
 }
 
-/** A call through a sidecar's outbound port, the way an app with HTTP_PROXY makes it. */
+/**
+ * A call through a sidecar's outbound port, the way an app makes it: with HTTP_PROXY (an absolute
+ * URL), or in origin form naming the service in `host`.
+ */
 export async function callThrough(
   sidecar: RunningSidecar,
   url: string,
-  init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+  init: {
+    method?: string;
+    body?: string;
+    headers?: Record<string, string | string[]>;
+    /** Send `url` as is (origin form) with this Host, instead of an absolute URL's own host. */
+    host?: string;
+  } = {},
 ): Promise<Answer> {
   const proxy = new URL(sidecar.outboundUrl);
   return new Promise((resolve, reject) => {
@@ -430,7 +439,7 @@ export async function callThrough(
         port: Number(proxy.port),
         method: init.method ?? "GET",
         path: url,
-        headers: { ...(init.headers ?? {}), host: new URL(url).host },
+        headers: { ...(init.headers ?? {}), host: init.host ?? new URL(url).host },
       },
       (response) => void collect(response).then(resolve, reject),
     );

@@ -13,7 +13,6 @@
  */
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
-import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import type { Extension } from "@peculiar/asn1-x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -40,14 +39,7 @@ import { POLICY_REASONS } from "../../sidecar/src/policy/engine.js";
 import { loadIdentityFiles } from "../../sidecar/src/runtime/identity-files.js";
 import { tokenServiceFetcher } from "../../sidecar/src/runtime/identity-token.js";
 import { type RunningSidecar, startSidecar } from "../../sidecar/src/runtime/sidecar.js";
-import {
-  type Answer,
-  type ClientCredentials,
-  callThrough,
-  collect,
-  Mesh,
-  type ServiceSpec,
-} from "../support/mesh.js";
+import { type Answer, type ClientCredentials, callThrough, Mesh, type ServiceSpec } from "../support/mesh.js";
 import { freePort } from "../support/net.js";
 
 // --- what the sidecar can answer, per surface -------------------------------------------------
@@ -343,28 +335,14 @@ afterAll(async () => {
 // --- requests -----------------------------------------------------------------------------------
 
 /** An app's call through a sidecar's outbound port in origin form, naming the service in Host. */
-function viaProxy(
+const viaProxy = (
   sidecar: RunningSidecar,
   host: string,
-  init: { method?: string; path: string; body?: string; headers?: Record<string, string | string[]> },
-): Promise<Reply> {
-  const proxy = new URL(sidecar.outboundUrl);
-  return new Promise((resolve, reject) => {
-    const outgoing = httpRequest(
-      {
-        host: proxy.hostname,
-        port: Number(proxy.port),
-        method: init.method ?? "GET",
-        path: init.path,
-        agent: false,
-        headers: { ...init.headers, host },
-      },
-      (response) => void collect(response).then(resolve, reject),
-    );
-    outgoing.on("error", reject);
-    outgoing.end(init.body);
-  });
-}
+  {
+    path,
+    ...init
+  }: { method?: string; path: string; body?: string; headers?: Record<string, string | string[]> },
+): Promise<Reply> => callThrough(sidecar, path, { ...init, host });
 
 /** POST (or another method) to the local key service of a sidecar, a JSON value or raw text. */
 async function keyService(
