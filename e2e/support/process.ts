@@ -211,3 +211,12 @@ export function parseLogLines(lines: readonly string[]): Record<string, unknown>
       }
     });
 }
+
+/** A promise and the function that fulfils it (Promise.withResolvers, which Node 20 lacks). */
+export function deferred(): { readonly promise: Promise<void>; readonly resolve: () => void } {
+  let resolve = () => {};
+  const promise = new Promise<void>((settle) => {
+    resolve = settle;
+  });
+  return { promise, resolve };
+}

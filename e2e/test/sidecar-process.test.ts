@@ -18,6 +18,7 @@ import type { RunningSidecar } from "../../sidecar/src/runtime/sidecar.js";
 import { callThrough, Mesh, type ServiceSpec } from "../support/mesh.js";
 import { freePort } from "../support/net.js";
 import {
+  deferred,
   killAll,
   memoryOf,
   parseLogLines,
@@ -115,14 +116,8 @@ describe("custody sidecar as a process", () => {
   it("on SIGTERM refuses new connections, finishes the request in flight, and exits 0", async () => {
     const app = mesh.service("cart.shop");
     const body = `confirmed:${"x".repeat(200_000)}`;
-    let release = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let arrived = () => {};
-    const arrival = new Promise<void>((resolve) => {
-      arrived = resolve;
-    });
+    const { promise: gate, resolve: release } = deferred();
+    const { promise: arrival, resolve: arrived } = deferred();
     app.handler = async () => {
       arrived();
       await gate;
@@ -171,14 +166,8 @@ describe("custody sidecar as a process", () => {
 
   it("cuts a request that outlives shutdown-grace, and still exits 0", async () => {
     const app = mesh.service("cart.shop");
-    let release = () => {};
-    const never = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let arrived = () => {};
-    const arrival = new Promise<void>((resolve) => {
-      arrived = resolve;
-    });
+    const { promise: never, resolve: release } = deferred();
+    const { promise: arrival, resolve: arrived } = deferred();
     app.handler = async () => {
       arrived();
       await never;
