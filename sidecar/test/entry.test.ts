@@ -11,7 +11,7 @@ import { DEFAULT_LIMITS } from "../src/chain/limits.js";
 import { mintLink } from "../src/chain/mint.js";
 import { normalizeOperation } from "../src/chain/normalize.js";
 import { verifyChain } from "../src/chain/verify.js";
-import { decide, type Provenance } from "../src/policy/engine.js";
+import { decide, provenanceOfBearer } from "../src/policy/engine.js";
 import { PatternCache } from "../src/policy/operation.js";
 import { MemoryReplayGuard } from "../src/replay/memory.js";
 import { makeService, TestIssuer, TestTrust, TOKEN_SERVICE, USER_IDP } from "./support/mesh.js";
@@ -186,12 +186,7 @@ describe("policies on an edge entry", () => {
     });
   const decideFor = (token: string, der: Uint8Array | undefined, require: Record<string, unknown>) => {
     const operation = normalizeOperation("GET", "/catalog");
-    const admitted = admit(token, der === undefined ? {} : { der });
-    const from: Provenance = {
-      caller: admitted.caller,
-      hops: admitted.caller === undefined ? [] : [{ service: admitted.caller, operation }],
-      initial: admitted.initial,
-    };
+    const from = provenanceOfBearer(admit(token, der === undefined ? {} : { der }), operation);
     return decide(
       [storefront(require)],
       { target: shop.info, operation, from },

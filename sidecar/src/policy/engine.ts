@@ -9,6 +9,7 @@
  * A decision names the policy and rule that made it, and why, in words an operator understands.
  */
 import type { CompiledPolicy, CompiledRule } from "../../../crds/src/compiled-policy.js";
+import type { AdmittedBearer } from "../chain/entry.js";
 import type { Operation } from "../chain/normalize.js";
 import type { ServiceInfo } from "../chain/trust.js";
 import type { InitialToken, VerifiedChain } from "../chain/verify.js";
@@ -139,6 +140,12 @@ function checkInitialToken(
     };
   }
   return undefined;
+}
+
+/** Edge entry: the bearer token is the initial element; a workload presenting it is the one hop. */
+export function provenanceOfBearer(admitted: AdmittedBearer, operation: Operation): Provenance {
+  const { caller, initial } = admitted;
+  return { caller, hops: caller === undefined ? [] : [{ service: caller, operation }], initial };
 }
 
 export function provenanceOfChain(chain: VerifiedChain): Provenance {

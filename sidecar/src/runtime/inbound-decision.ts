@@ -16,7 +16,13 @@ import type { ChainLimits } from "../chain/limits.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
 import type { ServiceInfo } from "../chain/trust.js";
 import { verifyChain } from "../chain/verify.js";
-import { type Decision, decide, type Provenance, provenanceOfChain } from "../policy/engine.js";
+import {
+  type Decision,
+  decide,
+  type Provenance,
+  provenanceOfBearer,
+  provenanceOfChain,
+} from "../policy/engine.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import type { RegistrySnapshot } from "./registry-source.js";
@@ -180,12 +186,7 @@ function bearerOrigin(
       context.snapshot.trust,
       context.limits,
     );
-    const { caller, initial } = admitted;
-    return {
-      entry: "bearer",
-      elements: [token],
-      from: { caller, hops: caller === undefined ? [] : [{ service: caller, operation }], initial },
-    };
+    return { entry: "bearer", elements: [token], from: provenanceOfBearer(admitted, operation) };
   } catch (error) {
     if (!(error instanceof ChainError)) throw error;
     return refuse(401, error.code, error.message, { operation });
