@@ -1,17 +1,10 @@
 /** Fixtures for the key service tests: services with RSA keys, and byte-level tampering of base64url text. */
-import { createHash, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { generateKeyPairSync } from "node:crypto";
 import { expect } from "vitest";
 import { KeyServiceError, type KeyServiceReason } from "../../src/keys/errors.js";
-import type { TestService } from "./mesh.js";
+import { kidOf, type TestService } from "./mesh.js";
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-export function kidOf(key: KeyObject): string {
-  return createHash("sha256")
-    .update(key.export({ type: "spki", format: "der" }))
-    .digest("base64url")
-    .slice(0, 16);
-}
 
 export function rsaService(id: string): TestService {
   const pair = generateKeyPairSync("rsa", { modulusLength: 2048 });

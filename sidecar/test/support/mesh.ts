@@ -16,7 +16,8 @@ export interface TestService {
   readonly publicKey: KeyObject;
 }
 
-function kidOf(key: KeyObject): string {
+/** A test kid: a prefix of the key's SPKI hash, so kids of distinct keys never collide. */
+export function kidOf(key: KeyObject): string {
   return createHash("sha256")
     .update(key.export({ type: "spki", format: "der" }))
     .digest("base64url")
