@@ -96,8 +96,8 @@ export function startTestIssuer(directory: string, manifests: string, logger: Lo
   return startIssuer({
     caDirectory: join(directory, "ca"),
     trustBundlePath: undefined,
-    manifestsDirectory: manifests,
-    stateDirectory: join(directory, "issuer-state"),
+    identities: { directory: manifests },
+    signingKeys: { directory: join(directory, "issuer-state") },
     listen: { host: "127.0.0.1", port: 0 },
     admin: { host: "127.0.0.1", port: 0 },
     issuer: undefined,

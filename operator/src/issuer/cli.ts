@@ -113,12 +113,12 @@ export const issuerCommand: Command = async (args, io) => {
   const logger = createLogger("issuer", logLevelOption(values["log-level"]));
   const running = await startIssuer({
     caDirectory,
-    manifestsDirectory: requireOption(COMMAND, "manifests", values.manifests),
+    identities: { directory: requireOption(COMMAND, "manifests", values.manifests) },
     listen: hostPortOption("listen", requireOption(COMMAND, "listen", values.listen)),
     admin: hostPortOption("admin", values.admin ?? DEFAULT_ADMIN),
     trustBundlePath: values["trust-bundle"],
     trustedIssuersPath: values["trusted-issuers"],
-    stateDirectory: values.state ?? join(caDirectory, "issuer"),
+    signingKeys: { directory: values.state ?? join(caDirectory, "issuer") },
     issuer,
     audience: values.audience,
     rotationPeriodMs: durationOption(

@@ -14,17 +14,17 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
 import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import type { PublicJwk } from "../../../crds/src/jwk.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
 import { TrustBundle } from "../../../pki/src/bundle.js";
 import { type CertificateAuthority, caPaths, loadCertificateAuthority } from "../../../pki/src/ca.js";
 import { CaError } from "../../../pki/src/errors.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
-import { issueCertificate } from "../../../pki/src/issue.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
-import { privateKeyToPem } from "../../../pki/src/keys.js";
 import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import { BodyTooLargeError, ClientAbortedError, readBody, sendJson } from "../http/io.js";
+import { issueServerTls, renewServerCertificate } from "../http/server-certificate.js";
 import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../manifests/directory.js";
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
@@ -35,23 +35,23 @@ import {
   grantLabel,
   grantToken,
 } from "./grants.js";
-import { IdentityIndex } from "./identities.js";
+import { type DeclaredIdentity, IdentityIndex } from "./identities.js";
 import { createIssuerMetrics, type IssuerMetrics } from "./metrics.js";
-import { SigningKeyRing } from "./signing-keys.js";
+import { type KeyStateStorage, SigningKeyRing } from "./signing-keys.js";
 import { issuerKeySetOf, loadTrustedIssuers } from "./trusted-issuers.js";
 
 export const TOKEN_PATH = "/oauth2/token";
 export const JWKS_PATH = "/.well-known/jwks.json";
 const DISCOVERY_PATHS = ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"];
-/** The server certificate is re-issued at half its life; a week keeps a stolen one short-lived. */
-const SERVER_CERTIFICATE_SECONDS = 7 * 86_400;
 const MAINTENANCE_INTERVAL_MS = 1_000;
 
 export interface IssuerConfig {
   readonly caDirectory: string;
   readonly trustBundlePath: string | undefined;
-  readonly manifestsDirectory: string;
-  readonly stateDirectory: string;
+  /** Where identities come from: a manifest directory (watched), or a source that says when they change. */
+  readonly identities: { readonly directory: string } | IdentitySource;
+  /** Where the signing keys live: a directory (signing-keys.json) or another storage. */
+  readonly signingKeys: { readonly directory: string } | KeyStateStorage;
   readonly listen: ListenAddress;
   readonly admin: ListenAddress;
   /** `iss` of tokens; default https://localhost:<port> (or the listen host when it is a name). */
@@ -70,6 +70,15 @@ export interface IssuerConfig {
   readonly now?: () => number;
 }
 
+/** Identities kept current by someone else (the operator's store). */
+export interface IdentitySource {
+  declared(): readonly DeclaredIdentity[];
+  onChange(listener: () => void): void;
+}
+
+/** Store notifications arrive one object at a time: rebuild the index once per burst. */
+const IDENTITY_REINDEX_DELAY_MS = 100;
+
 interface State {
   readonly identities: IdentityIndex;
   readonly bundle: TrustBundle;
@@ -81,6 +90,10 @@ export interface RunningIssuer {
   readonly adminUrl: string;
   readonly issuer: string;
   readonly metrics: Registry;
+  /** The keys relying parties must accept now (the registry's tokenService.jwks). */
+  jwks(): { readonly keys: readonly PublicJwk[] };
+  /** Custody's CA plus the configured third-party CAs, PEM. */
+  trustBundlePem(): string;
   /** Stops accepting, lets requests in flight finish (at most `graceMs`), then closes everything. */
   close(graceMs?: number): Promise<void>;
 }
@@ -122,34 +135,58 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   const registry = createMetricsRegistry("custody_issuer_");
   const metrics = createIssuerMetrics(registry);
   const keys = await SigningKeyRing.open({
-    directory: config.stateDirectory,
+    ...("directory" in config.signingKeys
+      ? { directory: config.signingKeys.directory }
+      : { storage: config.signingKeys }),
     rotationPeriodMs: config.rotationPeriodMs,
     maxTokenLifetimeMs: config.maxTokenLifetimeMs,
     now,
   });
   const trustedIssuerList =
     config.trustedIssuersPath === undefined ? [] : await loadTrustedIssuers(config.trustedIssuersPath);
-  let snapshot = await readManifestDirectory(config.manifestsDirectory);
+  const source = config.identities;
+  const manifestsDirectory = "directory" in source ? source.directory : undefined;
+  let snapshot: ManifestSnapshot | undefined;
+  const declaredNow = async (): Promise<readonly DeclaredIdentity[]> => {
+    if (manifestsDirectory === undefined) return (source as IdentitySource).declared();
+    snapshot = await readManifestDirectory(manifestsDirectory, snapshot);
+    return declaredOf(snapshot);
+  };
   let state: State = {
-    identities: indexOf(trustDomain, snapshot, logger),
+    identities: indexOf(trustDomain, await declaredNow(), logger),
     bundle: await loadBundle(ca, config.caDirectory, config.trustBundlePath),
     trustedIssuers: issuerKeySetOf(trustedIssuerList),
   };
-  reportSnapshot(snapshot, state.identities, metrics, logger);
+  reportIdentities(snapshot, state.identities, metrics, logger);
   metrics.signingKeys(keys.jwks.keys.length, keys.nextRotationAt / 1000);
 
   const reloadManifests = async () => {
-    const next = await readManifestDirectory(config.manifestsDirectory, snapshot);
-    if (next.digest === snapshot.digest && next.problems.length === snapshot.problems.length) {
+    if (manifestsDirectory === undefined) return;
+    const before = snapshot;
+    const next = await readManifestDirectory(manifestsDirectory, snapshot);
+    if (next.digest === before?.digest && next.problems.length === before.problems.length) {
       metrics.manifestReload("unchanged");
       return;
     }
-    const identities = indexOf(trustDomain, next, logger);
     snapshot = next;
+    const identities = indexOf(trustDomain, declaredOf(next), logger);
     state = { ...state, identities };
     metrics.manifestReload("changed");
-    reportSnapshot(next, identities, metrics, logger);
+    reportIdentities(next, identities, metrics, logger);
   };
+  let reindex: NodeJS.Timeout | undefined;
+  if (!("directory" in source)) {
+    source.onChange(() => {
+      if (reindex !== undefined) return;
+      reindex = setTimeout(() => {
+        reindex = undefined;
+        const identities = indexOf(trustDomain, source.declared(), logger);
+        state = { ...state, identities };
+        reportIdentities(undefined, identities, metrics, logger);
+      }, IDENTITY_REINDEX_DELAY_MS);
+      reindex.unref();
+    });
+  }
   const reloadBundle = async () => {
     const bundle = await loadBundle(ca, config.caDirectory, config.trustBundlePath);
     if (bundle.toPem() !== state.bundle.toPem()) {
@@ -161,7 +198,10 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     }
   };
   const watcher = new ChangeWatcher(
-    [config.manifestsDirectory, ...(config.trustBundlePath === undefined ? [] : [config.trustBundlePath])],
+    [
+      ...(manifestsDirectory === undefined ? [] : [manifestsDirectory]),
+      ...(config.trustBundlePath === undefined ? [] : [config.trustBundlePath]),
+    ],
     async () => {
       await reloadManifests();
       await reloadBundle();
@@ -181,23 +221,12 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   const serverCertificate = async () => {
     const dnsNames = ["localhost", ...config.serverNames];
     const issuerHost = config.issuer === undefined ? undefined : new URL(config.issuer).hostname;
-    if (issuerHost !== undefined && isIP(issuerHost) === 0 && !dnsNames.includes(issuerHost))
-      dnsNames.push(issuerHost);
+    if (issuerHost !== undefined && isIP(issuerHost) === 0) dnsNames.push(issuerHost);
     const ipAddresses = ["127.0.0.1", "::1"];
     if (isIP(config.listen.host) !== 0 && !["0.0.0.0", "::"].includes(config.listen.host))
       ipAddresses.push(config.listen.host);
-    const issued = await issueCertificate(ca, {
-      id: config.serverId,
-      usage: "server",
-      dnsNames: [...new Set(dnsNames)],
-      ipAddresses: [...new Set(ipAddresses)],
-      lifetimeSeconds: SERVER_CERTIFICATE_SECONDS,
-    });
-    return {
-      cert: `${issued.certificate.pem}${ca.certificate.pem}`,
-      key: privateKeyToPem(issued.privateKey),
-      ca: state.bundle.toPem(),
-    };
+    const tls = await issueServerTls(ca, { id: config.serverId, dnsNames, ipAddresses });
+    return { ...tls, ca: state.bundle.toPem() };
   };
 
   let issuerUrl = config.issuer ?? "";
@@ -322,21 +351,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   issuerUrl = config.issuer ?? defaultIssuer(config.listen, port);
   const adminPort = await listen(adminServer, config.admin);
 
-  const renewal = setInterval(
-    () => {
-      void serverCertificate()
-        .then((renewed) => server.setSecureContext({ ...renewed }))
-        .then(() => logger.info({ event: "server_certificate_renewed" }, "server certificate renewed"))
-        .catch((error: unknown) =>
-          logger.error(
-            { event: "server_certificate_renewal_failed", err: describeError(error) },
-            "renewal failed",
-          ),
-        );
-    },
-    (SERVER_CERTIFICATE_SECONDS * 1000) / 2,
-  );
-  renewal.unref();
+  const renewal = renewServerCertificate(server, { issue: serverCertificate, logger });
   const maintenance = setInterval(
     () => {
       void keys
@@ -381,40 +396,47 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     adminUrl,
     issuer: issuerUrl,
     metrics: registry,
+    jwks: () => keys.jwks,
+    trustBundlePem: () => state.bundle.toPem(),
     async close(graceMs = 10_000) {
       watcher.close();
-      clearInterval(renewal);
+      clearTimeout(reindex);
+      renewal.close();
       clearInterval(maintenance);
       await Promise.all([closeGracefully(server, graceMs), closeGracefully(adminServer, graceMs)]);
     },
   };
 }
 
-function indexOf(trustDomain: string, snapshot: ManifestSnapshot, logger: Logger): IdentityIndex {
-  const declared = manifestsOf(snapshot).flatMap(({ manifest, source }) =>
+function declaredOf(snapshot: ManifestSnapshot): DeclaredIdentity[] {
+  return manifestsOf(snapshot).flatMap(({ manifest, source }) =>
     manifest.kind === SERVICE_IDENTITY_KIND ? [{ identity: manifest, source }] : [],
   );
+}
+
+function indexOf(trustDomain: string, declared: readonly DeclaredIdentity[], logger: Logger): IdentityIndex {
   const index = new IdentityIndex(trustDomain, declared);
   for (const problem of index.problems)
     logger.warn({ event: "identity_conflict", source: problem.source }, problem.message);
   return index;
 }
 
-function reportSnapshot(
-  snapshot: ManifestSnapshot,
+function reportIdentities(
+  snapshot: ManifestSnapshot | undefined,
   identities: IdentityIndex,
   metrics: IssuerMetrics,
   logger: Logger,
 ): void {
-  for (const problem of snapshot.problems) {
+  const skipped = snapshot?.problems ?? [];
+  for (const problem of skipped) {
     logger.warn({ event: "manifest_skipped", source: problem.source, code: problem.code }, problem.message);
   }
-  metrics.identities(identities.size, snapshot.problems.length + identities.problems.length);
+  metrics.identities(identities.size, skipped.length + identities.problems.length);
   logger.info(
     {
       event: "identities_loaded",
       identities: identities.size,
-      problems: snapshot.problems.length + identities.problems.length,
+      problems: skipped.length + identities.problems.length,
     },
     "identities loaded",
   );

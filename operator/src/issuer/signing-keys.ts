@@ -3,8 +3,10 @@
  * with overlap"): there is always a `next` key, published in the JWKS a whole rotation period
  * before it signs anything, so relying parties that cache the JWKS have it in time; a retired key
  * stays published until every token it signed has expired (its retirement plus the longest token
- * lifetime the service issues). State is one JSON file, mode 0600, replaced atomically, so a crash
- * mid-rotation leaves the old state or the new one and never a key that signed but is unpublished.
+ * lifetime the service issues). State is one JSON document (a file, mode 0600, replaced
+ * atomically; or a Secret), so a crash mid-rotation leaves the old state or the new one and never
+ * a key that signed but is unpublished. Several replicas may share one state: each adopts what the
+ * storage holds before rotating, and a replica that loses the race to write adopts the winner's.
  */
 import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import { join } from "node:path";
@@ -97,8 +99,45 @@ function splitState(keys: readonly StoredKey[], source: string): KeyState {
   return { current, next, retired };
 }
 
+/** Where the key state document lives, with optimistic concurrency. */
+export interface KeyStateStorage {
+  /** Names the storage in messages (a path, a Secret). */
+  readonly name: string;
+  load(): Promise<{ readonly text: string; readonly version: string } | undefined>;
+  /**
+   * Writes `text` if the stored version is still `version` (undefined: nothing stored yet) and
+   * returns the new version; throws a CustodyError with code "store_conflict" otherwise.
+   */
+  save(text: string, version: string | undefined): Promise<string>;
+}
+
+/** The state as one file in `directory`, mode 0600, replaced atomically. */
+export function fileKeyStateStorage(directory: string): KeyStateStorage {
+  const path = join(directory, SIGNING_KEYS_FILE);
+  const digest = (text: string) => createHash("sha256").update(text).digest("hex");
+  return {
+    name: path,
+    async load() {
+      try {
+        const text = await readBoundedFile(path, 256 * 1024);
+        return { text, version: digest(text) };
+      } catch (error) {
+        if (error instanceof CustodyError && error.code === "file_not_found") return undefined;
+        throw error;
+      }
+    },
+    async save(text) {
+      await ensureDirectory(directory, 0o700);
+      await writeFilesAtomically([{ path, data: text, mode: MODE_PRIVATE }], { overwrite: true });
+      return digest(text);
+    },
+  };
+}
+
 export interface SigningKeyRingOptions {
-  readonly directory: string;
+  /** A directory for the state file, or any other storage. */
+  readonly directory?: string;
+  readonly storage?: KeyStateStorage;
   /** How long a key signs before the next one takes over. */
   readonly rotationPeriodMs: number;
   /** The longest lifetime of any token this service issues: how long a retired key stays published. */
@@ -108,44 +147,50 @@ export interface SigningKeyRingOptions {
 
 export class SigningKeyRing {
   #state: KeyState;
+  #version: string;
+  readonly #storage: KeyStateStorage;
   #signing: SigningKey;
   #jwks: { keys: PublicJwk[] };
   readonly #now: () => number;
 
   private constructor(
     private readonly options: SigningKeyRingOptions,
+    storage: KeyStateStorage,
     state: KeyState,
+    version: string,
   ) {
     this.#now = options.now ?? Date.now;
+    this.#storage = storage;
+    this.#version = version;
     this.#state = state;
     this.#signing = this.#materialize(state.current);
     this.#jwks = this.#publish(state);
   }
 
   get path(): string {
-    return join(this.options.directory, SIGNING_KEYS_FILE);
+    return this.#storage.name;
   }
 
   /** Loads the key state, creating it (current + next) on first start. */
   static async open(options: SigningKeyRingOptions): Promise<SigningKeyRing> {
-    const path = join(options.directory, SIGNING_KEYS_FILE);
+    const storage = options.storage ?? fileKeyStateStorage(options.directory ?? ".");
     const nowMs = (options.now ?? Date.now)();
-    let state: KeyState;
-    let text: string | undefined;
+    const loaded = await storage.load();
+    if (loaded !== undefined) {
+      return new SigningKeyRing(options, storage, parseState(loaded.text, storage.name), loaded.version);
+    }
+    const current = { ...(await newStoredKey(nowMs)), activatedAt: nowMs };
+    const state: KeyState = { current, next: await newStoredKey(nowMs), retired: [] };
     try {
-      text = await readBoundedFile(path, 256 * 1024);
+      const version = await storage.save(serializeState(state), undefined);
+      return new SigningKeyRing(options, storage, state, version);
     } catch (error) {
-      if (!(error instanceof CustodyError && error.code === "file_not_found")) throw error;
+      if (!isConflict(error)) throw error;
+      // Another replica created the state first: use theirs.
+      const theirs = await storage.load();
+      if (theirs === undefined) throw error;
+      return new SigningKeyRing(options, storage, parseState(theirs.text, storage.name), theirs.version);
     }
-    if (text === undefined) {
-      const current = { ...(await newStoredKey(nowMs)), activatedAt: nowMs };
-      state = { current, next: await newStoredKey(nowMs), retired: [] };
-      await ensureDirectory(options.directory, 0o700);
-      await writeState(path, state);
-    } else {
-      state = parseState(text, path);
-    }
-    return new SigningKeyRing(options, state);
   }
 
   /** The key that signs now. */
@@ -167,7 +212,12 @@ export class SigningKeyRing {
    * expired. Returns what happened. Rotation waits (and says so) while MAX_RETIRED_KEYS retired keys
    * are still published: the JWKS never grows past its bound.
    */
-  async maintain(): Promise<"rotated" | "pruned" | "postponed" | "unchanged"> {
+  async maintain(): Promise<"rotated" | "pruned" | "postponed" | "unchanged" | "reloaded"> {
+    const stored = await this.#storage.load();
+    if (stored !== undefined && stored.version !== this.#version) {
+      this.#adopt(parseState(stored.text, this.#storage.name), stored.version);
+      return "reloaded";
+    }
     const nowMs = this.#now();
     const live = this.#state.retired.filter((key) => (key.publishUntil ?? 0) > nowMs);
     const pruned = live.length !== this.#state.retired.length;
@@ -190,10 +240,25 @@ export class SigningKeyRing {
   }
 
   async #commit(state: KeyState): Promise<void> {
-    await writeState(this.path, state);
+    let version: string;
+    try {
+      version = await this.#storage.save(serializeState(state), this.#version);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      // Another replica rotated first: its state wins, and our freshly made key is discarded unused.
+      const theirs = await this.#storage.load();
+      if (theirs === undefined) throw error;
+      this.#adopt(parseState(theirs.text, this.#storage.name), theirs.version);
+      return;
+    }
+    this.#adopt(state, version);
+  }
+
+  #adopt(state: KeyState, version: string): void {
     this.#signing = this.#materialize(state.current);
     this.#jwks = this.#publish(state);
     this.#state = state;
+    this.#version = version;
   }
 
   #materialize(stored: StoredKey): SigningKey {
@@ -231,9 +296,11 @@ function parseState(text: string, source: string): KeyState {
   return splitState(parsed.data.keys, source);
 }
 
-async function writeState(path: string, state: KeyState): Promise<void> {
+function serializeState(state: KeyState): string {
   const document = { version: 1, keys: [state.current, state.next, ...state.retired] };
-  await writeFilesAtomically([{ path, data: `${JSON.stringify(document, null, 2)}\n`, mode: MODE_PRIVATE }], {
-    overwrite: true,
-  });
+  return `${JSON.stringify(document, null, 2)}\n`;
+}
+
+function isConflict(error: unknown): boolean {
+  return error instanceof CustodyError && error.code === "store_conflict";
 }

@@ -44,7 +44,7 @@ export class ManifestDirectoryError extends CustodyError {
   }
 }
 
-async function listManifestFiles(directory: string): Promise<string[]> {
+export async function listManifestFiles(directory: string): Promise<string[]> {
   let entries: string[];
   try {
     entries = await readdir(directory);

@@ -1,0 +1,184 @@
+/**
+ * The operator process, whatever its store: the token service (every replica serves it), the
+ * controllers (only the leader runs them), and the admin port. The store decides where objects
+ * live (Kubernetes or a local directory); leadership decides who writes.
+ */
+import type { Logger } from "pino";
+import { createAdminServer, createMetricsRegistry } from "../../cli/src/admin.js";
+import { closeGracefully, type ListenAddress, listen } from "../../cli/src/serve.js";
+import { type CertificateAuthority, loadCertificateAuthority } from "../../pki/src/ca.js";
+import { CaError } from "../../pki/src/errors.js";
+import { Catalog } from "./controllers/catalog.js";
+import { ControllerManager } from "./controllers/manager.js";
+import type { RegistryHeader } from "./controllers/registry-publisher.js";
+import type { DeclaredIdentity } from "./issuer/identities.js";
+import { type IdentitySource, type RunningIssuer, startIssuer } from "./issuer/service.js";
+import { loadTrustedIssuers, type TrustedIssuers } from "./issuer/trusted-issuers.js";
+import { SIGNING_KEYS_SECRET, secretKeyStateStorage } from "./store/key-state-secret.js";
+import { IDENTITY, keyOf, type Store } from "./store/store.js";
+
+/** Leader election, or its absence (local mode: the only process leads). */
+export interface Leadership {
+  start(callbacks: { onStartedLeading(): void; onStoppedLeading(): void }): void;
+  readonly isLeader: boolean;
+  close(): Promise<void>;
+}
+
+export interface OperatorConfig {
+  readonly store: Store;
+  readonly leadership: Leadership | undefined;
+  /** The namespace the operator's own objects (the signing-key Secret, the Lease) live in. */
+  readonly namespace: string;
+  readonly caDirectory: string;
+  readonly trustBundlePath: string | undefined;
+  readonly trustedIssuersPath: string | undefined;
+  readonly tokenService: {
+    readonly listen: ListenAddress;
+    readonly admin: ListenAddress;
+    readonly issuer: string | undefined;
+    readonly audience: string | undefined;
+    readonly rotationPeriodMs: number;
+    readonly maxTokenLifetimeMs: number;
+    readonly serverNames: readonly string[];
+    readonly serverId: string;
+  };
+  readonly admin: ListenAddress;
+  readonly locationTemplate: string;
+  readonly propagationDelayMs: number;
+  readonly resyncIntervalMs: number;
+  readonly concurrency: number;
+  readonly pollIntervalMs: number;
+  readonly logger: Logger;
+  readonly now?: () => number;
+}
+
+export interface RunningOperator {
+  readonly ca: CertificateAuthority;
+  readonly issuer: RunningIssuer;
+  readonly manager: ControllerManager;
+  readonly adminUrl: string;
+  close(graceMs?: number): Promise<void>;
+}
+
+/** How often the token service's keys and the trust bundle are compared with what was published. */
+const HEADER_CHECK_MS = 2_000;
+
+export async function startOperator(config: OperatorConfig): Promise<RunningOperator> {
+  const { store, logger } = config;
+  const ca = await loadCertificateAuthority(config.caDirectory);
+  const trustDomain = ca.trustDomain;
+  if (trustDomain === undefined) {
+    throw new CaError(
+      "no_trust_domain",
+      "the CA has no spiffe:// trust domain: create it with `custody pki init`.",
+    );
+  }
+  const trustedIssuers: TrustedIssuers =
+    config.trustedIssuersPath === undefined ? [] : await loadTrustedIssuers(config.trustedIssuersPath);
+  await store.start();
+
+  const issuer = await startIssuer({
+    caDirectory: config.caDirectory,
+    trustBundlePath: config.trustBundlePath,
+    identities: storeIdentitySource(store, trustDomain),
+    signingKeys: secretKeyStateStorage(store, { namespace: config.namespace, name: SIGNING_KEYS_SECRET }),
+    listen: config.tokenService.listen,
+    admin: config.tokenService.admin,
+    issuer: config.tokenService.issuer,
+    audience: config.tokenService.audience,
+    trustedIssuersPath: config.trustedIssuersPath,
+    rotationPeriodMs: config.tokenService.rotationPeriodMs,
+    maxTokenLifetimeMs: config.tokenService.maxTokenLifetimeMs,
+    serverNames: config.tokenService.serverNames,
+    serverId: config.tokenService.serverId,
+    pollIntervalMs: config.pollIntervalMs,
+    logger: logger.child({ component: "issuer" }),
+    ...(config.now === undefined ? {} : { now: config.now }),
+  });
+
+  const header = (): RegistryHeader => ({
+    trustDomain,
+    trustBundle: issuer.trustBundlePem(),
+    tokenService: { issuer: issuer.issuer, jwks: { keys: [...issuer.jwks().keys] } },
+    trustedIssuers,
+  });
+  const metrics = createMetricsRegistry("custody_operator_");
+  const manager = new ControllerManager({
+    store,
+    ca,
+    trustBundlePem: () => issuer.trustBundlePem(),
+    registryHeader: header,
+    locationTemplate: config.locationTemplate,
+    propagationDelayMs: config.propagationDelayMs,
+    resyncIntervalMs: config.resyncIntervalMs,
+    concurrency: config.concurrency,
+    metrics,
+    logger,
+    ...(config.now === undefined ? {} : { now: config.now }),
+  });
+
+  let publishedHeader = JSON.stringify(header());
+  const headerCheck = setInterval(() => {
+    const now = JSON.stringify(header());
+    if (now === publishedHeader) return;
+    publishedHeader = now;
+    manager.republish();
+  }, HEADER_CHECK_MS);
+  headerCheck.unref();
+
+  if (config.leadership === undefined) {
+    manager.start();
+  } else {
+    config.leadership.start({
+      onStartedLeading: () => manager.start(),
+      onStoppedLeading: () => manager.stop(),
+    });
+  }
+
+  const adminServer = createAdminServer(metrics, () => ({
+    status: 200,
+    body: {
+      status: "ready",
+      leader: config.leadership?.isLeader ?? true,
+      registryGeneration: manager.lastPublication.generation,
+    },
+  }));
+  const adminPort = await listen(adminServer, config.admin);
+  const adminUrl = `http://${config.admin.host === "0.0.0.0" ? "127.0.0.1" : config.admin.host}:${adminPort}`;
+  logger.info(
+    { event: "operator_started", adminUrl, tokenUrl: issuer.tokenUrl, trustDomain },
+    "operator started",
+  );
+
+  return {
+    ca,
+    issuer,
+    manager,
+    adminUrl,
+    async close(graceMs = 10_000) {
+      clearInterval(headerCheck);
+      manager.stop();
+      await config.leadership?.close();
+      await Promise.all([issuer.close(graceMs), closeGracefully(adminServer, graceMs)]);
+      await store.close();
+    },
+  };
+}
+
+/** The token service's view of the store: valid ServiceIdentities, kept current. */
+export function storeIdentitySource(store: Store, trustDomain: string): IdentitySource {
+  const catalog = new Catalog(trustDomain);
+  return {
+    declared(): DeclaredIdentity[] {
+      return store.resources(IDENTITY).flatMap((resource) => {
+        const identity = catalog.effectiveIdentity(resource);
+        return identity === undefined ? [] : [{ identity, source: `ServiceIdentity ${keyOf(resource)}` }];
+      });
+    },
+    onChange(listener) {
+      store.onChange((change) => {
+        if (change.kind === IDENTITY) listener();
+      });
+    },
+  };
+}
