@@ -15,6 +15,10 @@ const commands: Record<string, Entry> = {
     summary: "token service: client certificate → identity JWT (RFC 8705), token exchange (RFC 8693)",
     load: async () => (await import("../../operator/src/issuer/cli.js")).issuerCommand,
   },
+  operator: {
+    summary: "controllers, registry publishing, token service and webhooks (Kubernetes, or --local)",
+    load: async () => (await import("../../operator/src/cli.js")).operatorCommand,
+  },
   sidecar: {
     summary: "the per-workload proxy: outbound links, inbound verification and policy, metrics",
     load: async () => (await import("../../sidecar/src/runtime/cli.js")).sidecarCommand,

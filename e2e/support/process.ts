@@ -26,21 +26,14 @@ export interface Exit {
   readonly signal: NodeJS.Signals | null;
 }
 
-export interface SidecarProcess {
-  readonly pid: number;
+export interface SidecarProcess extends CliProcess {
   readonly outboundPort: number;
   readonly inboundPort: number;
   readonly adminUrl: string;
-  /** Every stdout line so far (pino JSON, one per line). */
-  readonly lines: string[];
-  stderr(): string;
-  readonly exited: Promise<Exit>;
-  /** SIGKILL unless it already exited; resolves once it has. Safe to call more than once. */
-  kill(): Promise<Exit>;
 }
 
-/** All sidecar processes started and not yet known to have exited: killed by `killAll`. */
-const running = new Set<SidecarProcess>();
+/** All processes started and not yet known to have exited: killed by `killAll`. */
+const running = new Set<CliProcess>();
 /** And, should the test worker exit without `killAll` (a crash), killed on its way out. */
 const children = new Set<ChildProcess>();
 process.once("exit", () => {
@@ -53,9 +46,6 @@ export async function startSidecarProcess(options: SidecarProcessOptions): Promi
   const inboundPort = options.inboundPort ?? (await freePort());
   const adminPort = await freePort();
   const args = [
-    "--import",
-    "tsx",
-    "cli/src/entry.ts",
     "sidecar",
     "--identity",
     options.identityDirectory,
@@ -76,22 +66,56 @@ export async function startSidecarProcess(options: SidecarProcessOptions): Promi
     "1s",
     ...(options.flags ?? []),
   ];
-  // Settings come only from the flags above, never from a CUSTODY_* variable of the test run.
+  const child = await startCliProcess(args, "listening", "sidecar");
+  const sidecar: SidecarProcess = {
+    ...child,
+    outboundPort,
+    inboundPort,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
+  };
+  return sidecar;
+}
+
+/** A `custody` command as a child process: its log lines, stderr, exit and a kill that waits. */
+export interface CliProcess {
+  readonly pid: number;
+  /** Every stdout line so far (pino JSON, one per line). */
+  readonly lines: string[];
+  stderr(): string;
+  readonly exited: Promise<Exit>;
+  /** SIGKILL unless it already exited; resolves once it has. Safe to call more than once. */
+  kill(): Promise<Exit>;
+}
+
+/**
+ * Starts `custody <args>` (from source, through tsx) and resolves once it logged `readyEvent`;
+ * rejects if it exits first or takes over 30 s.
+ */
+export async function startCliProcess(
+  args: readonly string[],
+  readyEvent: string,
+  what: string,
+): Promise<CliProcess> {
+  // Settings come only from the arguments, never from a CUSTODY_* variable of the test run.
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith("CUSTODY_")),
   );
-  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["--import", "tsx", "cli/src/entry.ts", ...args], {
+    cwd: ROOT,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const lines: string[] = [];
   let partial = "";
   let stderr = "";
-  let listening: (() => void) | undefined;
+  let ready: (() => void) | undefined;
   child.stdout.setEncoding("utf8");
   child.stdout.on("data", (text: string) => {
     const parts = (partial + text).split("\n");
     partial = parts.pop() ?? "";
     for (const line of parts) {
       lines.push(line);
-      if (line.includes('"event":"listening"')) listening?.();
+      if (line.includes(`"event":"${readyEvent}"`)) ready?.();
     }
   });
   child.stderr.setEncoding("utf8");
@@ -105,37 +129,34 @@ export async function startSidecarProcess(options: SidecarProcessOptions): Promi
       resolve({ code, signal });
     });
   });
-  const sidecar: SidecarProcess = {
+  const started: CliProcess = {
     pid: child.pid ?? 0,
-    outboundPort,
-    inboundPort,
-    adminUrl: `http://127.0.0.1:${adminPort}`,
     lines,
     stderr: () => stderr,
     exited: exited.then((exit) => {
-      running.delete(sidecar);
+      running.delete(started);
       if (partial !== "") lines.push(partial);
       partial = "";
       return exit;
     }),
     kill: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-      return sidecar.exited;
+      return started.exited;
     },
   };
-  running.add(sidecar);
-  const started = await Promise.race([
-    new Promise<"listening">((resolve) => {
-      listening = () => resolve("listening");
+  running.add(started);
+  const outcome = await Promise.race([
+    new Promise<"ready">((resolve) => {
+      ready = () => resolve("ready");
     }),
     exited.then(() => "exited" as const),
     new Promise<"timeout">((resolve) => setTimeout(resolve, 30_000, "timeout").unref()),
   ]);
-  if (started !== "listening") {
-    await sidecar.kill();
-    throw new Error(`the sidecar process ${started} before listening:\n${stderr}\n${lines.join("\n")}`);
+  if (outcome !== "ready") {
+    await started.kill();
+    throw new Error(`the ${what} process ${outcome} before "${readyEvent}":\n${stderr}\n${lines.join("\n")}`);
   }
-  return sidecar;
+  return started;
 }
 
 /** Kills every sidecar process still running (for afterAll / finally). */

@@ -4,11 +4,17 @@
  */
 import { join } from "node:path";
 import { type Command, EXIT_OK, parseCommandArgs, requireOption } from "../../../cli/src/kit.js";
-import { createLogger, LOG_LEVELS, type LogLevel } from "../../../cli/src/log.js";
-import { type ListenAddress, parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
-import { parseDuration } from "../../../crds/src/duration.js";
+import { createLogger, LOG_LEVELS } from "../../../cli/src/log.js";
+import { runUntilSignal } from "../../../cli/src/serve.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { isServiceId } from "../../../crds/src/names.js";
+import {
+  durationOption,
+  hostPortOption,
+  issuerUrlOption,
+  listOption,
+  logLevelOption,
+} from "../cli-options.js";
 import { startIssuer } from "./service.js";
 
 const COMMAND = "issuer";
@@ -45,36 +51,6 @@ Refreshing: a client asks again, with the same certificate, before its token exp
 A token never outlives the certificate it was issued for.
 `;
 
-function hostPortOption(name: string, value: string): ListenAddress {
-  const parsed = parseListenAddress(value);
-  if (parsed === undefined)
-    throw new UsageError(`${COMMAND}: --${name} must be HOST:PORT (got ${JSON.stringify(value)}).`);
-  return parsed;
-}
-
-function durationOption(name: string, value: string, bounds: { minMs: number; maxMs: number }): number {
-  let ms: number;
-  try {
-    ms = parseDuration(value);
-  } catch (error) {
-    throw new UsageError(`${COMMAND}: --${name}: ${error instanceof Error ? error.message : String(error)}.`);
-  }
-  if (ms < bounds.minMs || ms > bounds.maxMs) {
-    throw new UsageError(
-      `${COMMAND}: --${name} must be from ${bounds.minMs / 1000}s to ${bounds.maxMs / 3_600_000}h.`,
-    );
-  }
-  return ms;
-}
-
-function logLevelOption(value: string | undefined): LogLevel {
-  if (value === undefined) return "info";
-  if (!(LOG_LEVELS as readonly string[]).includes(value)) {
-    throw new UsageError(`${COMMAND}: --log-level must be one of ${LOG_LEVELS.join(", ")}.`);
-  }
-  return value as LogLevel;
-}
-
 export const issuerCommand: Command = async (args, io) => {
   const { values } = parseCommandArgs(COMMAND, args, {
     ca: { type: "string" },
@@ -99,29 +75,24 @@ export const issuerCommand: Command = async (args, io) => {
     return EXIT_OK;
   }
   const caDirectory = requireOption(COMMAND, "ca", values.ca);
-  const issuer = values.issuer;
-  if (issuer !== undefined && !/^https:\/\/[^\s/?#]+(\/[^\s?#]*)?$/.test(issuer)) {
-    throw new UsageError(`${COMMAND}: --issuer must be an https:// URL without query or fragment.`);
-  }
+  const issuer = issuerUrlOption(COMMAND, values.issuer);
   const serverId = values.id ?? "issuer.custody-system";
   if (!isServiceId(serverId))
     throw new UsageError(`${COMMAND}: --id must be a service id <name>.<namespace>.`);
-  const serverNames = (values["server-name"] ?? "")
-    .split(",")
-    .map((name) => name.trim())
-    .filter((name) => name !== "");
-  const logger = createLogger("issuer", logLevelOption(values["log-level"]));
+  const serverNames = listOption(values["server-name"]);
+  const logger = createLogger("issuer", logLevelOption(COMMAND, values["log-level"]));
   const running = await startIssuer({
     caDirectory,
     identities: { directory: requireOption(COMMAND, "manifests", values.manifests) },
-    listen: hostPortOption("listen", requireOption(COMMAND, "listen", values.listen)),
-    admin: hostPortOption("admin", values.admin ?? DEFAULT_ADMIN),
+    listen: hostPortOption(COMMAND, "listen", requireOption(COMMAND, "listen", values.listen)),
+    admin: hostPortOption(COMMAND, "admin", values.admin ?? DEFAULT_ADMIN),
     trustBundlePath: values["trust-bundle"],
     trustedIssuersPath: values["trusted-issuers"],
     signingKeys: { directory: values.state ?? join(caDirectory, "issuer") },
     issuer,
     audience: values.audience,
     rotationPeriodMs: durationOption(
+      COMMAND,
       "key-rotation-period",
       values["key-rotation-period"] ?? DEFAULT_ROTATION,
       {
@@ -129,13 +100,18 @@ export const issuerCommand: Command = async (args, io) => {
         maxMs: 90 * 86_400_000,
       },
     ),
-    maxTokenLifetimeMs: durationOption("max-token-ttl", values["max-token-ttl"] ?? DEFAULT_MAX_TOKEN_TTL, {
-      minMs: 60_000,
-      maxMs: 86_400_000,
-    }),
+    maxTokenLifetimeMs: durationOption(
+      COMMAND,
+      "max-token-ttl",
+      values["max-token-ttl"] ?? DEFAULT_MAX_TOKEN_TTL,
+      {
+        minMs: 60_000,
+        maxMs: 86_400_000,
+      },
+    ),
     serverNames,
     serverId,
-    pollIntervalMs: durationOption("poll-interval", values["poll-interval"] ?? "5s", {
+    pollIntervalMs: durationOption(COMMAND, "poll-interval", values["poll-interval"] ?? "5s", {
       minMs: 100,
       maxMs: 3_600_000,
     }),

@@ -1,0 +1,245 @@
+/**
+ * `custody operator`: controllers, registry publishing and the token service in one process.
+ *   --local DIR --state DIR   manifests from a directory, Secrets/ConfigMaps/statuses as files
+ *   (default)                 Kubernetes: in-cluster config or --kubeconfig, leader election on a
+ *                             Lease, admission webhooks
+ * Runs until SIGTERM or SIGINT, then drains in-flight requests.
+ */
+import { KubeConfig } from "@kubernetes/client-node";
+import { type Command, EXIT_OK, integerOption, parseCommandArgs, requireOption } from "../../cli/src/kit.js";
+import { createLogger, LOG_LEVELS } from "../../cli/src/log.js";
+import { runUntilSignal } from "../../cli/src/serve.js";
+import { UsageError } from "../../crds/src/errors.js";
+import { isDnsLabel } from "../../crds/src/names.js";
+import {
+  durationOption,
+  hostPortOption,
+  issuerUrlOption,
+  listOption,
+  logLevelOption,
+} from "./cli-options.js";
+import { Catalog } from "./controllers/catalog.js";
+import { DEFAULT_LOCATION_TEMPLATE } from "./controllers/registry-publisher.js";
+import { type RunningOperator, startOperator } from "./operator.js";
+import { KubernetesStore } from "./store/kubernetes.js";
+import { LeaderElector } from "./store/leader.js";
+import { LocalStore } from "./store/local.js";
+import { IDENTITY, type Store } from "./store/store.js";
+import { keepCaBundleCurrent } from "./webhook/ca-bundle.js";
+import { DEFAULT_INJECTION_SETTINGS, type IdentityLookup } from "./webhook/inject.js";
+import { startWebhookServer } from "./webhook/server.js";
+
+const COMMAND = "operator";
+const SHUTDOWN_GRACE_MS = 10_000;
+
+const HELP = `Usage: custody operator --ca DIR [--local DIR --state DIR] [options]
+
+Reconciles ServiceIdentities (certificates, rotation) and AccessPolicies (compiled policies),
+publishes the registry, and serves the token service. Without --local it runs against Kubernetes
+(in-cluster, or --kubeconfig), elects a leader on a Lease and serves the admission webhooks.
+
+Options:
+  --ca DIR                    Custody CA (ca.crt, ca.key), as made by \`custody pki init\`
+  --local DIR                 run without Kubernetes: ServiceIdentity / AccessPolicy YAML from DIR
+  --state DIR                 with --local: where Secrets, ConfigMaps and statuses are written
+  --kubeconfig FILE           Kubernetes credentials (default: in-cluster, else ~/.kube/config)
+  --namespace NS              the operator's own namespace (default $POD_NAMESPACE or custody-system)
+  --watch-namespaces NS,...   only these namespaces (default: all)
+  --trust-bundle FILE         third-party CAs trusted for client certificates
+  --trusted-issuers FILE      external issuers (inline JWKS) of users' tokens
+  --token-listen HOST:PORT    token service (default 0.0.0.0:8443; local 127.0.0.1:8443)
+  --token-admin HOST:PORT     token service /metrics (default 127.0.0.1:15021)
+  --issuer URL                iss of issued tokens (default https://localhost:PORT)
+  --admin HOST:PORT           operator /metrics, /healthz, /readyz (default 0.0.0.0:15022; local 127.0.0.1:15022)
+  --location-template T       where sidecars of an identity listen (default ${DEFAULT_LOCATION_TEMPLATE});
+                              an identity's custody.dev/location annotation overrides it
+  --propagation-delay D       how long a new key is published before the workload uses it (default 2m)
+  --resync D                  re-check every object this often (default 10m)
+  --concurrency N             reconciles in parallel (default 8)
+  --key-rotation-period D     token service signing key period (default 24h)
+  --max-token-ttl D           longest token lifetime (default 24h)
+  --webhook-listen HOST:PORT  admission webhooks (default 0.0.0.0:9443; Kubernetes only)
+  --webhook-service NAME      Service in front of the webhooks (default custody-webhook)
+  --sidecar-image IMAGE       image of injected sidecars (default ${DEFAULT_INJECTION_SETTINGS.image})
+  --sidecar-token-url URL     token endpoint injected sidecars use (default https://custody-issuer.<namespace>.svc:8443/oauth2/token)
+  --poll-interval D           re-read local manifests at least this often (default 2s)
+  --log-level L               ${LOG_LEVELS.join(" | ")} (default info)
+  -h, --help                  show this help
+`;
+
+export const operatorCommand: Command = async (args, io) => {
+  const { values } = parseCommandArgs(COMMAND, args, {
+    ca: { type: "string" },
+    local: { type: "string" },
+    state: { type: "string" },
+    kubeconfig: { type: "string" },
+    namespace: { type: "string" },
+    "watch-namespaces": { type: "string" },
+    "trust-bundle": { type: "string" },
+    "trusted-issuers": { type: "string" },
+    "token-listen": { type: "string" },
+    "token-admin": { type: "string" },
+    issuer: { type: "string" },
+    admin: { type: "string" },
+    "location-template": { type: "string" },
+    "propagation-delay": { type: "string" },
+    resync: { type: "string" },
+    concurrency: { type: "string" },
+    "key-rotation-period": { type: "string" },
+    "max-token-ttl": { type: "string" },
+    "webhook-listen": { type: "string" },
+    "webhook-service": { type: "string" },
+    "sidecar-image": { type: "string" },
+    "sidecar-token-url": { type: "string" },
+    "poll-interval": { type: "string" },
+    "log-level": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help === true) {
+    io.stdout(HELP);
+    return EXIT_OK;
+  }
+  const local = values.local !== undefined;
+  if (local && values.state === undefined) {
+    throw new UsageError(
+      `${COMMAND}: --local needs --state DIR (where Secrets and the registry are written).`,
+    );
+  }
+  if (!local && values.state !== undefined) {
+    throw new UsageError(`${COMMAND}: --state only applies with --local.`);
+  }
+  const namespace = values.namespace ?? process.env.POD_NAMESPACE ?? "custody-system";
+  if (!isDnsLabel(namespace)) throw new UsageError(`${COMMAND}: --namespace must be a DNS label.`);
+  const watchNamespaces = listOption(values["watch-namespaces"]);
+  for (const watched of watchNamespaces) {
+    if (!isDnsLabel(watched))
+      throw new UsageError(`${COMMAND}: --watch-namespaces: "${watched}" is not a namespace.`);
+  }
+  const locationTemplate = values["location-template"] ?? DEFAULT_LOCATION_TEMPLATE;
+  if (!/^[A-Za-z0-9.{}[\]:-]{1,200}:([0-9]{1,5}|\{port\})$/.test(locationTemplate)) {
+    throw new UsageError(
+      `${COMMAND}: --location-template must be HOST:PORT, with {name} and {namespace} allowed in HOST.`,
+    );
+  }
+  const logger = createLogger("operator", logLevelOption(COMMAND, values["log-level"]));
+  const defaultHost = local ? "127.0.0.1" : "0.0.0.0";
+  const duration = (name: string, fallback: string, minMs: number, maxMs: number) =>
+    durationOption(COMMAND, name, (values as Record<string, string | undefined>)[name] ?? fallback, {
+      minMs,
+      maxMs,
+    });
+
+  let store: Store;
+  let kubeConfig: KubeConfig | undefined;
+  if (local) {
+    store = new LocalStore({
+      manifestsDirectory: requireOption(COMMAND, "local", values.local),
+      stateDirectory: requireOption(COMMAND, "state", values.state),
+      pollIntervalMs: duration("poll-interval", "2s", 100, 3_600_000),
+      logger,
+    });
+  } else {
+    kubeConfig = loadKubeConfig(values.kubeconfig);
+    store = new KubernetesStore({
+      kubeConfig,
+      logger,
+      ...(watchNamespaces.length === 0 ? {} : { namespaces: watchNamespaces }),
+    });
+  }
+  const leadership =
+    kubeConfig === undefined ? undefined : new LeaderElector({ kubeConfig, namespace, logger });
+
+  const running: RunningOperator = await startOperator({
+    store,
+    leadership,
+    namespace,
+    caDirectory: requireOption(COMMAND, "ca", values.ca),
+    trustBundlePath: values["trust-bundle"],
+    trustedIssuersPath: values["trusted-issuers"],
+    tokenService: {
+      listen: hostPortOption(COMMAND, "token-listen", values["token-listen"] ?? `${defaultHost}:8443`),
+      admin: hostPortOption(COMMAND, "token-admin", values["token-admin"] ?? "127.0.0.1:15021"),
+      issuer: issuerUrlOption(COMMAND, values.issuer),
+      audience: undefined,
+      rotationPeriodMs: duration("key-rotation-period", "24h", 60_000, 90 * 86_400_000),
+      maxTokenLifetimeMs: duration("max-token-ttl", "24h", 60_000, 86_400_000),
+      serverNames: local
+        ? []
+        : [`custody-issuer.${namespace}.svc`, `custody-issuer.${namespace}.svc.cluster.local`],
+      serverId: `issuer.${namespace}`,
+    },
+    admin: hostPortOption(COMMAND, "admin", values.admin ?? `${defaultHost}:15022`),
+    locationTemplate,
+    propagationDelayMs: duration("propagation-delay", "2m", 0, 86_400_000),
+    resyncIntervalMs: duration("resync", "10m", 10_000, 86_400_000),
+    concurrency: integerOption(COMMAND, "concurrency", values.concurrency, 8, { min: 1, max: 64 }),
+    pollIntervalMs: duration("poll-interval", "2s", 100, 3_600_000),
+    logger,
+  });
+
+  const closers: (() => Promise<void> | void)[] = [];
+  if (kubeConfig !== undefined) {
+    const serviceName = values["webhook-service"] ?? "custody-webhook";
+    if (!isDnsLabel(serviceName)) throw new UsageError(`${COMMAND}: --webhook-service must be a DNS label.`);
+    const webhook = await startWebhookServer({
+      ca: running.ca,
+      listen: hostPortOption(COMMAND, "webhook-listen", values["webhook-listen"] ?? "0.0.0.0:9443"),
+      serviceName,
+      namespace,
+      lookup: storeIdentityLookup(store, running.ca.trustDomain ?? ""),
+      settings: {
+        ...DEFAULT_INJECTION_SETTINGS,
+        image: values["sidecar-image"] ?? DEFAULT_INJECTION_SETTINGS.image,
+        tokenUrl: values["sidecar-token-url"] ?? `https://custody-issuer.${namespace}.svc:8443/oauth2/token`,
+      },
+      logger: logger.child({ component: "webhook" }),
+    });
+    closers.push(() => webhook.close(SHUTDOWN_GRACE_MS));
+    const keeper = keepCaBundleCurrent({
+      kubeConfig,
+      mutatingName: "custody-sidecar-injector",
+      validatingName: "custody-accesspolicy-validator",
+      caPem: running.ca.certificate.pem,
+      logger,
+      intervalMs: 60_000,
+    });
+    closers.push(() => keeper.close());
+  }
+
+  await runUntilSignal(async (signal) => {
+    logger.info({ event: "shutting_down", signal }, "shutting down: draining requests in flight");
+    for (const close of closers) await close();
+    await running.close(SHUTDOWN_GRACE_MS);
+  });
+  logger.info({ event: "stopped" }, "operator stopped");
+  return EXIT_OK;
+};
+
+function loadKubeConfig(path: string | undefined): KubeConfig {
+  const kubeConfig = new KubeConfig();
+  try {
+    if (path !== undefined) kubeConfig.loadFromFile(path);
+    else kubeConfig.loadFromDefault();
+  } catch (error) {
+    throw new UsageError(
+      `${COMMAND}: cannot load Kubernetes credentials${path === undefined ? "" : ` from ${path}`} (${error instanceof Error ? error.message : String(error)}): pass --kubeconfig, or --local DIR --state DIR to run without Kubernetes.`,
+    );
+  }
+  if (kubeConfig.getCurrentCluster() === null) {
+    throw new UsageError(
+      `${COMMAND}: no Kubernetes cluster configured: pass --kubeconfig, or --local DIR --state DIR to run without Kubernetes.`,
+    );
+  }
+  return kubeConfig;
+}
+
+/** The webhook's view of identities: valid ServiceIdentities in the store's cache. */
+export function storeIdentityLookup(store: Store, trustDomain: string): IdentityLookup {
+  const catalog = new Catalog(trustDomain);
+  return {
+    identity(namespace, name) {
+      const resource = store.resource(IDENTITY, { namespace, name });
+      return resource === undefined ? undefined : catalog.effectiveIdentity(resource);
+    },
+  };
+}
