@@ -4,7 +4,6 @@
  * strategic-merge paths) and @kubernetes/client-node 1.4 (typed APIs, patch content types,
  * informers through 410 Gone re-lists, raw watches with bookmarks), plus HTTPS admission webhooks.
  */
-import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
@@ -33,6 +32,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { createCertificateAuthority, issueCertificate, privateKeyToPem } from "../../pki/src/index.js";
 import { type RunningApiServer, startApiServer } from "../apiserver/server.js";
+import { type KubectlResult, kubectlFor } from "../support/kubectl.js";
 import { freePort } from "../support/net.js";
 import { requireTool } from "../support/tools.js";
 
@@ -131,12 +131,6 @@ async function startWebhook(): Promise<Webhook> {
   };
 }
 
-interface KubectlResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 function isConflict(error: unknown, code: number): boolean {
   return error instanceof ApiException && error.code === code;
 }
@@ -160,24 +154,8 @@ describe("the test Kubernetes API server", () => {
   let core: CoreV1Api;
   let custom: CustomObjectsApi;
 
-  async function kubectl(args: readonly string[], input?: string): Promise<KubectlResult> {
-    const child = spawn(
-      "kubectl",
-      ["--kubeconfig", kubeconfigPath, "--cache-dir", join(directory, "kubectl-cache"), ...args],
-      { stdio: ["pipe", "pipe", "pipe"] },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.stdin.end(input ?? "");
-    const [code] = (await once(child, "close")) as [number];
-    return { code, stdout, stderr };
-  }
+  const kubectl = (args: readonly string[], input?: string): Promise<KubectlResult> =>
+    kubectlFor(kubeconfigPath, join(directory, "kubectl-cache"))(args, input);
 
   async function ensureCrds(): Promise<void> {
     const extensions = kc.makeApiClient(ApiextensionsV1Api);

@@ -3,8 +3,6 @@
  * which calls the operator's webhook server over HTTPS verified with the caBundle that
  * keepCaBundleCurrent wrote into the configurations of operator/manifests/webhooks.yaml.
  */
-import { spawn } from "node:child_process";
-import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
@@ -22,6 +20,7 @@ import { DEFAULT_INJECTION_SETTINGS } from "../../operator/src/webhook/inject.js
 import { type RunningWebhookServer, startWebhookServer } from "../../operator/src/webhook/server.js";
 import { type CertificateAuthority, createCertificateAuthority } from "../../pki/src/index.js";
 import { type RunningApiServer, startApiServer } from "../apiserver/server.js";
+import { type KubectlResult, kubectlFor } from "../support/kubectl.js";
 import { requireTool } from "../support/tools.js";
 
 const HAS_KUBECTL = requireTool("kubectl");
@@ -30,12 +29,6 @@ const WEBHOOK_SERVICE = "custody-webhook";
 const WEBHOOK_NAMESPACE = "custody-system";
 const MUTATING = "custody-sidecar-injector";
 const VALIDATING = "custody-accesspolicy-validator";
-
-interface KubectlResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
 interface LogLine {
   readonly event?: string;
@@ -100,24 +93,8 @@ describe("the admission webhooks", () => {
     );
   }
 
-  async function kubectl(args: readonly string[], input?: string): Promise<KubectlResult> {
-    const child = spawn(
-      "kubectl",
-      ["--kubeconfig", kubeconfigPath, "--cache-dir", join(directory, "kubectl-cache"), ...args],
-      { stdio: ["pipe", "pipe", "pipe"] },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.stdin.end(input ?? "");
-    const [code] = (await once(child, "close")) as [number];
-    return { code, stdout, stderr };
-  }
+  const kubectl = (args: readonly string[], input?: string): Promise<KubectlResult> =>
+    kubectlFor(kubeconfigPath, join(directory, "kubectl-cache"))(args, input);
 
   async function createPod(manifest: string): Promise<KubectlResult> {
     const file = join(directory, "pod.yaml");

@@ -93,7 +93,15 @@ export class IdentityController {
           ? {}
           : { requeueAfterMs: Math.max(0, result.wakeAtMs - this.options.now()) };
       } catch (error) {
-        if (!(error instanceof StoreConflictError) || attempt >= CONFLICT_ATTEMPTS) throw error;
+        if (!(error instanceof StoreConflictError) || attempt >= CONFLICT_ATTEMPTS) {
+          // Told to the object's owner as well as the log: `kubectl describe si` shows why it is stuck.
+          store.recordEvent(IDENTITY, resource, resource.uid, {
+            type: "Warning",
+            reason: "ReconcileFailed",
+            message: `${error instanceof Error ? error.message : String(error)}; retrying with back-off`,
+          });
+          throw error;
+        }
         secret = await store.readSecret(secretKeyOf(key));
       }
     }

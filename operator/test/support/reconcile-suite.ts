@@ -203,7 +203,11 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
       const first = await waitFor(async () => {
         const secret = await harness.secret(NS, "custody-identity-payments");
         expect(secret?.data["tls.crt"]).toBeDefined();
-        return kidOfCertificate(secret?.data["tls.crt"] ?? "");
+        const kid = kidOfCertificate(secret?.data["tls.crt"] ?? "");
+        // A first certificate is written before it is published (nothing used it yet); the test
+        // is about rotations, which start from a published key.
+        expect(await kidsOf("payments.shop")).toContain(`current:${kid}`);
+        return kid;
       });
       const timeline: { at: number; secretKid: string; registryKids: string[] }[] = [];
       let rotated: string | undefined;
