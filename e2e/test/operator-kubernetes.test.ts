@@ -5,10 +5,9 @@
  * store; then what only Kubernetes has: kubectl's view of the status, watches dropped and expired
  * (410 Gone) while objects change, and two replicas with leader election.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
+import { CoreV1Api } from "@kubernetes/client-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parse as parseYaml, stringify } from "yaml";
@@ -25,59 +24,12 @@ import {
   identity,
   type ReconcileHarness,
 } from "../../operator/test/support/reconcile-suite.js";
-import { createCertificateAuthority, writeCertificateAuthority } from "../../pki/src/index.js";
-import { type RunningApiServer, startApiServer } from "../apiserver/server.js";
-import { type Kubectl, kubectlFor } from "../support/kubectl.js";
+import { type Cluster, startCluster } from "../support/cluster.js";
 import { requireTool } from "../support/tools.js";
 
 const HAS_KUBECTL = requireTool("kubectl");
 const RESOURCE = { ServiceIdentity: "serviceidentities", AccessPolicy: "accesspolicies" } as const;
 const quiet = pino({ level: process.env.LOG_LEVEL ?? "silent" });
-
-interface Cluster {
-  readonly apiserver: RunningApiServer;
-  readonly kubeConfig: KubeConfig;
-  readonly kubectl: Kubectl;
-  readonly directory: string;
-  readonly caDirectory: string;
-  close(): Promise<void>;
-}
-
-/** An API server with the CRDs and the namespaces applied by kubectl, and a CA on disk. */
-async function startCluster(): Promise<Cluster> {
-  const directory = await mkdtemp(join(tmpdir(), "custody-operator-k8s-"));
-  const apiserver = await startApiServer({ port: 0, bookmarkIntervalMs: 1_000, logger: quiet });
-  const kubeconfigPath = join(directory, "kubeconfig");
-  await apiserver.kubeconfig(kubeconfigPath);
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromFile(kubeconfigPath);
-  const kubectl = kubectlFor(kubeconfigPath, join(directory, "kubectl-cache"));
-  const crds = await kubectl(["apply", "--validate=false", "-f", "crds/"]);
-  if (crds.code !== 0) throw new Error(`kubectl apply of the CRDs failed: ${crds.stderr}`);
-  for (const namespace of ["shop", "custody-system"]) {
-    const created = await kubectl(["create", "namespace", namespace]);
-    if (created.code !== 0) throw new Error(created.stderr);
-  }
-  const caDirectory = join(directory, "ca");
-  await writeCertificateAuthority(
-    caDirectory,
-    await createCertificateAuthority({ trustDomain: "custody.local" }),
-    {
-      force: false,
-    },
-  );
-  return {
-    apiserver,
-    kubeConfig,
-    kubectl,
-    directory,
-    caDirectory,
-    async close() {
-      await apiserver.close();
-      await rm(directory, { recursive: true, force: true });
-    },
-  };
-}
 
 function elector(cluster: Cluster, identity: string): LeaderElector {
   return new LeaderElector({

@@ -1,0 +1,164 @@
+/**
+ * `custody operator --kubeconfig …` as a real process against the test API server, set up the way
+ * the docs tell a user to: CRDs and webhook configurations applied with kubectl, a namespace
+ * labelled for injection, a ServiceIdentity. The operator fills in the webhooks' caBundle, makes
+ * the identity Ready, and `kubectl create` of an annotated pod returns it with the sidecar; a pod
+ * under the wrong service account is refused; SIGTERM stops it cleanly.
+ */
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { stringify } from "yaml";
+import { type Cluster, startCluster } from "../support/cluster.js";
+import { freePort } from "../support/net.js";
+import { type CliProcess, killAll, startCliProcess } from "../support/process.js";
+import { requireTool } from "../support/tools.js";
+
+const HAS_KUBECTL = requireTool("kubectl");
+
+describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", () => {
+  let cluster: Cluster;
+  let operator: CliProcess;
+  let webhookPort: number;
+
+  const create = async (manifest: Record<string, unknown>) => {
+    const file = join(cluster.directory, `${String((manifest.metadata as { name: string }).name)}.yaml`);
+    await writeFile(file, stringify(manifest));
+    return cluster.kubectl(["create", "-f", file, "-o", "json"]);
+  };
+  const pod = (name: string, serviceAccountName: string) => ({
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      name,
+      namespace: "shop",
+      annotations: {
+        "custody.dev/inject": "true",
+        "custody.dev/identity": "cart",
+        "custody.dev/app-port": "8080",
+      },
+    },
+    spec: {
+      serviceAccountName,
+      containers: [{ name: "app", image: "shop/cart:1", ports: [{ containerPort: 8080 }] }],
+    },
+  });
+
+  beforeAll(async () => {
+    webhookPort = await freePort();
+    cluster = await startCluster({
+      serviceResolver: (service) => `https://127.0.0.1:${webhookPort}${service.path}`,
+    });
+    for (const args of [
+      ["apply", "-f", "operator/manifests/webhooks.yaml"],
+      ["label", "namespace", "shop", "custody.dev/injection=enabled"],
+      ["create", "serviceaccount", "cart", "-n", "shop"],
+      ["apply", "-f", "crds/examples/shop-identities.yaml"],
+    ]) {
+      const result = await cluster.kubectl(args);
+      if (result.code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${result.stderr}`);
+    }
+    operator = await startCliProcess(
+      [
+        "operator",
+        "--ca",
+        cluster.caDirectory,
+        "--kubeconfig",
+        cluster.kubeconfigPath,
+        "--namespace",
+        "custody-system",
+        "--token-listen",
+        "127.0.0.1:0",
+        "--token-admin",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--webhook-listen",
+        `127.0.0.1:${webhookPort}`,
+        "--sidecar-image",
+        "registry.example/custody-sidecar:test",
+      ],
+      "operator_started",
+      "operator",
+    );
+  }, 60_000);
+  afterAll(async () => {
+    await killAll();
+    await cluster?.close();
+  });
+
+  it("fills the webhooks' caBundle and makes the identities Ready", async () => {
+    await vi.waitFor(
+      async () => {
+        const got = await cluster.kubectl([
+          "get",
+          "mutatingwebhookconfiguration",
+          "custody-sidecar-injector",
+          "-o",
+          "json",
+        ]);
+        const bundle = (JSON.parse(got.stdout) as { webhooks: { clientConfig: { caBundle?: string } }[] })
+          .webhooks[0]?.clientConfig.caBundle;
+        expect(Buffer.from(bundle ?? "", "base64").toString()).toContain("BEGIN CERTIFICATE");
+      },
+      { timeout: 20_000, interval: 200 },
+    );
+    const waited = await cluster.kubectl([
+      "wait",
+      "--for=condition=Ready",
+      "si",
+      "--all",
+      "-n",
+      "shop",
+      "--timeout=30s",
+    ]);
+    expect(waited.code, waited.stderr).toBe(0);
+  });
+
+  it("kubectl create of an annotated pod returns it with the sidecar", async () => {
+    const created = await create(pod("cart-1", "cart"));
+    expect(created.code, created.stderr).toBe(0);
+    const injected = JSON.parse(created.stdout) as {
+      metadata: { annotations: Record<string, string> };
+      spec: {
+        containers: { name: string; image: string; env?: { name: string; value?: string }[] }[];
+        volumes: { name: string; secret?: { secretName: string } }[];
+      };
+    };
+    const sidecar = injected.spec.containers.find((container) => container.name === "custody-sidecar");
+    expect(sidecar?.image).toBe("registry.example/custody-sidecar:test");
+    expect(sidecar?.env).toContainEqual({
+      name: "CUSTODY_TOKEN_URL",
+      value: "https://custody-issuer.custody-system.svc:8443/oauth2/token",
+    });
+    expect(injected.spec.volumes.map((volume) => volume.secret?.secretName)).toContain(
+      "custody-identity-cart",
+    );
+    const app = injected.spec.containers.find((container) => container.name === "app");
+    expect(app?.env).toContainEqual({ name: "HTTP_PROXY", value: "http://127.0.0.1:15001" });
+    expect(injected.metadata.annotations["prometheus.io/scrape"]).toBe("true");
+  });
+
+  it("refuses a pod whose service account is not the identity's", async () => {
+    const refused = await create(pod("impostor", "default"));
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/service_account_mismatch/);
+    expect(refused.stderr).toMatch(/"cart"/);
+  });
+
+  it("refuses an invalid AccessPolicy at kubectl apply time", async () => {
+    const refused = await create({
+      apiVersion: "custody.dev/v1alpha1",
+      kind: "AccessPolicy",
+      metadata: { name: "foreign", namespace: "shop" },
+      spec: { target: "payments.other", rules: [] },
+    });
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/spec\.target: must be a service of the policy's own namespace/);
+  });
+
+  it("stops cleanly on SIGTERM", async () => {
+    process.kill(operator.pid, "SIGTERM");
+    expect(await operator.exited).toEqual({ code: 0, signal: null });
+  });
+});
