@@ -1,5 +1,5 @@
 /** The reconcile suite against the local store: manifests in a directory, state as files. */
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { stringify } from "yaml";
@@ -44,7 +44,10 @@ describeReconcile("local store", async () => {
     operator: () => operator,
     async apply(manifest) {
       const metadata = manifest.metadata as { name: string; namespace: string };
-      await writeFile(fileOf(String(manifest.kind), metadata.namespace, metadata.name), stringify(manifest));
+      const target = fileOf(String(manifest.kind), metadata.namespace, metadata.name);
+      // Written aside and renamed into place, as editors do: the watcher never sees half a file.
+      await writeFile(`${directory.path}/pending.yaml`, stringify(manifest));
+      await rename(`${directory.path}/pending.yaml`, target);
       await store.reload();
     },
     async remove(kind: ResourceKind, namespace, name) {

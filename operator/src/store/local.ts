@@ -124,9 +124,13 @@ export class LocalStore implements Store {
     this.#watcher?.close();
   }
 
-  /** Re-reads the manifest directory now (tests; the watcher does this on change). */
+  /**
+   * Re-reads the manifest directory now and resolves when done (tests; the watcher does this on
+   * change). Goes through the watcher so that two reads never interleave.
+   */
   async reload(): Promise<void> {
-    await this.#reloadManifests();
+    if (this.#watcher === undefined) await this.#reloadManifests();
+    else await this.#watcher.run();
   }
 
   onChange(listener: (change: StoreChange) => void): void {

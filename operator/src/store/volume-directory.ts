@@ -51,13 +51,12 @@ export async function writeVolume(
   );
   await replaceSymlink(directory, DATA_LINK, version);
   for (const key of Object.keys(content.files)) await replaceSymlink(directory, key, join(DATA_LINK, key));
+  // Old versions and links of removed keys are garbage now: failing to remove them is not failing
+  // the write (readers only ever follow ..data).
   for (const entry of await readdir(directory)) {
     if (entry === DATA_LINK || entry === version) continue;
-    if (entry.startsWith("..")) {
-      await rm(join(directory, entry), { recursive: true, force: true });
-    } else if (!Object.hasOwn(content.files, entry)) {
-      await rm(join(directory, entry), { force: true });
-    }
+    const stale = entry.startsWith("..") || !Object.hasOwn(content.files, entry);
+    if (stale) await rm(join(directory, entry), { recursive: true, force: true }).catch(() => undefined);
   }
 }
 
