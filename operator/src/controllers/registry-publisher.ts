@@ -36,6 +36,7 @@ import {
   type ObjectKey,
   POLICY,
   type Store,
+  StoreConflictError,
   type StoredConfigMap,
 } from "../store/store.js";
 import type { Catalog } from "./catalog.js";
@@ -291,10 +292,10 @@ export class RegistryPublisher {
     for (const shard of shards) {
       const name = registryConfigMapName(shard.shard.index);
       const current = existing.find((configMap) => configMap.name === name);
-      await store.writeConfigMap({
+      const content = (resourceVersion: string | undefined): StoredConfigMap => ({
         namespace,
         name,
-        ...(current?.resourceVersion === undefined ? {} : { resourceVersion: current.resourceVersion }),
+        ...(resourceVersion === undefined ? {} : { resourceVersion }),
         labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [SHARD_LABEL]: String(shard.shard.index) },
         annotations: {
           [GENERATION_ANNOTATION]: String(shard.generation),
@@ -302,6 +303,14 @@ export class RegistryPublisher {
         },
         data: { [registryFileName(shard.shard.index)]: serializeRegistryDocument(shard) },
       });
+      try {
+        await store.writeConfigMap(content(current?.resourceVersion));
+      } catch (error) {
+        if (!(error instanceof StoreConflictError)) throw error;
+        // Someone else wrote it (a kubectl edit, a former leader): ours replaces it, read fresh.
+        const fresh = await store.readConfigMap({ namespace, name });
+        await store.writeConfigMap(content(fresh?.resourceVersion));
+      }
     }
     // Shards beyond the new count go last: until then sidecars see a mixed set and keep the old one.
     for (const configMap of existing) {
