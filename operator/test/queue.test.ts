@@ -14,8 +14,8 @@ describe("WorkQueue", () => {
     for (let index = 0; index < 5; index++) queue.add("a", 20);
     queue.add("b", 20);
     queue.start();
-    await new Promise((resolve) => setTimeout(resolve, 60));
-    await queue.idle();
+    await vi.waitFor(() => expect(runs).toHaveLength(2), { timeout: 5_000, interval: 10 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
     expect(runs.sort()).toEqual(["a", "b"]);
     queue.stop();
   });
@@ -37,7 +37,7 @@ describe("WorkQueue", () => {
     await new Promise((resolve) => setTimeout(resolve, 5));
     queue.add("a");
     queue.add("a");
-    await new Promise((resolve) => setTimeout(resolve, 80));
+    await vi.waitFor(() => expect(runs).toBe(2), { timeout: 5_000, interval: 10 });
     await queue.idle();
     expect(maximum).toBe(1);
     expect(runs).toBe(2);
