@@ -24,21 +24,23 @@ describe("WorkQueue", () => {
     let running = 0;
     let maximum = 0;
     let runs = 0;
-    const queue = new WorkQueue(async () => {
+    const queue: WorkQueue = new WorkQueue(async (key) => {
       running++;
       runs++;
       maximum = Math.max(maximum, running);
+      // Added twice while it runs: one more run, after this one.
+      if (runs === 1) {
+        queue.add(key);
+        queue.add(key);
+      }
       await new Promise((resolve) => setTimeout(resolve, 20));
       running--;
       return undefined;
     }, options);
     queue.start();
     queue.add("a");
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    queue.add("a");
-    queue.add("a");
     await vi.waitFor(() => expect(runs).toBe(2), { timeout: 5_000, interval: 10 });
-    await queue.idle();
+    await new Promise((resolve) => setTimeout(resolve, 50));
     expect(maximum).toBe(1);
     expect(runs).toBe(2);
     queue.stop();
