@@ -225,21 +225,7 @@ export class LeaderElector {
       leaseTransitions: renewing ? transitions : transitions + 1,
     };
     try {
-      const replaced = await this.#call((options) =>
-        this.#api.replaceNamespacedLease(
-          {
-            name: this.#name,
-            namespace: this.#options.namespace,
-            body: {
-              apiVersion: "coordination.k8s.io/v1",
-              kind: "Lease",
-              metadata: lease.metadata ?? {},
-              spec,
-            },
-          },
-          options,
-        ),
-      );
+      const replaced = await this.#call((options) => this.#replace(lease, spec, options));
       this.#observe(replaced.spec, nowMs);
       return { ok: true };
     } catch (error) {
@@ -297,21 +283,7 @@ export class LeaderElector {
         renewTime: new V1MicroTime(nowMs),
         leaseTransitions: lease.spec.leaseTransitions ?? 0,
       };
-      await call((options) =>
-        this.#api.replaceNamespacedLease(
-          {
-            name: this.#name,
-            namespace: this.#options.namespace,
-            body: {
-              apiVersion: "coordination.k8s.io/v1",
-              kind: "Lease",
-              metadata: lease.metadata ?? {},
-              spec,
-            },
-          },
-          options,
-        ),
-      );
+      await call((options) => this.#replace(lease, spec, options));
       this.#logger.info("released the leader Lease");
     } catch (error) {
       if (statusOf(error) === 404) return;
@@ -379,6 +351,22 @@ export class LeaderElector {
         "a leader election callback threw",
       );
     }
+  }
+
+  /** Replaces the Lease read as `lease` (its resourceVersion makes a concurrent change a 409). */
+  #replace(
+    lease: V1Lease,
+    spec: V1LeaseSpec,
+    options: Parameters<Parameters<typeof callApi<V1Lease>>[2]>[0],
+  ) {
+    return this.#api.replaceNamespacedLease(
+      {
+        name: this.#name,
+        namespace: this.#options.namespace,
+        body: { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: lease.metadata ?? {}, spec },
+      },
+      options,
+    );
   }
 
   #call<T>(run: Parameters<typeof callApi<T>>[2]): Promise<T> {
