@@ -15,6 +15,7 @@ bench: install ## Benchmarks: call chains vs the talk's nested format; token ser
 	$(NPM) run --silent bench:chain
 	$(NPM) run --silent bench:issuer
 	$(NPM) run --silent bench:sidecar
+	$(NPM) run --silent bench:operator
 
 # Reinstall only when the lock file changed since the last install.
 node_modules/.package-lock.json: package.json package-lock.json

@@ -10,7 +10,7 @@
  */
 import { mkdtempSync, readdirSync } from "node:fs";
 import type { Agent } from "node:https";
-import { constants, cpus, tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
@@ -32,7 +32,7 @@ import {
 } from "./issuer-server.js";
 import { type LoadOptions, type Mode, type ModeResult, measureLoad } from "./load.js";
 import { markdownTable, outFile, writeResult } from "./output.js";
-import { machineCpuClock } from "./proc.js";
+import { abortOnSignals, failureExitCode, machineCpuClock, wasInterrupted } from "./proc.js";
 
 /** bench/out/issuer.json. */
 export interface IssuerBenchResult {
@@ -276,12 +276,7 @@ async function main(): Promise<void> {
   progress(`bench:issuer: node ${process.version}, OpenSSL ${process.versions.openssl}, ${cpuDescription}`);
 
   const abort = new AbortController();
-  const onSignal = (signal: NodeJS.Signals) => {
-    interruptedBy = signal;
-    abort.abort(new Error(`interrupted by ${signal}`));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  const stopListening = abortOnSignals(abort);
 
   progress(`starting custody issuer (--log-level ${logLevel}) ...`);
   const issuer: IssuerProcess = await startIssuerProcess(
@@ -358,7 +353,7 @@ async function main(): Promise<void> {
     writeResult("issuer", result, { profiled: profileDirectory !== undefined, startedNs: started, progress });
     process.stdout.write(`${text}\n`);
   } catch (error) {
-    if (interruptedBy === undefined) progress(issuer.tail());
+    if (!wasInterrupted()) progress(issuer.tail());
     for (const [message, count] of failureMessages) progress(`FAILED ×${count} ${message}`);
     // The first cause, when there is one (the issuer died, a signal, too many failures), not a consequence.
     throw abort.signal.aborted ? abort.signal.reason : error;
@@ -372,17 +367,13 @@ async function main(): Promise<void> {
           .join(", ")}`,
       );
     }
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    stopListening();
   }
 }
-
-/** Set when SIGINT or SIGTERM stops the run: the exit code is then 128 + the signal's number. */
-let interruptedBy: NodeJS.Signals | undefined;
 
 try {
   await main();
 } catch (error) {
   progress(`bench:issuer: ${describe(error)}`);
-  process.exitCode = interruptedBy === undefined ? 1 : 128 + (constants.signals[interruptedBy] ?? 0);
+  process.exitCode = failureExitCode();
 }

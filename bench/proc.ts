@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import { constants } from "node:os";
 import { fileURLToPath } from "node:url";
 
 export const REPO = fileURLToPath(new URL("../", import.meta.url));
@@ -169,4 +170,34 @@ export async function waitUntilReady(child: Child, url: string): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   throw new Error(`${child.name} was not ready within ${STARTUP_LIMIT_MS / 1000} s\n${child.tail()}`);
+}
+
+/** Set by the first SIGINT or SIGTERM a benchmark receives (one benchmark per process). */
+let interruptedBy: NodeJS.Signals | undefined;
+
+/**
+ * Aborts `controller` on SIGINT or SIGTERM; returns the function that stops listening. `on`, not
+ * `once`: a Ctrl-C (or `timeout`) signals the whole process group, and the same signal can arrive
+ * twice; a second one must not kill the benchmark before it has stopped its children.
+ */
+export function abortOnSignals(controller: AbortController): () => void {
+  const onSignal = (signal: NodeJS.Signals) => {
+    interruptedBy ??= signal;
+    controller.abort(new Error(`interrupted by ${signal}`));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return () => {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  };
+}
+
+export function wasInterrupted(): boolean {
+  return interruptedBy !== undefined;
+}
+
+/** The exit code of a failed run: 128 + the signal's number after an interruption, else 1. */
+export function failureExitCode(): number {
+  return interruptedBy === undefined ? 1 : 128 + (constants.signals[interruptedBy] ?? 0);
 }

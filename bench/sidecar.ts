@@ -10,14 +10,24 @@
  * fails or requests fail (a non-200 answer, an answer that is not the app's, a child process exiting).
  */
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { constants, cpus, tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { Pool } from "undici";
 import { freePort } from "../e2e/support/net.js";
 import { type Mode, measureLoad } from "./load.js";
 import { outFile, writeResult } from "./output.js";
-import { type Child, machineCpuClock, processMemory, REPO, startChild, waitUntilReady } from "./proc.js";
+import {
+  abortOnSignals,
+  type Child,
+  failureExitCode,
+  machineCpuClock,
+  processMemory,
+  REPO,
+  startChild,
+  waitUntilReady,
+  wasInterrupted,
+} from "./proc.js";
 import { AnswerError, call, callExpectingRefusal, type Expected, keepAlivePool } from "./sidecar-client.js";
 import { CALLEE, CALLER, type MeshFiles, mintPrefix, writeMesh } from "./sidecar-mesh.js";
 import { measureOpenLoop, type OpenLoopMode } from "./sidecar-open-loop.js";
@@ -141,12 +151,7 @@ async function main(): Promise<void> {
   ];
 
   const abort = new AbortController();
-  const onSignal = (signal: NodeJS.Signals) => {
-    interruptedBy = signal;
-    abort.abort(new Error(`interrupted by ${signal}`));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  const stopListening = abortOnSignals(abort);
 
   const directory = mkdtempSync(join(tmpdir(), "custody-bench-sidecar-"));
   const children: Child[] = [];
@@ -372,7 +377,7 @@ async function main(): Promise<void> {
     });
     process.stdout.write(`${text}\n`);
   } catch (error) {
-    if (interruptedBy === undefined) for (const child of children) progress(child.tail(8));
+    if (!wasInterrupted()) for (const child of children) progress(child.tail(8));
     for (const [message, count] of failureMessages) progress(`FAILED ×${count} ${message}`);
     throw abort.signal.aborted ? abort.signal.reason : error;
   } finally {
@@ -388,8 +393,7 @@ async function main(): Promise<void> {
           .join(", ")}`,
       );
     }
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    stopListening();
   }
 }
 
@@ -569,12 +573,9 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
   return { entries, open, closed, specs, meshAnswers };
 }
 
-/** Set when SIGINT or SIGTERM stops the run: the exit code is then 128 + the signal's number. */
-let interruptedBy: NodeJS.Signals | undefined;
-
 try {
   await main();
 } catch (error) {
   progress(`bench:sidecar: ${describe(error)}`);
-  process.exitCode = interruptedBy === undefined ? 1 : 128 + (constants.signals[interruptedBy] ?? 0);
+  process.exitCode = failureExitCode();
 }
