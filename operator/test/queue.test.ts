@@ -89,6 +89,23 @@ describe("WorkQueue", () => {
     queue.stop();
   });
 
+  it("runs an urgent key before ordinary keys that were due earlier", async () => {
+    const runs: string[] = [];
+    const queue = new WorkQueue(
+      async (key) => {
+        runs.push(key);
+        return undefined;
+      },
+      { ...options, concurrency: 1 },
+    );
+    for (const key of ["a", "b", "c"]) queue.add(key);
+    queue.add("publish", 0, { urgent: true });
+    queue.start();
+    await vi.waitFor(() => expect(runs).toHaveLength(4), { timeout: 5_000, interval: 10 });
+    expect(runs).toEqual(["publish", "a", "b", "c"]);
+    queue.stop();
+  });
+
   it("backs off exponentially up to the cap, with jitter", () => {
     expect(backoff(100, 10_000, 1)).toBeGreaterThanOrEqual(80);
     expect(backoff(100, 10_000, 1)).toBeLessThanOrEqual(120);

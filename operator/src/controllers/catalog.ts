@@ -103,6 +103,13 @@ export class Catalog {
     }
   }
 
+  /** What the controller just wrote: the publisher need not parse it again. */
+  rememberMaterial(secret: StoredSecret, material: IdentityMaterial): void {
+    if (secret.resourceVersion === undefined) return;
+    if (this.#materials.size >= MAX_PARSED_SECRETS) this.#materials.clear();
+    this.#materials.set(keyOf(secret), { resourceVersion: secret.resourceVersion, result: { material } });
+  }
+
   /** The credentials in an identity Secret, parsed once per Secret version. */
   material(secret: StoredSecret): MaterialResult {
     const key = keyOf(secret);

@@ -129,7 +129,10 @@ export class IdentityController {
       issue: (profile) => this.#issue(resource, identity, profile),
     });
     if (plan.changed) {
-      await store.writeSecret(identitySecretOf(resource, plan.material, secret?.resourceVersion));
+      const written = await store.writeSecret(
+        identitySecretOf(resource, plan.material, secret?.resourceVersion),
+      );
+      catalog.rememberMaterial(written, plan.material);
       for (const event of plan.events) {
         store.recordEvent(IDENTITY, resource, resource.uid, event);
         logger.info(

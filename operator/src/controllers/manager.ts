@@ -17,7 +17,7 @@ import { type PublicationSummary, type RegistryHeader, RegistryPublisher } from 
 
 const REGISTRY_KEY = "registry";
 /** Changes arriving within this window are published together. */
-const PUBLISH_COALESCE_MS = 100;
+const PUBLISH_COALESCE_MS = 250;
 
 export interface ManagerOptions {
   readonly store: Store;
@@ -60,9 +60,10 @@ export class ControllerManager {
       ...(options.shardBytes === undefined ? {} : { shardBytes: options.shardBytes }),
       logger,
       now,
+      // Their status waits on nothing else: ahead of the backlog, so Ready follows publication.
       published: (identities, policies) => {
-        for (const key of identities) this.#queue.add(identityKey(key));
-        for (const key of policies) this.#queue.add(policyKey(key));
+        for (const key of identities) this.#queue.add(identityKey(key), 0, { urgent: true });
+        for (const key of policies) this.#queue.add(policyKey(key), 0, { urgent: true });
       },
     });
     this.#identities = new IdentityController({
@@ -80,7 +81,7 @@ export class ControllerManager {
       store,
       catalog,
       isPolicyPublished: (key, generation) => this.#publisher.isPolicyPublished(key, generation),
-      changed: () => this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS),
+      changed: () => this.#publishSoon(),
       logger,
       now,
     });
@@ -142,7 +143,12 @@ export class ControllerManager {
 
   /** Something in the registry header changed (token service keys, trust bundle): publish again. */
   republish(): void {
-    if (this.#running) this.#queue.add(REGISTRY_KEY);
+    if (this.#running) this.#publishSoon();
+  }
+
+  /** Publishing unblocks every identity waiting to be Ready, so it goes ahead of the backlog. */
+  #publishSoon(): void {
+    this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS, { urgent: true });
   }
 
   resyncAll(): void {
@@ -159,7 +165,7 @@ export class ControllerManager {
         );
       }
     }
-    this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS);
+    this.#publishSoon();
   }
 
   /** Resolves when no work is due (tests; orderly shutdown). */
@@ -172,7 +178,7 @@ export class ControllerManager {
     switch (change.kind) {
       case IDENTITY:
         this.#queue.add(identityKey(key));
-        this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS);
+        this.#publishSoon();
         return;
       case POLICY:
         this.#queue.add(policyKey(key));
@@ -185,12 +191,12 @@ export class ControllerManager {
             ? change.name.slice(IDENTITY_SECRET_PREFIX.length)
             : undefined);
         if (name !== undefined) this.#queue.add(identityKey({ namespace: change.namespace, name }));
-        this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS);
+        this.#publishSoon();
         return;
       }
       case "ConfigMap":
         // Someone else changed or deleted a registry ConfigMap: put it back.
-        this.#queue.add(REGISTRY_KEY, PUBLISH_COALESCE_MS);
+        this.#publishSoon();
         return;
     }
   }

@@ -40,6 +40,7 @@ export class WorkQueue {
   /** Keys added while running: due again (at that time) once the run ends. */
   readonly #dirty = new Map<string, number>();
   readonly #failures = new Map<string, number>();
+  readonly #urgent = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
   #timerAt = Number.POSITIVE_INFINITY;
   #stopped = true;
@@ -69,11 +70,13 @@ export class WorkQueue {
     this.#due.clear();
     this.#dirty.clear();
     this.#failures.clear();
+    this.#urgent.clear();
     this.#clearTimer();
   }
 
-  add(key: string, delayMs = 0): void {
+  add(key: string, delayMs = 0, options: { readonly urgent?: boolean } = {}): void {
     const at = this.#now() + Math.max(0, delayMs);
+    if (options.urgent === true) this.#urgent.add(key);
     if (this.#running.has(key)) {
       const pending = this.#dirty.get(key);
       if (pending === undefined || at < pending) this.#dirty.set(key, at);
@@ -108,10 +111,16 @@ export class WorkQueue {
     if (this.#stopped) return;
     const now = this.#now();
     let nextAt = Number.POSITIVE_INFINITY;
-    for (const [key, at] of this.#due) {
+    const urgentFirst = [...this.#urgent].flatMap((key) => {
+      const at = this.#due.get(key);
+      return at === undefined ? [] : [[key, at] as const];
+    });
+    for (const [key, at] of [...urgentFirst, ...this.#due]) {
       if (this.#running.size >= this.#options.concurrency) break;
+      if (!this.#due.has(key)) continue;
       if (at <= now) {
         this.#due.delete(key);
+        this.#urgent.delete(key);
         this.#run(key);
       } else if (at < nextAt) {
         nextAt = at;
