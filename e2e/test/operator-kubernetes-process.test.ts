@@ -5,6 +5,7 @@
  * the identity Ready, and `kubectl create` of an annotated pod returns it with the sidecar; a pod
  * under the wrong service account is refused; SIGTERM stops it cleanly.
  */
+import { X509Certificate } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -44,21 +45,8 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
     },
   });
 
-  beforeAll(async () => {
-    webhookPort = await freePort();
-    cluster = await startCluster({
-      serviceResolver: (service) => `https://127.0.0.1:${webhookPort}${service.path}`,
-    });
-    for (const args of [
-      ["apply", "-f", "operator/manifests/webhooks.yaml"],
-      ["label", "namespace", "shop", "custody.dev/injection=enabled"],
-      ["create", "serviceaccount", "cart", "-n", "shop"],
-      ["apply", "-f", "crds/examples/shop-identities.yaml"],
-    ]) {
-      const result = await cluster.kubectl(args);
-      if (result.code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${result.stderr}`);
-    }
-    operator = await startCliProcess(
+  const startOperator = () =>
+    startCliProcess(
       [
         "operator",
         "--ca",
@@ -77,10 +65,33 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
         `127.0.0.1:${webhookPort}`,
         "--sidecar-image",
         "registry.example/custody-sidecar:test",
+        // A SIGKILLed leader's Lease runs out quickly, so its successor starts soon.
+        "--leader-elect-lease-duration",
+        "2s",
+        "--leader-elect-renew-deadline",
+        "1500ms",
+        "--leader-elect-retry-period",
+        "300ms",
       ],
       "operator_started",
       "operator",
     );
+
+  beforeAll(async () => {
+    webhookPort = await freePort();
+    cluster = await startCluster({
+      serviceResolver: (service) => `https://127.0.0.1:${webhookPort}${service.path}`,
+    });
+    for (const args of [
+      ["apply", "-f", "operator/manifests/webhooks.yaml"],
+      ["label", "namespace", "shop", "custody.dev/injection=enabled"],
+      ["create", "serviceaccount", "cart", "-n", "shop"],
+      ["apply", "-f", "crds/examples/shop-identities.yaml"],
+    ]) {
+      const result = await cluster.kubectl(args);
+      if (result.code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${result.stderr}`);
+    }
+    operator = await startOperator();
   }, 60_000);
   afterAll(async () => {
     await killAll();
@@ -156,6 +167,71 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toMatch(/spec\.target: must be a service of the policy's own namespace/);
   });
+
+  it("SIGKILLed while issuing, a new process converges: one certificate per identity, status and Secret agree", async () => {
+    const count = 30;
+    const manifest = Array.from({ length: count }, (_, index) =>
+      stringify({
+        apiVersion: "custody.dev/v1alpha1",
+        kind: "ServiceIdentity",
+        metadata: { name: `bulk-${index}`, namespace: "shop" },
+        // RSA keys take long enough to generate that the kill lands mid-issuance.
+        spec: { certificate: { keyAlgorithm: "RSA-2048" } },
+      }),
+    ).join("---\n");
+    await writeFile(join(cluster.directory, "bulk.yaml"), manifest);
+    expect((await cluster.kubectl(["apply", "-f", join(cluster.directory, "bulk.yaml")])).code).toBe(0);
+    await vi.waitFor(
+      async () => {
+        const secrets = await cluster.kubectl(["get", "secrets", "-n", "shop", "-o", "name"]);
+        expect(
+          secrets.stdout.split("\n").filter((line) => line.includes("custody-identity-bulk-")).length,
+        ).toBeGreaterThan(2);
+      },
+      { timeout: 30_000, interval: 50 },
+    );
+    await operator.kill();
+    operator = await startOperator();
+    const waited = await cluster.kubectl([
+      "wait",
+      "--for=condition=Ready",
+      "si",
+      "--all",
+      "-n",
+      "shop",
+      "--timeout=60s",
+    ]);
+    expect(waited.code, waited.stderr).toBe(0);
+
+    const identities = JSON.parse(
+      (await cluster.kubectl(["get", "si", "-n", "shop", "-o", "json"])).stdout,
+    ) as {
+      items: { metadata: { name: string }; status: { certificate: { serialNumber: string } } }[];
+    };
+    const secrets = JSON.parse(
+      (await cluster.kubectl(["get", "secrets", "-n", "shop", "-o", "json"])).stdout,
+    ) as {
+      items: { metadata: { name: string }; data: Record<string, string> }[];
+    };
+    const events = JSON.parse(
+      (await cluster.kubectl(["get", "events", "-n", "shop", "-o", "json"])).stdout,
+    ) as {
+      items: { reason: string; involvedObject: { name: string } }[];
+    };
+    for (let index = 0; index < count; index++) {
+      const name = `bulk-${index}`;
+      const secret = secrets.items.find((item) => item.metadata.name === `custody-identity-${name}`);
+      const pem = Buffer.from(secret?.data["tls.crt"] ?? "", "base64").toString();
+      const serial = new X509Certificate(pem).serialNumber.toLowerCase().replace(/^(00)+/, "");
+      const status = identities.items.find((item) => item.metadata.name === name)?.status;
+      expect(status?.certificate.serialNumber, name).toBe(serial);
+      // Issuance is recorded only after its Secret is written: never twice for one identity.
+      const issued = events.items.filter(
+        (event) => event.reason === "CertificateIssued" && event.involvedObject.name === name,
+      );
+      expect(issued.length, name).toBeLessThanOrEqual(1);
+    }
+  }, 120_000);
 
   it("stops cleanly on SIGTERM", async () => {
     process.kill(operator.pid, "SIGTERM");

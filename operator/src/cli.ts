@@ -62,6 +62,9 @@ Options:
   --webhook-service NAME      Service in front of the webhooks (default custody-webhook)
   --sidecar-image IMAGE       image of injected sidecars (default ${DEFAULT_INJECTION_SETTINGS.image})
   --sidecar-token-url URL     token endpoint injected sidecars use (default https://custody-issuer.<namespace>.svc:8443/oauth2/token)
+  --leader-elect-lease-duration D   how long a leader's Lease holds without renewal (default 15s)
+  --leader-elect-renew-deadline D   a leader that could not renew this long stops leading (default 10s)
+  --leader-elect-retry-period D     between attempts to acquire or renew (default 2s)
   --poll-interval D           re-read local manifests at least this often (default 2s)
   --log-level L               ${LOG_LEVELS.join(" | ")} (default info)
   -h, --help                  show this help
@@ -92,6 +95,9 @@ export const operatorCommand: Command = async (args, io) => {
     "sidecar-image": { type: "string" },
     "sidecar-token-url": { type: "string" },
     "poll-interval": { type: "string" },
+    "leader-elect-lease-duration": { type: "string" },
+    "leader-elect-renew-deadline": { type: "string" },
+    "leader-elect-retry-period": { type: "string" },
     "log-level": { type: "string" },
     help: { type: "boolean", short: "h" },
   });
@@ -147,7 +153,16 @@ export const operatorCommand: Command = async (args, io) => {
     });
   }
   const leadership =
-    kubeConfig === undefined ? undefined : new LeaderElector({ kubeConfig, namespace, logger });
+    kubeConfig === undefined
+      ? undefined
+      : new LeaderElector({
+          kubeConfig,
+          namespace,
+          logger,
+          leaseDurationMs: duration("leader-elect-lease-duration", "15s", 1_000, 600_000),
+          renewDeadlineMs: duration("leader-elect-renew-deadline", "10s", 500, 600_000),
+          retryPeriodMs: duration("leader-elect-retry-period", "2s", 100, 60_000),
+        });
 
   const running: RunningOperator = await startOperator({
     store,
