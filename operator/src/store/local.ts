@@ -75,6 +75,8 @@ export class LocalStore implements Store {
   #files = new Map<string, FileObjects>();
   #resources = new Map<string, StoredResource>();
   readonly #statuses = new Map<string, StatusRecord>();
+  /** Resource → digest of the declared object it was built from. */
+  readonly #digests = new Map<string, string>();
   readonly #secrets = new Map<string, StoredSecret>();
   readonly #configMaps = new Map<string, StoredConfigMap>();
   readonly #events: (StoreEvent & { readonly object: string })[] = [];
@@ -280,6 +282,7 @@ export class LocalStore implements Store {
       if (!next.has(id)) {
         changes.push({ kind: resource.kind, namespace: resource.namespace, name: resource.name });
         this.#statuses.delete(id);
+        this.#digests.delete(id);
         await rm(this.#statusPath(resource.kind, resource), { force: true });
       }
     }
@@ -315,8 +318,17 @@ export class LocalStore implements Store {
       record = { specDigest, generation: (record?.generation ?? 0) + 1, status: record?.status };
     }
     this.#statuses.set(id, record);
-    if (existing !== undefined && existing.generation === record.generation) return existing;
     const { status: _ignored, ...declared } = object;
+    // Metadata edits (annotations, labels) are changes too, without bumping the generation.
+    const objectDigest = sha256(JSON.stringify(declared));
+    if (
+      existing !== undefined &&
+      this.#digests.get(id) === objectDigest &&
+      existing.generation === record.generation
+    ) {
+      return existing;
+    }
+    this.#digests.set(id, objectDigest);
     return {
       kind,
       namespace,

@@ -60,19 +60,38 @@ export async function writeVolume(
   }
 }
 
+/**
+ * The current version, read through one resolution of `..data`: a swap during the read cannot mix
+ * two versions. If the version read is removed meanwhile (a writer's clean-up), read again.
+ */
 export async function readVolume(directory: string): Promise<VolumeContent | undefined> {
-  let metadataText: string;
-  try {
-    metadataText = await readFile(join(directory, DATA_LINK, METADATA_FILE), "utf8");
-  } catch {
-    return undefined;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let version: string;
+    try {
+      version = await readlink(join(directory, DATA_LINK));
+    } catch {
+      return undefined;
+    }
+    try {
+      return await readVersion(join(directory, version));
+    } catch (error) {
+      if (!(typeof error === "object" && error !== null && "code" in error && error.code === "ENOENT"))
+        throw error;
+    }
   }
-  const metadata = JSON.parse(metadataText) as Record<string, unknown>;
+  return undefined;
+}
+
+async function readVersion(versionDirectory: string): Promise<VolumeContent> {
+  const metadata = JSON.parse(await readFile(join(versionDirectory, METADATA_FILE), "utf8")) as Record<
+    string,
+    unknown
+  >;
   const keys = Array.isArray(metadata.keys) ? metadata.keys.filter((key) => typeof key === "string") : [];
   const files: Record<string, string> = {};
   for (const key of keys) {
     if (!KEY_PATTERN.test(key)) continue;
-    const path = join(directory, DATA_LINK, key);
+    const path = join(versionDirectory, key);
     const stats = await lstat(path);
     if (!stats.isFile() || stats.size > MAX_VOLUME_FILE_BYTES) continue;
     files[key] = await readFile(path, "utf8");

@@ -184,6 +184,16 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
       });
     });
 
+    it("publishes a metadata-only change (the location annotation)", async () => {
+      const moved = identity("shop");
+      moved.metadata.annotations["custody.dev/location"] = "127.0.0.1:25999";
+      await harness.apply(moved);
+      await waitFor(async () => {
+        const entry = (await registry())?.services.find((service) => service.id === "shop.shop");
+        expect(entry?.location).toBe("127.0.0.1:25999");
+      });
+    });
+
     it("writes the registry only when it changes", async () => {
       const before = await harness.registryTexts(NS);
       const generation = parseRegistry(before[0] ?? "").generation;
