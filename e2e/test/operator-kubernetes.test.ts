@@ -131,6 +131,19 @@ describe.skipIf(!HAS_KUBECTL)("operator on Kubernetes", () => {
         { timeout: 20_000, interval: 100 },
       );
 
+    const leaseHolder = async () => {
+      const lease = await cluster.kubectl([
+        "get",
+        "lease",
+        "custody-operator",
+        "-n",
+        "custody-system",
+        "-o",
+        "json",
+      ]);
+      return (JSON.parse(lease.stdout) as { spec: { holderIdentity: string } }).spec.holderIdentity;
+    };
+
     beforeAll(async () => {
       cluster = await startCluster();
     });
@@ -143,16 +156,7 @@ describe.skipIf(!HAS_KUBECTL)("operator on Kubernetes", () => {
       replicas.push(await startReplica(cluster, "replica-a"), await startReplica(cluster, "replica-b"));
       await applyWithKubectl(cluster, identity("shop"));
       await ready("shop");
-      const lease = await cluster.kubectl([
-        "get",
-        "lease",
-        "custody-operator",
-        "-n",
-        "custody-system",
-        "-o",
-        "json",
-      ]);
-      const holder = (JSON.parse(lease.stdout) as { spec: { holderIdentity: string } }).spec.holderIdentity;
+      const holder = await leaseHolder();
       expect(["replica-a", "replica-b"]).toContain(holder);
       // Both replicas serve tokens; only the leader wrote the Secret (one certificate issued).
       const leaderIndex = holder === "replica-a" ? 0 : 1;
@@ -161,18 +165,7 @@ describe.skipIf(!HAS_KUBECTL)("operator on Kubernetes", () => {
       replicas.splice(leaderIndex, 1);
       await applyWithKubectl(cluster, identity("cart"));
       await ready("cart");
-      const after = await cluster.kubectl([
-        "get",
-        "lease",
-        "custody-operator",
-        "-n",
-        "custody-system",
-        "-o",
-        "json",
-      ]);
-      expect((JSON.parse(after.stdout) as { spec: { holderIdentity: string } }).spec.holderIdentity).not.toBe(
-        holder,
-      );
+      expect(await leaseHolder()).not.toBe(holder);
     });
 
     it("kubectl shows the status: get si,ap and get si NAME -o yaml", async () => {
