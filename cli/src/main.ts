@@ -15,6 +15,10 @@ const commands: Record<string, Entry> = {
     summary: "token service: client certificate → identity JWT (RFC 8705), token exchange (RFC 8693)",
     load: async () => (await import("../../operator/src/issuer/cli.js")).issuerCommand,
   },
+  local: {
+    summary: "the whole system on this machine: operator, token service, a sidecar per workload",
+    load: async () => (await import("../../local/src/cli.js")).localCommand,
+  },
   operator: {
     summary: "controllers, registry publishing, token service and webhooks (Kubernetes, or --local)",
     load: async () => (await import("../../operator/src/cli.js")).operatorCommand,

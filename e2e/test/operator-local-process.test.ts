@@ -138,17 +138,23 @@ describe("custody operator --local, killed mid-reconcile", () => {
     const writes = runs
       .flatMap((run) => parseLogLines(run.lines))
       .filter((line) => line.event === "kubernetes_event" && line.reason === "CertificateIssued");
+    let logged = 0;
     for (let index = 0; index < IDENTITIES; index++) {
       const name = `svc-${index}`;
-      // Issuance is logged only once the Secret holding it is written: exactly one per identity.
-      const mine = writes.filter((line) => line.object === `ServiceIdentity ${NS}/${name}`);
-      expect(mine, name).toHaveLength(1);
       const secret = store.secret({ namespace: NS, name: `custody-identity-${name}` });
       const certificate = secret?.data["tls.crt"] ?? "";
-      expect(String(mine[0]?.msg)).toContain(new X509Certificate(certificate).serialNumber.toLowerCase());
+      // Issuance is logged only once the Secret holding it is written, so a second line would be a
+      // second certificate written. (A SIGKILL can lose the last buffered log lines: zero is possible.)
+      const mine = writes.filter((line) => line.object === `ServiceIdentity ${NS}/${name}`);
+      expect(mine.length, name).toBeLessThanOrEqual(1);
+      if (mine.length === 1) {
+        logged++;
+        expect(String(mine[0]?.msg)).toContain(new X509Certificate(certificate).serialNumber.toLowerCase());
+      }
       const service = registry.services.find((entry) => entry.id === `${name}.${NS}`);
       expect(service?.keys.map((key) => key.kid)).toEqual([kidOfCertificate(certificate)]);
     }
+    expect(logged).toBeGreaterThan(IDENTITIES / 2);
     // The token service kept one set of signing keys across all four runs.
     const kids = new Set(
       runs

@@ -53,6 +53,7 @@ Options:
   --admin HOST:PORT           operator /metrics, /healthz, /readyz (default 0.0.0.0:15022; local 127.0.0.1:15022)
   --location-template T       where sidecars of an identity listen (default ${DEFAULT_LOCATION_TEMPLATE});
                               an identity's custody.dev/location annotation overrides it
+  --locations FILE            service id → host:port map overriding the template (re-read on change)
   --propagation-delay D       how long a new key is published before the workload uses it (default 2m)
   --resync D                  re-check every object this often (default 10m)
   --concurrency N             reconciles in parallel (default 8)
@@ -85,6 +86,7 @@ export const operatorCommand: Command = async (args, io) => {
     issuer: { type: "string" },
     admin: { type: "string" },
     "location-template": { type: "string" },
+    locations: { type: "string" },
     "propagation-delay": { type: "string" },
     resync: { type: "string" },
     concurrency: { type: "string" },
@@ -185,6 +187,7 @@ export const operatorCommand: Command = async (args, io) => {
     },
     admin: hostPortOption(COMMAND, "admin", values.admin ?? `${defaultHost}:15022`),
     locationTemplate,
+    ...(values.locations === undefined ? {} : { locationsPath: values.locations }),
     propagationDelayMs: duration("propagation-delay", "2m", 0, 86_400_000),
     resyncIntervalMs: duration("resync", "10m", 10_000, 86_400_000),
     concurrency: integerOption(COMMAND, "concurrency", values.concurrency, 8, { min: 1, max: 64 }),

@@ -14,6 +14,7 @@ import type { RegistryHeader } from "./controllers/registry-publisher.js";
 import type { DeclaredIdentity } from "./issuer/identities.js";
 import { type IdentitySource, type RunningIssuer, startIssuer } from "./issuer/service.js";
 import { loadTrustedIssuers, type TrustedIssuers } from "./issuer/trusted-issuers.js";
+import { LocationFile } from "./locations.js";
 import { SIGNING_KEYS_SECRET, secretKeyStateStorage } from "./store/key-state-secret.js";
 import { IDENTITY, keyOf, type Store } from "./store/store.js";
 
@@ -44,6 +45,8 @@ export interface OperatorConfig {
   };
   readonly admin: ListenAddress;
   readonly locationTemplate: string;
+  /** A file of service id → host:port that overrides the template (what `custody local up` writes). */
+  readonly locationsPath?: string;
   readonly propagationDelayMs: number;
   readonly resyncIntervalMs: number;
   readonly concurrency: number;
@@ -103,12 +106,22 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     trustedIssuers,
   });
   const metrics = createMetricsRegistry("custody_operator_");
+  let republish = () => {};
+  const locations =
+    config.locationsPath === undefined
+      ? undefined
+      : await LocationFile.open(config.locationsPath, {
+          pollIntervalMs: config.pollIntervalMs,
+          logger,
+          changed: () => republish(),
+        });
   const manager = new ControllerManager({
     store,
     ca,
     trustBundlePem: () => issuer.trustBundlePem(),
     registryHeader: header,
     locationTemplate: config.locationTemplate,
+    ...(locations === undefined ? {} : { locationOverride: (id: string) => locations.locationOf(id) }),
     propagationDelayMs: config.propagationDelayMs,
     resyncIntervalMs: config.resyncIntervalMs,
     concurrency: config.concurrency,
@@ -117,6 +130,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     ...(config.now === undefined ? {} : { now: config.now }),
   });
 
+  republish = () => manager.republish();
   let publishedHeader = JSON.stringify(header());
   const headerCheck = setInterval(() => {
     const now = JSON.stringify(header());
@@ -157,6 +171,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     adminUrl,
     async close(graceMs = 10_000) {
       clearInterval(headerCheck);
+      locations?.close();
       manager.stop();
       await config.leadership?.close();
       await Promise.all([issuer.close(graceMs), closeGracefully(adminServer, graceMs)]);

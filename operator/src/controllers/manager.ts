@@ -25,6 +25,7 @@ export interface ManagerOptions {
   readonly trustBundlePem: () => string;
   readonly registryHeader: () => RegistryHeader;
   readonly locationTemplate: string;
+  readonly locationOverride?: (serviceId: string) => string | undefined;
   readonly propagationDelayMs: number;
   readonly resyncIntervalMs: number;
   readonly concurrency: number;
@@ -57,6 +58,7 @@ export class ControllerManager {
       catalog,
       header: options.registryHeader,
       locationTemplate: options.locationTemplate,
+      ...(options.locationOverride === undefined ? {} : { locationOverride: options.locationOverride }),
       ...(options.shardBytes === undefined ? {} : { shardBytes: options.shardBytes }),
       logger,
       now,

@@ -61,6 +61,8 @@ export interface RegistryPublisherOptions {
   readonly catalog: Catalog;
   readonly header: () => RegistryHeader;
   readonly locationTemplate: string;
+  /** Where a service's sidecar listens when something other than the template knows (local mode). */
+  readonly locationOverride?: (serviceId: string) => string | undefined;
   readonly shardBytes?: number;
   readonly logger: Logger;
   readonly now: () => number;
@@ -265,6 +267,8 @@ export class RegistryPublisher {
         `${LOCATION_ANNOTATION} must be host:port; using the default location`,
       );
     }
+    const override = this.options.locationOverride?.(serviceId(key));
+    if (override !== undefined) return override;
     return this.options.locationTemplate
       .replaceAll("{name}", key.name)
       .replaceAll("{namespace}", key.namespace);

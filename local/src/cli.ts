@@ -1,0 +1,89 @@
+/**
+ * `custody local up`: runs the directory's mesh on this machine until Ctrl-C. Progress goes to
+ * stderr, the table of what runs where to stdout.
+ */
+import { join } from "node:path";
+import { type Command, EXIT_OK, EXIT_USAGE, parseCommandArgs, requireOption } from "../../cli/src/kit.js";
+import { runUntilSignal } from "../../cli/src/serve.js";
+import { UsageError } from "../../crds/src/errors.js";
+import type { RunningLocal } from "./running.js";
+import { startLocal } from "./up.js";
+
+const HELP = `Usage: custody local up --dir DIR [--state DIR] [--reset] [--trusted-issuers FILE]
+
+Runs Custody without Kubernetes: the operator and its token service, and for every LocalWorkload
+in DIR a sidecar and the app behind it, all on 127.0.0.1. ServiceIdentity and AccessPolicy
+manifests in DIR take effect as they change; LocalWorkloads start, restart and stop with their file.
+
+  --dir DIR               manifests: ServiceIdentity, AccessPolicy, LocalWorkload (see local/README.md)
+  --state DIR             CA, identities, registry, ports, logs (default DIR/.custody); reused next time
+  --reset                 delete the state first (new CA, new identities)
+  --trusted-issuers FILE  identity providers whose users' tokens edge services accept (inline JWKS)
+  -h, --help              show this help
+`;
+
+export const localCommand: Command = async (args, io) => {
+  const [sub, ...rest] = args;
+  if (sub === undefined || sub === "--help" || sub === "-h") {
+    io.stdout(HELP);
+    return sub === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  if (sub !== "up")
+    throw new UsageError(`local: unknown subcommand "${sub}"; the only one is \`custody local up\`.`);
+  const { values } = parseCommandArgs("local up", rest, {
+    dir: { type: "string" },
+    state: { type: "string" },
+    reset: { type: "boolean" },
+    "trusted-issuers": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help === true) {
+    io.stdout(HELP);
+    return EXIT_OK;
+  }
+  const directory = requireOption("local up", "dir", values.dir);
+  const local = await startLocal({
+    directory,
+    stateDirectory: values.state ?? join(directory, ".custody"),
+    reset: values.reset === true,
+    ...(values["trusted-issuers"] === undefined ? {} : { trustedIssuersPath: values["trusted-issuers"] }),
+    progress: (line) => io.stderr(`${line}\n`),
+  });
+  io.stdout(`${describeLocal(local)}\n`);
+  await runUntilSignal(async () => {
+    io.stderr("stopping: apps, sidecars, then the operator\n");
+    await local.close();
+  });
+  return EXIT_OK;
+};
+
+/** What runs where, as a table a person reads once. */
+export function describeLocal(local: RunningLocal): string {
+  const rows = [
+    ["service", "app", "inbound (mTLS)", "outbound (HTTP_PROXY)", "admin"],
+    ...local.workloads.map((workload) => [
+      workload.serviceId,
+      `127.0.0.1:${workload.appPort}`,
+      `127.0.0.1:${workload.inboundPort}`,
+      workload.outboundUrl,
+      workload.adminUrl,
+    ]),
+  ];
+  const widths =
+    rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? "").length))) ?? [];
+  const table = rows.map((row) =>
+    row
+      .map((cell, column) => cell.padEnd(widths[column] ?? 0))
+      .join("  ")
+      .trimEnd(),
+  );
+  return [
+    ...table,
+    "",
+    `token service   ${local.tokenUrl}`,
+    `operator admin  ${local.operatorAdminUrl}/metrics`,
+    `state           ${local.stateDirectory} (logs in ${join(local.stateDirectory, "logs")})`,
+    "",
+    "Ctrl-C stops everything.",
+  ].join("\n");
+}
