@@ -221,9 +221,13 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
         await stopWorkload(entry);
       }
     }
-    for (const [key, workload] of wanted) {
-      if (!started.has(key)) started.set(key, await startWorkload(workload));
-    }
+    // Started side by side: each mostly waits (for its identity, for its processes to be ready).
+    const starting = [...wanted].filter(([key]) => !started.has(key));
+    const results = await Promise.allSettled(
+      starting.map(async ([key, workload]) => started.set(key, await startWorkload(workload))),
+    );
+    const failed = results.find((result): result is PromiseRejectedResult => result.status === "rejected");
+    if (failed !== undefined) throw failed.reason;
   };
 
   const initial = await readWorkloads(directory);
