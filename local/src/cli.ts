@@ -9,7 +9,7 @@ import { UsageError } from "../../crds/src/errors.js";
 import type { RunningLocal } from "./running.js";
 import { startLocal } from "./up.js";
 
-const HELP = `Usage: custody local up --dir DIR [--state DIR] [--reset] [--trusted-issuers FILE]
+const HELP = `Usage: custody local up --dir DIR [--state DIR] [--reset] [--trusted-issuers FILE] [--trust-bundle FILE]
 
 Runs Custody without Kubernetes: the operator and its token service, and for every LocalWorkload
 in DIR a sidecar and the app behind it, all on 127.0.0.1. ServiceIdentity and AccessPolicy
@@ -19,6 +19,7 @@ manifests in DIR take effect as they change; LocalWorkloads start, restart and s
   --state DIR             CA, identities, registry, ports, logs (default DIR/.custody); reused next time
   --reset                 delete the state first (new CA, new identities)
   --trusted-issuers FILE  identity providers whose users' tokens edge services accept (inline JWKS)
+  --trust-bundle FILE     third-party CAs whose client certificates map to identities (externalSubjects)
   -h, --help              show this help
 `;
 
@@ -35,6 +36,7 @@ export const localCommand: Command = async (args, io) => {
     state: { type: "string" },
     reset: { type: "boolean" },
     "trusted-issuers": { type: "string" },
+    "trust-bundle": { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (values.help === true) {
@@ -47,6 +49,7 @@ export const localCommand: Command = async (args, io) => {
     stateDirectory: values.state ?? join(directory, ".custody"),
     reset: values.reset === true,
     ...(values["trusted-issuers"] === undefined ? {} : { trustedIssuersPath: values["trusted-issuers"] }),
+    ...(values["trust-bundle"] === undefined ? {} : { trustBundlePath: values["trust-bundle"] }),
     progress: (line) => io.stderr(`${line}\n`),
   });
   io.stdout(`${describeLocal(local)}\n`);

@@ -13,6 +13,8 @@ export interface StartLocalOptions {
   readonly reset?: boolean;
   /** External issuers of users' tokens (the `--trusted-issuers` file format of `custody issuer`). */
   readonly trustedIssuersPath?: string;
+  /** Third-party CAs whose client certificates may authenticate (`externalSubjects`), PEM. */
+  readonly trustBundlePath?: string;
   /** How long a new key is published before a workload switches to it (default 2s locally). */
   readonly propagationDelayMs?: number;
   /** One line per step, for people ("starting sidecar for cart.shop …"). */
