@@ -19,6 +19,10 @@ const commands: Record<string, Entry> = {
     summary: "the whole system on this machine: operator, token service, a sidecar per workload",
     load: async () => (await import("../../local/src/cli.js")).localCommand,
   },
+  demo: {
+    summary: "the talk's shop → cart → payments scenario, locally: what is allowed, what is denied, why",
+    load: async () => (await import("../../local/src/demo/cli.js")).demoCommand,
+  },
   operator: {
     summary: "controllers, registry publishing, token service and webhooks (Kubernetes, or --local)",
     load: async () => (await import("../../operator/src/cli.js")).operatorCommand,
@@ -26,6 +30,14 @@ const commands: Record<string, Entry> = {
   sidecar: {
     summary: "the per-workload proxy: outbound links, inbound verification and policy, metrics",
     load: async () => (await import("../../sidecar/src/runtime/cli.js")).sidecarCommand,
+  },
+  token: {
+    summary: "decode a Custody-Chain and verify it against a registry (token inspect)",
+    load: async () => (await import("../../sidecar/src/cli/token-command.js")).tokenCommand,
+  },
+  policy: {
+    summary: "decide a request as the target's sidecar would, offline (policy check)",
+    load: async () => (await import("../../sidecar/src/cli/policy-command.js")).policyCommand,
   },
   validate: {
     summary: "check ServiceIdentity / AccessPolicy manifests against the API schema",

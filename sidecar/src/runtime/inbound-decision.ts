@@ -10,15 +10,16 @@ import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import type { VerifiedClientCertificate } from "../../../pki/src/verify.js";
-import { admitBearer, bearerToken } from "../chain/entry.js";
+import { admitBearer, type BearerPresentation, bearerToken } from "../chain/entry.js";
 import { ChainError } from "../chain/errors.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
 import type { ServiceInfo } from "../chain/trust.js";
-import { verifyChain } from "../chain/verify.js";
+import { type IncomingCall, verifyChain } from "../chain/verify.js";
 import {
   type Decision,
   decide,
+  type PolicyRequest,
   type Provenance,
   provenanceOfBearer,
   provenanceOfChain,
@@ -129,10 +130,59 @@ function peerService(context: InboundContext, request: InboundRequest): string |
   return serviceId(parsed.ref);
 }
 
-interface Origin {
+/** Where a request comes from, once its chain verified or its bearer token was admitted. */
+export interface RequestOrigin {
   readonly entry: Allowed["entry"];
   readonly elements: readonly string[];
   readonly from: Provenance;
+}
+
+/*
+ * The steps below are shared with `custody policy check` (sidecar/src/cli/policy-check.ts), which
+ * has no TLS connection and spends no jti: a dry run that went through other functions could drift
+ * from what the proxy enforces.
+ */
+
+/** A chain verified for `call` against the snapshot's registry. Throws ChainError. */
+export async function verifiedChainOrigin(
+  snapshot: RegistrySnapshot,
+  header: string | undefined,
+  call: IncomingCall,
+  replay: ReplayGuard,
+  limits: ChainLimits,
+): Promise<RequestOrigin> {
+  const chain = await verifyChain(header, call, snapshot.trust, replay, { limits, cache: snapshot.cache });
+  return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain) };
+}
+
+/** A bearer token admitted at an edge as the initial element of a chain that starts here. Throws ChainError. */
+export function admittedBearerOrigin(
+  snapshot: RegistrySnapshot,
+  presentation: BearerPresentation,
+  operation: Operation,
+  limits: ChainLimits,
+): RequestOrigin {
+  const admitted = admitBearer(presentation, snapshot.trust, limits);
+  return { entry: "bearer", elements: [presentation.token], from: provenanceOfBearer(admitted, operation) };
+}
+
+/** Who the request is for when a user's token started it and no service called: `<issuer> <subject>`. */
+export function subjectOf(from: Provenance): string | undefined {
+  const { caller, initial } = from;
+  return caller === undefined && initial !== undefined ? `${initial.issuer} ${initial.subject}` : undefined;
+}
+
+/** What the policies that target `request.target` decide, with the snapshot's compiled patterns. */
+export function decidePolicies(
+  snapshot: RegistrySnapshot,
+  whenNoPolicy: "allow" | "deny",
+  request: PolicyRequest,
+): Decision {
+  return decide(snapshot.registry.policies, request, {
+    service: (id) => snapshot.trust.service(id),
+    patterns: snapshot.patterns,
+    whenNoPolicy,
+  });
 }
 
 /** A chain that verifies for exactly this request, over a connection from the service that signed its head. */
@@ -140,11 +190,12 @@ async function chainOrigin(
   context: InboundContext,
   request: InboundRequest,
   operation: Operation,
-): Promise<Origin | Refused> {
+): Promise<RequestOrigin | Refused> {
   const peer = peerService(context, request);
   if (typeof peer !== "string") return { ...peer, operation };
   try {
-    const chain = await verifyChain(
+    return await verifiedChainOrigin(
+      context.snapshot,
       request.chainHeader,
       {
         self: context.self,
@@ -153,11 +204,9 @@ async function chainOrigin(
         bodyHash: request.bodyHash,
         nowSeconds: Math.floor(request.nowMs / 1000),
       },
-      context.snapshot.trust,
       context.replay,
-      { limits: context.limits, cache: context.snapshot.cache },
+      context.limits,
     );
-    return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain) };
   } catch (error) {
     if (!(error instanceof ChainError)) throw error;
     const status = error.code === "replay_store_unavailable" ? 503 : 401;
@@ -172,21 +221,21 @@ function bearerOrigin(
   operation: Operation,
   self: ServiceInfo,
   token: string,
-): Origin | Refused {
+): RequestOrigin | Refused {
   const peer = verifiedPeer(context, request);
   if (peer !== undefined && "allowed" in peer) return { ...peer, operation };
   try {
-    const admitted = admitBearer(
+    return admittedBearerOrigin(
+      context.snapshot,
       {
         self,
         token,
         clientCertificate: peer === undefined ? undefined : request.peerChain[0],
         nowSeconds: Math.floor(request.nowMs / 1000),
       },
-      context.snapshot.trust,
+      operation,
       context.limits,
     );
-    return { entry: "bearer", elements: [token], from: provenanceOfBearer(admitted, operation) };
   } catch (error) {
     if (!(error instanceof ChainError)) throw error;
     return refuse(401, error.code, error.message, { operation });
@@ -221,18 +270,13 @@ export async function decideInbound(
       ? await chainOrigin(context, request, operation)
       : bearerOrigin(context, request, operation, self, token);
   if ("allowed" in origin) return origin;
-  const { caller, initial } = origin.from;
-  const subject =
-    caller === undefined && initial !== undefined ? `${initial.issuer} ${initial.subject}` : undefined;
-  const decision = decide(
-    snapshot.registry.policies,
-    { target: self, operation, from: origin.from },
-    {
-      service: (id) => snapshot.trust.service(id),
-      patterns: snapshot.patterns,
-      whenNoPolicy: context.whenNoPolicy,
-    },
-  );
+  const { caller } = origin.from;
+  const subject = subjectOf(origin.from);
+  const decision = decidePolicies(snapshot, context.whenNoPolicy, {
+    target: self,
+    operation,
+    from: origin.from,
+  });
   if (!decision.allowed)
     return refuse(403, decision.reason, decision.explanation, { operation, caller, subject, decision });
   const quota = decision.decidedBy?.quota;
