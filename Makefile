@@ -6,7 +6,7 @@ SHELL := bash
 
 NPM ?= npm
 
-.PHONY: help install build typecheck lint format crds test bench
+.PHONY: help install build typecheck lint format crds test bench demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: install ## Biome lint + format check
 
 format: install ## Apply Biome formatting and safe fixes
 	$(NPM) run --silent format
+
+demo: build ## The talk's shop → cart → payments scenario, locally
+	node bin/custody.mjs demo
 
 crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
 	$(NPM) run --silent crds

@@ -46,7 +46,9 @@ export interface InboundOptions {
 
 /** `allow policy=shop/payments rule=pay-for-order`: what the app may log or act on. */
 function decisionHeader(outcome: Allowed): string {
-  const verdict = outcome.decision.decidedBy;
+  // With only audit-mode policies nothing enforced decided: name the audited one that would have denied.
+  const verdict =
+    outcome.decision.decidedBy ?? outcome.decision.audited[0] ?? outcome.decision.verdicts.at(-1);
   const entry = outcome.entry === "bearer" ? " entry=bearer" : "";
   if (verdict === undefined) return `allow reason=no_policy${entry}`;
   return `allow policy=${verdict.policy} rule=${verdict.rule ?? "defaultAction"}${outcome.decision.audited.length > 0 ? " audited=deny" : ""}${entry}`;
