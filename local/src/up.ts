@@ -107,6 +107,9 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
         ...(options.trustedIssuersPath === undefined
           ? []
           : ["--trusted-issuers", resolve(options.trustedIssuersPath)]),
+        ...(options.trustBundlePath === undefined
+          ? []
+          : ["--trust-bundle", resolve(options.trustBundlePath)]),
       ],
       cwd: REPO,
       env: childEnv,

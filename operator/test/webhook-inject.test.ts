@@ -150,11 +150,6 @@ describe("injectionPatch", () => {
       name: "custody-identity",
       secret: {
         secretName: "custody-identity-cart",
-        items: [
-          { key: "tls.crt", path: "tls.crt" },
-          { key: "tls.key", path: "tls.key" },
-          { key: "ca.crt", path: "ca.crt" },
-        ],
         defaultMode: 0o444,
       },
     });

@@ -53,7 +53,7 @@ describe("RecipientDirectory", () => {
     refusal(() => directory.resolve(many), "too_many_recipients");
   });
 
-  it("uses the current key only, never next or previous", () => {
+  it("seals to the current and, during a rotation, the next key; never to the previous one", () => {
     const next = makeService("cart.shop");
     const previous = makeService("cart.shop");
     const entry = serviceEntry(cart);
@@ -76,20 +76,23 @@ describe("RecipientDirectory", () => {
       ],
     };
     const directory = new RecipientDirectory(registry({ services: [rotating, serviceEntry(payments)] }));
-    expect(directory.recipient("cart.shop").kid).toBe(cart.signer.kid);
-    // After the switch the sealer uses the new key; a message sealed before it opens only where the
-    // previous private key is still held.
-    const before = seal(new Uint8Array([1, 2, 3]), [directory.recipient("cart.shop")]);
-    refusal(() => open(before, next.signer), "not_a_recipient");
-    expect(open(before, [next.signer, cart.signer]).plaintext).toEqual(Buffer.from([1, 2, 3]));
+    expect(directory.recipientsOf("cart.shop").map((recipient) => recipient.kid)).toEqual([
+      cart.signer.kid,
+      next.signer.kid,
+    ]);
+    // Whichever key cart holds when the message arrives opens it; the previous key opens nothing.
+    const sealed = seal(new Uint8Array([1, 2, 3]), directory.resolve(["cart.shop"]));
+    expect(open(sealed, cart.signer).plaintext).toEqual(Buffer.from([1, 2, 3]));
+    expect(open(sealed, next.signer).plaintext).toEqual(Buffer.from([1, 2, 3]));
+    refusal(() => open(sealed, previous.signer), "not_a_recipient");
   });
 
   it("refuses a current key past its notAfter, and a key published for signing only", () => {
     let now = Date.now();
     const directory = new RecipientDirectory(registry(), { now: () => now });
-    expect(directory.recipient("cart.shop").kid).toBe(cart.signer.kid);
+    expect(directory.recipientsOf("cart.shop").map((recipient) => recipient.kid)).toEqual([cart.signer.kid]);
     now += 2 * DAY;
-    refusal(() => directory.recipient("cart.shop"), "unknown_recipient");
+    refusal(() => directory.recipientsOf("cart.shop"), "unknown_recipient");
 
     const entry = serviceEntry(cart);
     const signingOnly = {
@@ -97,7 +100,7 @@ describe("RecipientDirectory", () => {
       keys: entry.keys.map((key) => ({ ...key, jwk: { ...key.jwk, use: "sig" } })),
     };
     const marked = new RecipientDirectory(registry({ services: [signingOnly] }));
-    refusal(() => marked.recipient("cart.shop"), "no_encryption_key");
+    refusal(() => marked.recipientsOf("cart.shop"), "no_encryption_key");
   });
 
   it("remembers the registry generation it was built from", () => {

@@ -11,7 +11,7 @@ import type { Registry } from "../../../crds/src/registry-schema.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import type { LinkSigner } from "../../../sidecar/src/chain/mint.js";
 import { loadIdentityFiles } from "../../../sidecar/src/runtime/identity-files.js";
-import { signerFor } from "../../../sidecar/src/runtime/outbound-server.js";
+import { signerFor } from "../../../sidecar/src/runtime/own-keys.js";
 import { readRegistryTexts, snapshotOf } from "../../../sidecar/src/runtime/registry-source.js";
 import type { RunningLocal, RunningWorkload } from "../running.js";
 import { DemoError, type DemoErrorCode } from "./errors.js";

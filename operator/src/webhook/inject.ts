@@ -21,12 +21,7 @@ import {
 import { registryConfigMapName, registryFileName } from "../../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../../crds/src/registry-schema.js";
 import { type ServiceIdentity, serviceAccountNameOf } from "../../../crds/src/service-identity.js";
-import {
-  CA_KEY,
-  CERTIFICATE_KEY,
-  identitySecretName,
-  PRIVATE_KEY_KEY,
-} from "../controllers/identity-secret.js";
+import { identitySecretName } from "../controllers/identity-secret.js";
 import {
   type AdmissionDecision,
   type AdmissionDenied,
@@ -379,8 +374,8 @@ function volumes(identity: ServiceIdentity, settings: InjectionSettings): Record
       name: VOLUME_IDENTITY,
       secret: {
         secretName: identitySecretName(identity.metadata.name),
-        // Only what the sidecar reads: during a rotation the Secret also holds the next key pair.
-        items: [CERTIFICATE_KEY, PRIVATE_KEY_KEY, CA_KEY].map((key) => ({ key, path: key })),
+        // The whole Secret: during a rotation it also holds the next key pair, with which the
+        // sidecar opens messages sealed to its next key while the registry switches over.
         // 0444: the kubelet writes Secret files owned by root, and without a pod fsGroup (which
         // would re-own every volume of the app too) the sidecar's user 65532 can read them only
         // through the "other" bits. Only the sidecar container mounts this volume, so no other

@@ -15,6 +15,8 @@ import { privateKeyFromPem, sameKey } from "../../../pki/src/keys.js";
 export const CERTIFICATE_FILE = "tls.crt";
 export const KEY_FILE = "tls.key";
 export const CA_FILE = "ca.crt";
+/** Present only during a rotation: the key the workload switches to once the registry has it. */
+export const NEXT_KEY_FILE = "next.key";
 const MAX_IDENTITY_FILE_BYTES = 64 * 1024;
 
 export class IdentityFilesError extends CustodyError {
@@ -35,6 +37,11 @@ export interface WorkloadIdentity {
   readonly keyPem: string;
   readonly caPem: string;
   readonly notAfterMs: number;
+  /**
+   * The next key while a rotation is under way: messages sealed (JWE) to it during the switch can
+   * be opened. Undefined otherwise, or when the file does not hold a usable key.
+   */
+  readonly nextPrivateKey: KeyObject | undefined;
 }
 
 export async function loadIdentityFiles(directory: string): Promise<WorkloadIdentity> {
@@ -73,5 +80,16 @@ export async function loadIdentityFiles(directory: string): Promise<WorkloadIden
     keyPem,
     caPem,
     notAfterMs: leaf.notAfter.getTime(),
+    nextPrivateKey: await readNextKey(directory),
   };
+}
+
+/** The next key if there is a readable one: it is an extra, so any problem with it means none. */
+async function readNextKey(directory: string): Promise<KeyObject | undefined> {
+  try {
+    const path = join(directory, NEXT_KEY_FILE);
+    return privateKeyFromPem(await readBoundedFile(path, MAX_IDENTITY_FILE_BYTES), path);
+  } catch {
+    return undefined;
+  }
 }

@@ -21,6 +21,7 @@ import {
   signDetached,
   verifyDetached,
 } from "../keys/index.js";
+import type { RecipientKey } from "../keys/jwe.js";
 import { sendRefusal } from "./http.js";
 import type { RegistrySnapshot } from "./registry-source.js";
 
@@ -30,6 +31,8 @@ export interface KeyRoutesOptions {
   readonly registry: () => RegistrySnapshot | undefined;
   /** This workload's signer (its key under its registry kid), or undefined while unpublished. */
   readonly signer: () => LinkSigner | undefined;
+  /** The keys `open` tries (current, and next during a rotation); default: the signer's key alone. */
+  readonly openingKeys?: () => readonly RecipientKey[];
   readonly now?: () => number;
 }
 
@@ -131,7 +134,9 @@ export function createKeyRoutes(options: KeyRoutesOptions) {
       return seal(bytes, directory.resolve(recipients as string[]), { contentType });
     },
     open: (body) => {
-      const opened = open(body, signerOrRefuse());
+      const keys = options.openingKeys?.() ?? [signerOrRefuse()];
+      if (keys.length === 0) throw new RouteRefusal(503, "own_key_unpublished");
+      const opened = open(body, keys);
       return {
         plaintextBase64url: opened.plaintext.toString("base64url"),
         contentType: opened.contentType ?? null,

@@ -123,21 +123,6 @@ function propagatedChain(request: IncomingMessage, self: string): string[] | und
   return elements;
 }
 
-/** This workload's kid: the registry key of this service whose public key is our certificate's. */
-export function signerFor(identity: WorkloadIdentity, snapshot: RegistrySnapshot): LinkSigner | undefined {
-  const own = snapshot.registry.services.find((entry) => entry.id === identity.serviceId);
-  const spki = identity.leaf.publicKey.export({ type: "spki", format: "der" });
-  for (const key of own?.keys ?? []) {
-    const published = createPublicKey({ key: { ...key.jwk }, format: "jwk" }).export({
-      type: "spki",
-      format: "der",
-    });
-    if (published.equals(spki))
-      return { serviceId: identity.serviceId, kid: key.kid, privateKey: identity.privateKey };
-  }
-  return undefined;
-}
-
 function spiffeCheck(expected: string) {
   return (_host: string, certificate: PeerCertificate): Error | undefined => {
     const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());

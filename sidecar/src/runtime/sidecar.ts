@@ -25,7 +25,8 @@ import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
 import { createInboundServer } from "./inbound-server.js";
 import { createKeyRoutes } from "./key-routes.js";
 import { createSidecarMetrics } from "./metrics.js";
-import { createOutboundServer, signerFor } from "./outbound-server.js";
+import { createOutboundServer } from "./outbound-server.js";
+import { openingKeysFor, signerFor } from "./own-keys.js";
 import { type RegistrySnapshot, RegistrySource } from "./registry-source.js";
 
 export interface SidecarConfig {
@@ -151,7 +152,15 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     return signerMemo.signer;
   };
   const outbound = createOutboundServer({
-    localRoutes: createKeyRoutes({ registry: () => source.snapshot, signer: currentSigner, now }),
+    localRoutes: createKeyRoutes({
+      registry: () => source.snapshot,
+      signer: currentSigner,
+      openingKeys: () => {
+        const snapshot = source.snapshot;
+        return snapshot === undefined ? [] : openingKeysFor(identity, snapshot);
+      },
+      now,
+    }),
     signer: currentSigner,
     self,
     identity: () => identity,
