@@ -1,5 +1,5 @@
 # The verbs a person expects. Every target here does real work; new ones arrive with the issues
-# that make them real (demo, helm-lint, images, e2e-kind).
+# that make them real (helm-lint, images, e2e-kind arrive with the Kubernetes packaging).
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
