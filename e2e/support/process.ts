@@ -88,13 +88,14 @@ export interface CliProcess {
 }
 
 /**
- * Starts `custody <args>` (from source, through tsx) and resolves once it logged `readyEvent`;
- * rejects if it exits first or takes over 30 s.
+ * Starts `custody <args>` (from source, through tsx) and resolves once it logged `readyEvent` (or
+ * printed a line containing `readyLine`); rejects if it exits first or takes over 30 s.
  */
 export async function startCliProcess(
   args: readonly string[],
   readyEvent: string,
   what: string,
+  options: { readonly readyLine?: string } = {},
 ): Promise<CliProcess> {
   // Settings come only from the arguments, never from a CUSTODY_* variable of the test run.
   const env = Object.fromEntries(
@@ -115,7 +116,7 @@ export async function startCliProcess(
     partial = parts.pop() ?? "";
     for (const line of parts) {
       lines.push(line);
-      if (line.includes(`"event":"${readyEvent}"`)) ready?.();
+      if (line.includes(options.readyLine ?? `"event":"${readyEvent}"`)) ready?.();
     }
   });
   child.stderr.setEncoding("utf8");

@@ -45,13 +45,11 @@ export class LocationFile {
   #locations: ReadonlyMap<string, string> = new Map();
   #watcher: ChangeWatcher | undefined;
 
-  private constructor(private readonly path: string) {}
-
   static async open(
     path: string,
     options: { readonly pollIntervalMs: number; readonly logger: Logger; readonly changed: () => void },
   ): Promise<LocationFile> {
-    const file = new LocationFile(path);
+    const file = new LocationFile();
     file.#locations = await readLocations(path);
     file.#watcher = new ChangeWatcher(
       [path],

@@ -5,7 +5,6 @@
  * and calls the peer's inbound port over mutual TLS, checking that the peer's certificate carries
  * the SPIFFE id of the service asked for. It never calls an address that is not in the registry.
  */
-import { createPublicKey } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Agent, request as httpsRequest } from "node:https";
 import { isIP } from "node:net";
