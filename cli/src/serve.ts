@@ -63,13 +63,22 @@ export function closeGracefully(server: HttpLikeServer, graceMs: number): Promis
   });
 }
 
-/** Resolves once SIGTERM or SIGINT arrived and `stop` has finished. */
+/**
+ * Resolves once SIGTERM or SIGINT arrived and `stop` has finished. Later signals are ignored while
+ * `stop` runs: a Ctrl-C reaches the whole process group and can arrive twice, and the second one
+ * must not kill the process half-way through its orderly shutdown.
+ */
 export function runUntilSignal(stop: (signal: NodeJS.Signals) => Promise<void>): Promise<void> {
   return new Promise((resolve) => {
+    let stopping = false;
     const onSignal = (signal: NodeJS.Signals) => {
-      process.off("SIGTERM", onSignal);
-      process.off("SIGINT", onSignal);
-      void stop(signal).then(resolve);
+      if (stopping) return;
+      stopping = true;
+      void stop(signal).then(() => {
+        process.off("SIGTERM", onSignal);
+        process.off("SIGINT", onSignal);
+        resolve();
+      });
     };
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);

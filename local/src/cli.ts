@@ -9,6 +9,9 @@ import { UsageError } from "../../crds/src/errors.js";
 import type { RunningLocal } from "./running.js";
 import { startLocal } from "./up.js";
 
+/** 128 + SIGINT, as shells report a program stopped by Ctrl-C. */
+const EXIT_INTERRUPTED = 130;
+
 const HELP = `Usage: custody local up --dir DIR [--state DIR] [--reset] [--trusted-issuers FILE] [--trust-bundle FILE]
 
 Runs Custody without Kubernetes: the operator and its token service, and for every LocalWorkload
@@ -44,19 +47,34 @@ export const localCommand: Command = async (args, io) => {
     return EXIT_OK;
   }
   const directory = requireOption("local up", "dir", values.dir);
-  const local = await startLocal({
-    directory,
-    stateDirectory: values.state ?? join(directory, ".custody"),
-    reset: values.reset === true,
-    ...(values["trusted-issuers"] === undefined ? {} : { trustedIssuersPath: values["trusted-issuers"] }),
-    ...(values["trust-bundle"] === undefined ? {} : { trustBundlePath: values["trust-bundle"] }),
-    progress: (line) => io.stderr(`${line}\n`),
-  });
-  io.stdout(`${describeLocal(local)}\n`);
-  await runUntilSignal(async () => {
+  // Listening for Ctrl-C from the start: a signal during start-up stops what has started.
+  let local: RunningLocal | undefined;
+  let interrupted = false;
+  const stopped = runUntilSignal(async () => {
+    interrupted = true;
     io.stderr("stopping: apps, sidecars, then the operator\n");
-    await local.close();
+    await local?.close();
   });
+  try {
+    local = await startLocal({
+      directory,
+      stateDirectory: values.state ?? join(directory, ".custody"),
+      reset: values.reset === true,
+      ...(values["trusted-issuers"] === undefined ? {} : { trustedIssuersPath: values["trusted-issuers"] }),
+      ...(values["trust-bundle"] === undefined ? {} : { trustBundlePath: values["trust-bundle"] }),
+      progress: (line) => io.stderr(`${line}\n`),
+    });
+  } catch (error) {
+    if (!interrupted) throw error;
+    io.stderr("interrupted during start-up; everything started has been stopped\n");
+    return EXIT_INTERRUPTED;
+  }
+  if (interrupted) {
+    await local.close();
+    return EXIT_INTERRUPTED;
+  }
+  io.stdout(`${describeLocal(local)}\n`);
+  await stopped;
   return EXIT_OK;
 };
 
