@@ -47,6 +47,8 @@ export interface RunningLocal {
   readonly tokenUrl: string;
   /** The operator's admin port: /metrics, /healthz, /readyz. */
   readonly operatorAdminUrl: string;
+  /** The token service's admin port: its /metrics. */
+  readonly tokenAdminUrl: string;
   readonly workloads: readonly RunningWorkload[];
   /** The workload of a service id; throws when there is none. */
   workload(serviceId: string): RunningWorkload;

@@ -262,6 +262,7 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
     caDirectory,
     tokenUrl,
     operatorAdminUrl: `http://127.0.0.1:${book.operatorAdmin}`,
+    tokenAdminUrl: `http://127.0.0.1:${book.tokenAdmin}`,
     get workloads() {
       return [...started.values()].map((entry) => entry.running);
     },
