@@ -6,7 +6,7 @@ SHELL := bash
 
 NPM ?= npm
 
-.PHONY: help install build typecheck lint format crds test bench demo
+.PHONY: help install build typecheck lint format crds test bench demo helm-lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
 
 test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite
 	$(NPM) test
+
+helm-lint: install ## Helm chart: lint --strict, rendered objects vs Kubernetes schemas, RBAC allow-list, values schema, promtool rules
+	CUSTODY_REQUIRE_ALL=1 npx vitest run e2e/test/helm-chart.test.ts
