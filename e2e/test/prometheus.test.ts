@@ -287,6 +287,12 @@ describe.skipIf(!HAS_PROMETHEUS || !HAS_PROMTOOL)("Prometheus scraping a local m
           'custody_operator_certificates_issued_total{job="custody-operator"}',
         );
         expect(sum(issued)).toBeGreaterThanOrEqual(SERVICES.length);
+        // Each identity's certificate expiry, in the future (what the expiry alert watches).
+        const expiry = await server().query(
+          'custody_operator_certificate_expiry_timestamp_seconds{job="custody-operator",namespace="shop"}',
+        );
+        expect(expiry.length).toBeGreaterThanOrEqual(SERVICES.length);
+        for (const series of expiry) expect(series.value).toBeGreaterThan(Date.now() / 1000);
         const reconciles = await server().query(
           'custody_operator_reconciles_total{job="custody-operator",result="ok"}',
         );

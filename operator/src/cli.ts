@@ -211,6 +211,7 @@ export const operatorCommand: Command = async (args, io) => {
         tokenUrl: values["sidecar-token-url"] ?? `https://custody-issuer.${namespace}.svc:8443/oauth2/token`,
       },
       logger: logger.child({ component: "webhook" }),
+      metrics: running.metrics,
     });
     closers.push(() => webhook.close(SHUTDOWN_GRACE_MS));
     const keeper = keepCaBundleCurrent({

@@ -4,6 +4,7 @@
  * live (Kubernetes or a local directory); leadership decides who writes.
  */
 import type { Logger } from "pino";
+import type { Registry as MetricsRegistry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../cli/src/admin.js";
 import { closeGracefully, type ListenAddress, listen } from "../../cli/src/serve.js";
 import { type CertificateAuthority, loadCertificateAuthority } from "../../pki/src/ca.js";
@@ -57,6 +58,8 @@ export interface OperatorConfig {
 
 export interface RunningOperator {
   readonly ca: CertificateAuthority;
+  /** The admin port's registry: what runs beside the controllers (the webhooks) registers here. */
+  readonly metrics: MetricsRegistry;
   readonly issuer: RunningIssuer;
   readonly manager: ControllerManager;
   readonly adminUrl: string;
@@ -166,6 +169,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
 
   return {
     ca,
+    metrics,
     issuer,
     manager,
     adminUrl,

@@ -59,6 +59,8 @@ export interface IdentityControllerOptions {
   readonly logger: Logger;
   readonly now: () => number;
   readonly issued?: () => void;
+  /** The current certificate's notAfter of an identity, or undefined once it is gone. */
+  readonly certificateExpiry?: (identity: ObjectKey, notAfterMs: number | undefined) => void;
 }
 
 export class IdentityController {
@@ -69,6 +71,7 @@ export class IdentityController {
     const resource = store.resource(IDENTITY, key);
     if (resource === undefined) {
       catalog.forget("identity", key);
+      this.options.certificateExpiry?.(key, undefined);
       await this.#removeOrphanSecret(key);
       return {};
     }
@@ -87,6 +90,7 @@ export class IdentityController {
     for (let attempt = 1; ; attempt++) {
       try {
         const result = await this.#converge(resource, identity, secret);
+        this.options.certificateExpiry?.(key, result.material.current.certificate.notAfter.getTime());
         const conditions = this.#conditions(resource, result.material, check.ok ? undefined : check.message);
         await this.#writeStatus(resource, conditions, result.material);
         return result.wakeAtMs === undefined

@@ -78,6 +78,11 @@ export class ControllerManager {
       logger,
       now,
       issued: () => this.#metrics.issued.inc(),
+      certificateExpiry: (key, notAfterMs) => {
+        const labels = { namespace: key.namespace, identity: key.name };
+        if (notAfterMs === undefined) this.#metrics.certificateExpiry.remove(labels);
+        else this.#metrics.certificateExpiry.set(labels, notAfterMs / 1000);
+      },
     });
     this.#policies = new PolicyController({
       store,
@@ -259,6 +264,12 @@ function createControllerMetrics(registry: MetricsRegistry) {
     dropped: new Counter({
       name: "custody_operator_queue_dropped_total",
       help: "Work items refused because the queue was full (the periodic re-sync retries them).",
+      registers: [registry],
+    }),
+    certificateExpiry: new Gauge({
+      name: "custody_operator_certificate_expiry_timestamp_seconds",
+      help: "When the current certificate of each ServiceIdentity expires (Unix seconds); renewal keeps it ahead.",
+      labelNames: ["namespace", "identity"] as const,
       registers: [registry],
     }),
     generation: new Gauge({
