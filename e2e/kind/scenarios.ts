@@ -1,8 +1,9 @@
 /**
  * The demo's scenarios (local/src/demo) played against a kind cluster that e2e/kind/run.sh set up:
  * the operator and the injected sidecars run as images, the apps of examples/shop as pods. The
- * expectations, the customer's tokens, the TLS client, the outcome readers and the report are the
- * demo's own; only the way in is different:
+ * scenarios themselves, the expectations, the customer's tokens, the TLS client, the outcome readers
+ * and the report are the demo's own; only the way in is different (clusterMesh, the demo's
+ * MeshAccess):
  *
  * - the customer and the workload-key attacks reach a sidecar's inbound port (mutual TLS, SPIFFE
  *   id checked) through `kubectl port-forward service/<name> :15006`;
@@ -28,43 +29,21 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { parseServiceId, spiffeIdFor } from "../../crds/src/names.js";
 import { loadRegistry, registryFileName } from "../../crds/src/registry.js";
 import type { Registry } from "../../crds/src/registry-schema.js";
-import { renderCapturedChain } from "../../local/src/demo/chain-view.js";
-import { callInbound, type InboundTarget, type Reply } from "../../local/src/demo/client.js";
 import { DemoError } from "../../local/src/demo/errors.js";
-import { SCENARIOS, type ScenarioId } from "../../local/src/demo/expectations.js";
-import {
-  CUSTOMER_SCOPE,
-  createDemoIdp,
-  type DemoIdp,
-  mintUserToken,
-  trustedIssuersDocument,
-} from "../../local/src/demo/idp.js";
+import { SCENARIOS } from "../../local/src/demo/expectations.js";
+import { createDemoIdp, type DemoIdp, trustedIssuersDocument } from "../../local/src/demo/idp.js";
 import { type WaitOptions, waitFor } from "../../local/src/demo/mesh-state.js";
-import {
-  auditOutcome,
-  type CapturedCall,
-  capturedCallOf,
-  checkoutOutcome,
-  matches,
-  type Outcome,
-  refusalOutcome,
-} from "../../local/src/demo/outcomes.js";
 import { renderReport } from "../../local/src/demo/report.js";
 import {
   CART,
-  CUSTOMER_CARD,
-  ORDER_ID,
-  PAYMENTS,
-  PLAY_ORDER,
-  type ScenarioResult,
+  type InboundService,
+  type MeshAccess,
+  runScenarios,
   SHOP,
 } from "../../local/src/demo/scenarios.js";
-import { CHAIN_SEPARATOR } from "../../sidecar/src/chain/limits.js";
-import { type LinkSigner, mintLink } from "../../sidecar/src/chain/mint.js";
-import { normalizeOperation } from "../../sidecar/src/chain/normalize.js";
+import type { LinkSigner } from "../../sidecar/src/chain/mint.js";
 import { loadIdentityFiles } from "../../sidecar/src/runtime/identity-files.js";
 import { signerFor } from "../../sidecar/src/runtime/own-keys.js";
 import { snapshotOf } from "../../sidecar/src/runtime/registry-source.js";
@@ -321,85 +300,15 @@ async function readIdp(directory: string): Promise<DemoIdp> {
 
 // --- the scenarios ------------------------------------------------------------------------------
 
-interface ClusterSetup {
-  readonly namespace: string;
-  readonly idp: DemoIdp;
-  readonly ca: string;
-  readonly trustDomain: string;
-  readonly shop: Forward;
-  readonly payments: Forward;
-  readonly cart: { readonly cert: string; readonly key: string; readonly signer: LinkSigner };
-  readonly wait: WaitOptions;
+/** cart's key and certificate, as an attacker holding them would use them. */
+interface CartIdentity {
+  readonly cert: string;
+  readonly key: string;
+  readonly signer: LinkSigner;
 }
 
-interface Memory {
-  captured?: CapturedCall;
-}
-
-function inbound(setup: ClusterSetup, serviceId: string, forward: Forward): Omit<InboundTarget, "client"> {
-  return {
-    port: forward.port,
-    ca: setup.ca,
-    spiffeId: spiffeIdFor(setup.trustDomain, parseServiceId(serviceId)),
-  };
-}
-
-function checkout(setup: ClusterSetup, scopes: readonly string[]): Promise<Reply> {
-  const token = mintUserToken(setup.idp, { subject: "customer-42", scopes });
-  return callInbound(inbound(setup, SHOP, setup.shop), {
-    method: "POST",
-    path: "/checkout",
-    headers: { authorization: `Bearer ${token}` },
-    body: JSON.stringify({ orderId: ORDER_ID, card: CUSTOMER_CARD }),
-  });
-}
-
-function atPaymentsAsCart(setup: ClusterSetup, chain: string, path: string, body: string): Promise<Reply> {
-  return callInbound(
-    { ...inbound(setup, PAYMENTS, setup.payments), client: { cert: setup.cart.cert, key: setup.cart.key } },
-    { method: "POST", path, headers: { "custody-chain": chain }, body },
-  );
-}
-
-async function cartCallsPaymentsDirectly(setup: ClusterSetup): Promise<{ status: number; text: string }> {
-  const answer = await inCartApp(setup.namespace, []);
-  if (typeof answer.status !== "number") {
-    throw new DemoError("demo_bad_reply", `cart-attacker: ${JSON.stringify(answer).slice(0, 300)}`);
-  }
-  return { status: answer.status, text: JSON.stringify(answer.json ?? null) };
-}
-
-async function attackerBody(setup: ClusterSetup): Promise<string> {
-  const body = await inCartApp(setup.namespace, ["seal"]);
-  if (typeof body.sealedCard !== "object") {
-    throw new DemoError("demo_bad_reply", `cart-attacker seal: ${JSON.stringify(body).slice(0, 300)}`);
-  }
-  return JSON.stringify(body);
-}
-
-function capturedOrFail(memory: Memory): CapturedCall {
-  if (memory.captured === undefined) {
-    throw new DemoError("demo_bad_reply", "needs the chain of the happy path, which did not complete");
-  }
-  return memory.captured;
-}
-
-/** A fresh head from cart over the captured chain's prefix (see local/src/demo/scenarios.ts). */
-function freshHeadFromCart(setup: ClusterSetup, captured: CapturedCall): string[] {
-  const prefix = captured.chain.split(CHAIN_SEPARATOR).slice(0, -1);
-  return [
-    ...mintLink(setup.cart.signer, {
-      audience: PAYMENTS,
-      operation: normalizeOperation("POST", captured.path),
-      body: captured.body,
-      previous: prefix,
-    }).elements,
-  ];
-}
-
-/** Patches payments' AccessPolicy mode, then waits until the registry and every sidecar carry it. */
-async function switchPaymentsPolicy(setup: ClusterSetup, mode: "audit" | "enforce"): Promise<void> {
-  const { namespace } = setup;
+/** Patches payments' AccessPolicy mode. */
+async function patchPaymentsPolicy(namespace: string, mode: "audit" | "enforce"): Promise<void> {
   await kubectl([
     "-n",
     namespace,
@@ -411,6 +320,14 @@ async function switchPaymentsPolicy(setup: ClusterSetup, mode: "audit" | "enforc
     "-p",
     JSON.stringify({ spec: { mode } }),
   ]);
+}
+
+/** Until the registry and every sidecar carry payments' policy with `mode`. */
+async function awaitPaymentsPolicy(
+  namespace: string,
+  mode: "audit" | "enforce",
+  wait: WaitOptions,
+): Promise<void> {
   const generation = await waitFor(
     `AccessPolicy ${namespace}/payments was not published with mode ${mode}`,
     "demo_policy_not_applied",
@@ -424,66 +341,52 @@ async function switchPaymentsPolicy(setup: ClusterSetup, mode: "audit" | "enforc
         ? (registry?.generation ?? 0)
         : `payments' policy is still ${published.mode} in the registry`;
     }),
-    setup.wait,
+    wait,
   );
-  const served = await waitForSidecars(namespace, setup.wait);
+  const served = await waitForSidecars(namespace, wait);
   progress(
     `payments' policy is in ${mode} mode (registry generation ${generation}, sidecars serve ${served})`,
   );
 }
 
-type Play = (setup: ClusterSetup, memory: Memory) => Promise<Outcome>;
+/** MeshAccess (local/src/demo/scenarios.ts) through port-forwards and kubectl. */
+function clusterMesh(options: {
+  readonly namespace: string;
+  readonly ca: string;
+  readonly trustDomain: string;
+  readonly shop: Forward;
+  readonly payments: Forward;
+  readonly cart: CartIdentity;
+  readonly wait: WaitOptions;
+}): MeshAccess {
+  const { namespace, cart } = options;
+  return {
+    ca: options.ca,
+    trustDomain: options.trustDomain,
+    inboundPort: (service: InboundService) => (service === SHOP ? options.shop : options.payments).port,
+    cartCredentials: async () => ({ cert: cart.cert, key: cart.key }),
+    cartSigner: async () => cart.signer,
+    attackerBody: async () => {
+      const body = await inCartApp(namespace, ["seal"]);
+      if (typeof body.sealedCard !== "object") {
+        throw new DemoError("demo_bad_reply", `cart-attacker seal: ${JSON.stringify(body).slice(0, 300)}`);
+      }
+      return JSON.stringify(body);
+    },
+    cartCallsPaymentsDirectly: async () => {
+      const answer = await inCartApp(namespace, []);
+      if (typeof answer.status !== "number") {
+        throw new DemoError("demo_bad_reply", `cart-attacker: ${JSON.stringify(answer).slice(0, 300)}`);
+      }
+      return { status: answer.status, body: JSON.stringify(answer.json ?? null) };
+    },
+    setPaymentsMode: (mode) => patchPaymentsPolicy(namespace, mode),
+    awaitPaymentsMode: (mode) => awaitPaymentsPolicy(namespace, mode, options.wait),
+    registry: () => clusterRegistry(namespace),
+  };
+}
 
-const PLAYS: Record<ScenarioId, Play> = {
-  checkout: async (setup, memory) => {
-    const reply = await checkout(setup, [CUSTOMER_SCOPE]);
-    const captured = capturedCallOf(reply.body, Math.floor(Date.now() / 1000));
-    if (captured !== undefined) memory.captured = captured;
-    return checkoutOutcome(reply.status, reply.body, CUSTOMER_CARD.slice(-4));
-  },
-  replay: async (setup, memory) => {
-    const { chain, path, body } = capturedOrFail(memory);
-    const reply = await atPaymentsAsCart(setup, chain, path, body);
-    return refusalOutcome(reply.status, reply.body);
-  },
-  "cart-direct": async (setup) => {
-    const { status, text } = await cartCallsPaymentsDirectly(setup);
-    return refusalOutcome(status, text);
-  },
-  "no-scope": async (setup) => {
-    const reply = await checkout(setup, ["shop.browse"]);
-    return refusalOutcome(reply.status, reply.body);
-  },
-  "body-changed": async (setup, memory) => {
-    const captured = capturedOrFail(memory);
-    const elements = freshHeadFromCart(setup, captured);
-    const reply = await atPaymentsAsCart(
-      setup,
-      elements.join(CHAIN_SEPARATOR),
-      captured.path,
-      await attackerBody(setup),
-    );
-    return refusalOutcome(reply.status, reply.body);
-  },
-  "link-removed": async (setup, memory) => {
-    const captured = capturedOrFail(memory);
-    const elements = freshHeadFromCart(setup, captured);
-    const removed = elements.filter((_, index) => index !== elements.length - 2);
-    const reply = await atPaymentsAsCart(setup, removed.join(CHAIN_SEPARATOR), captured.path, captured.body);
-    return refusalOutcome(reply.status, reply.body);
-  },
-  "audit-mode": async (setup) => {
-    await switchPaymentsPolicy(setup, "audit");
-    try {
-      const { status, text } = await cartCallsPaymentsDirectly(setup);
-      return auditOutcome(status, text);
-    } finally {
-      await switchPaymentsPolicy(setup, "enforce");
-    }
-  },
-};
-
-async function runScenarios(options: { caPath: string; idpDirectory: string; namespace: string }) {
+async function runInCluster(options: { caPath: string; idpDirectory: string; namespace: string }) {
   const { namespace } = options;
   const wait: WaitOptions = { timeoutMs: PROPAGATION_TIMEOUT_MS, intervalMs: 2_000 };
   const idp = await readIdp(options.idpDirectory);
@@ -515,37 +418,17 @@ async function runScenarios(options: { caPath: string; idpDirectory: string; nam
     progress(
       `port-forward: shop's inbound on 127.0.0.1:${shop.port}, payments' on 127.0.0.1:${payments.port}`,
     );
-    const setup: ClusterSetup = {
+    const mesh = clusterMesh({
       namespace,
-      idp,
       ca,
       trustDomain: registry.trustDomain,
       shop,
       payments,
       cart: { cert: cartIdentity.certificatePem, key: cartIdentity.keyPem, signer },
       wait,
-    };
-
-    const memory: Memory = {};
-    const played = new Map<ScenarioId, ScenarioResult>();
-    for (const id of PLAY_ORDER) {
-      const spec = SCENARIOS.find((candidate) => candidate.id === id);
-      if (spec === undefined) continue;
-      progress(`scenario: ${spec.title}`);
-      try {
-        const got = await PLAYS[id](setup, memory);
-        played.set(id, { spec, got, matched: matches(spec.expected, got) });
-      } catch (error) {
-        const note = error instanceof Error ? error.message : String(error);
-        played.set(id, { spec, got: undefined, matched: false, note });
-      }
-    }
-    const results = SCENARIOS.flatMap((spec) => played.get(spec.id) ?? []);
-    const chainTree =
-      memory.captured === undefined
-        ? undefined
-        : await renderCapturedChain(memory.captured, PAYMENTS, await clusterRegistry(namespace));
-    process.stdout.write(`\n${renderReport(results, memory.captured, chainTree)}`);
+    });
+    const { results, captured, chainTree } = await runScenarios({ mesh, idp, progress });
+    process.stdout.write(`\n${renderReport(results, captured, chainTree)}`);
     return results.length === SCENARIOS.length && results.every((result) => result.matched);
   } finally {
     process.off("SIGINT", onSignal);
@@ -572,7 +455,7 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (command === "run" && values.ca !== undefined && values.idp !== undefined) {
-    const passed = await runScenarios({
+    const passed = await runInCluster({
       caPath: values.ca,
       idpDirectory: values.idp,
       namespace: values.namespace,

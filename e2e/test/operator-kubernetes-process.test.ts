@@ -77,6 +77,20 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
       "operator",
     );
 
+  /** kubectl wait until every ServiceIdentity of shop is Ready, within `timeout` (e.g. "30s"). */
+  const expectIdentitiesReady = async (timeout: string) => {
+    const waited = await cluster.kubectl([
+      "wait",
+      "--for=condition=Ready",
+      "si",
+      "--all",
+      "-n",
+      "shop",
+      `--timeout=${timeout}`,
+    ]);
+    expect(waited.code, waited.stderr).toBe(0);
+  };
+
   beforeAll(async () => {
     webhookPort = await freePort();
     cluster = await startCluster({
@@ -114,16 +128,7 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
       },
       { timeout: 20_000, interval: 200 },
     );
-    const waited = await cluster.kubectl([
-      "wait",
-      "--for=condition=Ready",
-      "si",
-      "--all",
-      "-n",
-      "shop",
-      "--timeout=30s",
-    ]);
-    expect(waited.code, waited.stderr).toBe(0);
+    await expectIdentitiesReady("30s");
   });
 
   it("kubectl create of an annotated pod returns it with the sidecar", async () => {
@@ -192,16 +197,7 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
     );
     await operator.kill();
     operator = await startOperator();
-    const waited = await cluster.kubectl([
-      "wait",
-      "--for=condition=Ready",
-      "si",
-      "--all",
-      "-n",
-      "shop",
-      "--timeout=60s",
-    ]);
-    expect(waited.code, waited.stderr).toBe(0);
+    await expectIdentitiesReady("60s");
 
     const identities = JSON.parse(
       (await cluster.kubectl(["get", "si", "-n", "shop", "-o", "json"])).stdout,

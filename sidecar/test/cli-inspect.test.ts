@@ -14,6 +14,7 @@ import type { InputIO } from "../src/cli/options.js";
 import { renderChain, renderInspection } from "../src/cli/render.js";
 import { makeService, TestIssuer, TOKEN_SERVICE, USER_IDP } from "./support/mesh.js";
 import { registryDocument, testRegistry } from "./support/registry.js";
+import { PAY_OPERATION, talkChain } from "./support/talk.js";
 
 const shop = makeService("shop.shop", { edge: true });
 const cart = makeService("cart.shop");
@@ -23,25 +24,11 @@ const idp = new TestIssuer(USER_IDP);
 const tokenService = new TestIssuer(TOKEN_SERVICE);
 const BODY = '{"amount":1200}';
 const NOW = Math.floor(Date.now() / 1000);
-const pay = normalizeOperation("POST", "/pay-for-order/7");
+const pay = PAY_OPERATION;
 
 /** The talk's happy path: a user's token at the shop (edge), shop → cart → payments. */
 function happyPath(ctx: Record<string, string> = {}) {
-  const e0 = idp.token({ sub: "marissa", aud: ["shop"], scope: "openid shop.customer" });
-  const e1 = mintLink(shop.signer, {
-    audience: cart.info.id,
-    operation: normalizeOperation("POST", "/cart/confirm"),
-    previous: [e0],
-    ctx,
-    nowSeconds: NOW,
-  });
-  return mintLink(cart.signer, {
-    audience: payments.info.id,
-    operation: pay,
-    previous: e1.elements,
-    body: BODY,
-    nowSeconds: NOW,
-  });
+  return talkChain({ idp, shop, cart, payments }, { body: BODY, nowSeconds: NOW, ctx });
 }
 
 /** A chain of links only (no initial token): shop → cart → payments → ledger. */

@@ -9,13 +9,12 @@ import { parseManifests } from "../../crds/src/manifest.js";
 import { createCertificateAuthority } from "../../pki/src/index.js";
 import { captureIO, temporaryDirectory } from "../../pki/test/support.js";
 import { sha256Base64url } from "../src/chain/jws.js";
-import { mintLink } from "../src/chain/mint.js";
-import { normalizeOperation } from "../src/chain/normalize.js";
 import type { InputIO } from "../src/cli/options.js";
 import { checkPolicy, type PolicyCheckResult } from "../src/cli/policy-check.js";
 import { snapshotOf } from "../src/runtime/registry-source.js";
 import { makeService, TestIssuer, TOKEN_SERVICE, USER_IDP } from "./support/mesh.js";
 import { type RegistryParts, registryDocument, testRegistry } from "./support/registry.js";
+import { PAY_OPERATION, talkChain } from "./support/talk.js";
 
 const shop = makeService("shop.shop", { edge: true });
 const cart = makeService("cart.shop", { claims: { team: "checkout" } });
@@ -24,7 +23,7 @@ const idp = new TestIssuer(USER_IDP);
 const tokenService = new TestIssuer(TOKEN_SERVICE);
 const BODY = '{"amount":1200}';
 const NOW = Math.floor(Date.now() / 1000);
-const pay = normalizeOperation("POST", "/pay-for-order/7");
+const pay = PAY_OPERATION;
 
 const talkPolicy = () =>
   parseManifests(readFileSync("crds/examples/payments-policy.yaml", "utf8"), "payments-policy.yaml").map(
@@ -54,20 +53,8 @@ const auditPolicy = () =>
 
 /** shop (a user's token) → cart → payments; the user's scope decides the talk's policy. */
 function checkout(scope = "openid shop.customer", path = "/cart/confirm") {
-  const e0 = idp.token({ sub: "marissa", aud: ["shop"], scope });
-  const e1 = mintLink(shop.signer, {
-    audience: cart.info.id,
-    operation: normalizeOperation("POST", path),
-    previous: [e0],
-    nowSeconds: NOW,
-  });
-  return mintLink(cart.signer, {
-    audience: payments.info.id,
-    operation: pay,
-    previous: e1.elements,
-    body: BODY,
-    nowSeconds: NOW,
-  }).header;
+  return talkChain({ idp, shop, cart, payments }, { body: BODY, nowSeconds: NOW, scope, cartPath: path })
+    .header;
 }
 
 let parts: RegistryParts;

@@ -9,13 +9,13 @@ import { join } from "node:path";
 import { DEFAULT_TRUST_DOMAIN } from "../../../crds/src/names.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import type { RunningLocal, StartLocalOptions } from "../running.js";
-import { renderCapturedChain } from "./chain-view.js";
 import { DemoError } from "./errors.js";
 import { createDemoIdp, trustedIssuersDocument } from "./idp.js";
+import { localMesh } from "./local-mesh.js";
 import { readRegistry, waitForWorkloads } from "./mesh-state.js";
 import type { CapturedCall } from "./outcomes.js";
 import { passed } from "./report.js";
-import { PAYMENTS, runScenarios, type ScenarioResult, untilAborted } from "./scenarios.js";
+import { runScenarios, type ScenarioResult, untilAborted } from "./scenarios.js";
 import { copyExample, findExampleDirectory } from "./workspace.js";
 
 export const TRUSTED_ISSUERS_FILE = "demo-trusted-issuers.json";
@@ -78,20 +78,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoReport> {
 
     const ca = await readBoundedFile(join(started.caDirectory, "ca.crt"), 256 * 1024);
     const trustDomain = (await readRegistry(started, "shop"))?.trustDomain ?? DEFAULT_TRUST_DOMAIN;
-    const { results, captured } = await runScenarios({
-      running: started,
+    const { results, captured, chainTree } = await runScenarios({
+      mesh: localMesh({ running: started, ca, trustDomain, workingDirectory, progress, signal }),
       idp,
-      ca,
-      trustDomain,
-      workingDirectory,
       progress,
       signal,
     });
-    // Rendered now: the registry it is verified against goes away with the state directory.
-    const chainTree =
-      captured === undefined
-        ? undefined
-        : await renderCapturedChain(captured, PAYMENTS, await readRegistry(started, "shop"));
     return { results, captured, chainTree, passed: passed(results), workingDirectory, stateDirectory };
   } finally {
     if (running !== undefined) {

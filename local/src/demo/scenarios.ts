@@ -1,18 +1,21 @@
 /**
- * The talk's scenarios against the running system. Each one plays a part — the customer, a
+ * The talk's scenarios against a running system. Each one plays a part — the customer, a
  * compromised cart, someone replaying or tampering with a call — and reports the outcome it saw;
  * comparing that with the expectation (expectations.ts) is the caller's job.
+ *
+ * The scenarios are written once, against `MeshAccess`: how the demo reaches the mesh. `custody
+ * demo` reaches a local system (local-mesh.ts); e2e/kind/scenarios.ts a kind cluster.
  */
 import { parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
+import type { Registry } from "../../../crds/src/registry-schema.js";
 import { CHAIN_SEPARATOR } from "../../../sidecar/src/chain/limits.js";
-import { mintLink } from "../../../sidecar/src/chain/mint.js";
+import { type LinkSigner, mintLink } from "../../../sidecar/src/chain/mint.js";
 import { normalizeOperation } from "../../../sidecar/src/chain/normalize.js";
-import type { RunningLocal } from "../running.js";
-import { callInbound, callOutbound, type InboundTarget, type Reply } from "./client.js";
+import { renderCapturedChain } from "./chain-view.js";
+import { callInbound, type InboundTarget, type Reply } from "./client.js";
 import { DemoError } from "./errors.js";
 import { SCENARIOS, type ScenarioId, type ScenarioSpec } from "./expectations.js";
 import { CUSTOMER_SCOPE, type DemoIdp, mintUserToken } from "./idp.js";
-import { clientCredentialsOf, linkSignerOf, type WaitOptions, waitForPolicyMode } from "./mesh-state.js";
 import {
   auditOutcome,
   type CapturedCall,
@@ -22,28 +25,50 @@ import {
   type Outcome,
   refusalOutcome,
 } from "./outcomes.js";
-import { setPolicyMode } from "./workspace.js";
 
 export const SHOP = "shop.shop";
 export const CART = "cart.shop";
 export const PAYMENTS = "payments.shop";
 export const ORDER_ID = "1001";
 export const CUSTOMER_CARD = "4242 4242 4242 4242";
-/** The card a compromised cart (or whoever holds its key) would like to see charged instead. */
-const ATTACKER_CARD = "4000 0000 0000 0002";
 
-export interface DemoSetup {
-  readonly running: RunningLocal;
-  readonly idp: DemoIdp;
+/** The services the demo calls at their sidecar's inbound port from the outside. */
+export type InboundService = typeof SHOP | typeof PAYMENTS;
+
+/**
+ * How the scenarios reach the mesh: all that differs between a local system and a cluster. Cart's
+ * key and certificate stand for an attacker holding them; cart's app for a compromised app.
+ */
+export interface MeshAccess {
   /** PEM of Custody's CA. */
   readonly ca: string;
   readonly trustDomain: string;
-  /** The working copy of examples/shop that startLocal watches. */
-  readonly workingDirectory: string;
+  /** The loopback port that reaches `service`'s sidecar inbound port. */
+  inboundPort(service: InboundService): number;
+  /** Cart's certificate and key (PEM), for mutual TLS as cart. */
+  cartCredentials(): Promise<{ readonly cert: string; readonly key: string }>;
+  /** What cart's sidecar signs links with: its certificate key under its registry kid. */
+  cartSigner(): Promise<LinkSigner>;
+  /**
+   * A compromised cart app's own request body: a card sealed to payments through cart's key service
+   * (anyone may seal to payments), so the call would succeed if a policy let it through.
+   */
+  attackerBody(): Promise<string>;
+  /** What cart's app can do without any key: call payments through its own sidecar, with no chain. */
+  cartCallsPaymentsDirectly(): Promise<Pick<Reply, "status" | "body">>;
+  /** Changes the mode of payments' AccessPolicy (the change itself, not waiting for it). */
+  setPaymentsMode(mode: "enforce" | "audit"): Promise<void>;
+  /** Until payments' policy is published with `mode` and the sidecars serve it; reports that. */
+  awaitPaymentsMode(mode: "enforce" | "audit"): Promise<void>;
+  /** The registry the captured chain is verified against; undefined when there is none. */
+  registry(): Promise<Registry | undefined>;
+}
+
+export interface DemoSetup {
+  readonly mesh: MeshAccess;
+  readonly idp: DemoIdp;
   readonly progress: (line: string) => void;
   readonly signal?: AbortSignal | undefined;
-  /** How long a policy change may take to reach the sidecars. */
-  readonly policyTimeoutMs?: number;
 }
 
 export interface ScenarioResult {
@@ -61,18 +86,18 @@ interface Memory {
 
 type Play = (setup: DemoSetup, memory: Memory) => Promise<Outcome>;
 
-function inboundOf(setup: DemoSetup, serviceId: string): Omit<InboundTarget, "client"> {
+function inboundOf(mesh: MeshAccess, service: InboundService): Omit<InboundTarget, "client"> {
   return {
-    port: setup.running.workload(serviceId).inboundPort,
-    ca: setup.ca,
-    spiffeId: spiffeIdFor(setup.trustDomain, parseServiceId(serviceId)),
+    port: mesh.inboundPort(service),
+    ca: mesh.ca,
+    spiffeId: spiffeIdFor(mesh.trustDomain, parseServiceId(service)),
   };
 }
 
 /** The customer's browser: TLS to shop's inbound port, no client certificate, a bearer token. */
-function checkout(setup: DemoSetup, scopes: readonly string[]): Promise<Reply> {
-  const token = mintUserToken(setup.idp, { subject: "customer-42", scopes });
-  return callInbound(inboundOf(setup, SHOP), {
+function checkout(mesh: MeshAccess, idp: DemoIdp, scopes: readonly string[]): Promise<Reply> {
+  const token = mintUserToken(idp, { subject: "customer-42", scopes });
+  return callInbound(inboundOf(mesh, SHOP), {
     method: "POST",
     path: "/checkout",
     headers: { authorization: `Bearer ${token}` },
@@ -81,37 +106,11 @@ function checkout(setup: DemoSetup, scopes: readonly string[]): Promise<Reply> {
 }
 
 /** Someone holding cart's certificate and key, talking to payments' inbound port directly. */
-async function atPaymentsAsCart(setup: DemoSetup, chain: string, path: string, body: string) {
+async function atPaymentsAsCart(mesh: MeshAccess, chain: string, path: string, body: string) {
   return callInbound(
-    { ...inboundOf(setup, PAYMENTS), client: await clientCredentialsOf(setup.running, CART) },
+    { ...inboundOf(mesh, PAYMENTS), client: await mesh.cartCredentials() },
     { method: "POST", path, headers: { "custody-chain": chain }, body },
   );
-}
-
-/**
- * A compromised cart app's own request body: a card sealed to payments through cart's key service
- * (anyone may seal to payments), so the call would succeed if a policy let it through.
- */
-async function attackerBody(setup: DemoSetup): Promise<string> {
-  const sealed = await callOutbound(setup.running.workload(CART).outboundUrl, "/.custody/seal", {
-    method: "POST",
-    body: JSON.stringify({ recipients: [PAYMENTS], plaintext: ATTACKER_CARD }),
-  });
-  if (sealed.status !== 200) {
-    throw new DemoError(
-      "demo_bad_reply",
-      `cart's key service refused to seal (${sealed.status} ${sealed.body})`,
-    );
-  }
-  return JSON.stringify({ sealedCard: JSON.parse(sealed.body) as unknown });
-}
-
-/** What cart's app can do without any key: call payments through its own sidecar, with no chain. */
-async function cartCallsPaymentsDirectly(setup: DemoSetup): Promise<Reply> {
-  return callOutbound(setup.running.workload(CART).outboundUrl, `http://${PAYMENTS}/pay-for-order/1`, {
-    method: "POST",
-    body: await attackerBody(setup),
-  });
 }
 
 function capturedOrFail(memory: Memory): CapturedCall {
@@ -128,9 +127,9 @@ function capturedOrFail(memory: Memory): CapturedCall {
  * signature. A head must be fresh for those checks to be reached at all, since the receiver checks
  * the head first, its jti included: the captured head itself is already spent (scenario "replay").
  */
-async function freshHeadFromCart(setup: DemoSetup, captured: CapturedCall): Promise<string[]> {
+async function freshHeadFromCart(mesh: MeshAccess, captured: CapturedCall): Promise<string[]> {
   const prefix = captured.chain.split(CHAIN_SEPARATOR).slice(0, -1);
-  const minted = mintLink(await linkSignerOf(setup.running, CART), {
+  const minted = mintLink(await mesh.cartSigner(), {
     audience: PAYMENTS,
     operation: normalizeOperation("POST", captured.path),
     body: captured.body,
@@ -140,62 +139,59 @@ async function freshHeadFromCart(setup: DemoSetup, captured: CapturedCall): Prom
 }
 
 const PLAYS: Record<ScenarioId, Play> = {
-  checkout: async (setup, memory) => {
-    const reply = await checkout(setup, [CUSTOMER_SCOPE]);
+  checkout: async ({ mesh, idp }, memory) => {
+    const reply = await checkout(mesh, idp, [CUSTOMER_SCOPE]);
     const captured = capturedCallOf(reply.body, Math.floor(Date.now() / 1000));
     if (captured !== undefined) memory.captured = captured;
     return checkoutOutcome(reply.status, reply.body, CUSTOMER_CARD.slice(-4));
   },
   // Replayed immediately after the happy path, so the head has not expired (10 s): the answer is
   // the replay guard's, never a race with the clock.
-  replay: async (setup, memory) => {
+  replay: async ({ mesh }, memory) => {
     const { chain, path, body } = capturedOrFail(memory);
-    const reply = await atPaymentsAsCart(setup, chain, path, body);
+    const reply = await atPaymentsAsCart(mesh, chain, path, body);
     return refusalOutcome(reply.status, reply.body);
   },
-  "cart-direct": async (setup) => {
-    const reply = await cartCallsPaymentsDirectly(setup);
+  "cart-direct": async ({ mesh }) => {
+    const reply = await mesh.cartCallsPaymentsDirectly();
     return refusalOutcome(reply.status, reply.body);
   },
-  "no-scope": async (setup) => {
-    const reply = await checkout(setup, ["shop.browse"]);
+  "no-scope": async ({ mesh, idp }) => {
+    const reply = await checkout(mesh, idp, ["shop.browse"]);
     return refusalOutcome(reply.status, reply.body);
   },
   // The link was signed for the customer's body; another body (the attacker's card) is sent.
-  "body-changed": async (setup, memory) => {
+  "body-changed": async ({ mesh }, memory) => {
     const captured = capturedOrFail(memory);
-    const elements = await freshHeadFromCart(setup, captured);
+    const elements = await freshHeadFromCart(mesh, captured);
     const reply = await atPaymentsAsCart(
-      setup,
+      mesh,
       elements.join(CHAIN_SEPARATOR),
       captured.path,
-      await attackerBody(setup),
+      await mesh.attackerBody(),
     );
     return refusalOutcome(reply.status, reply.body);
   },
   // e0 ~ e1 ~ e2 without e1 (shop's link): nothing re-signed, so e2.prv still hashes e1.
-  "link-removed": async (setup, memory) => {
+  "link-removed": async ({ mesh }, memory) => {
     const captured = capturedOrFail(memory);
-    const elements = await freshHeadFromCart(setup, captured);
+    const elements = await freshHeadFromCart(mesh, captured);
     const removed = elements.filter((_, index) => index !== elements.length - 2);
-    const reply = await atPaymentsAsCart(setup, removed.join(CHAIN_SEPARATOR), captured.path, captured.body);
+    const reply = await atPaymentsAsCart(mesh, removed.join(CHAIN_SEPARATOR), captured.path, captured.body);
     return refusalOutcome(reply.status, reply.body);
   },
-  // Edits the working copy's policy (never the repository's), waits until payments' sidecar serves
-  // it, plays "cart calls payments directly" again, and always switches back.
-  "audit-mode": async (setup) => {
-    const wait: WaitOptions = { signal: setup.signal, timeoutMs: setup.policyTimeoutMs ?? 30_000 };
-    const policy = { namespace: "shop", name: "payments" } as const;
-    await setPolicyMode(setup.workingDirectory, { name: policy.name, mode: "audit" });
+  // Switches payments' policy to audit (locally in the working copy, never the repository's),
+  // waits until the sidecars serve it, plays "cart calls payments directly" again, and always
+  // switches back.
+  "audit-mode": async ({ mesh }) => {
+    await mesh.setPaymentsMode("audit");
     try {
-      const generation = await waitForPolicyMode(setup.running, { ...policy, mode: "audit" }, wait);
-      setup.progress(`payments' policy is in audit mode (registry generation ${generation})`);
-      const reply = await cartCallsPaymentsDirectly(setup);
+      await mesh.awaitPaymentsMode("audit");
+      const reply = await mesh.cartCallsPaymentsDirectly();
       return auditOutcome(reply.status, reply.body);
     } finally {
-      await setPolicyMode(setup.workingDirectory, { name: policy.name, mode: "enforce" });
-      const generation = await waitForPolicyMode(setup.running, { ...policy, mode: "enforce" }, wait);
-      setup.progress(`payments' policy is back to enforce (registry generation ${generation})`);
+      await mesh.setPaymentsMode("enforce");
+      await mesh.awaitPaymentsMode("enforce");
     }
   },
 };
@@ -218,6 +214,8 @@ export interface ScenarioRun {
   /** In the table's order (expectations.ts), whatever order they were played in. */
   readonly results: readonly ScenarioResult[];
   readonly captured: CapturedCall | undefined;
+  /** The captured chain as `custody token inspect` shows it, verified against the registry. */
+  readonly chainTree: string | undefined;
 }
 
 /** `work`, or demo_aborted as soon as `signal` fires (whatever `work` does later is ignored). */
@@ -264,5 +262,12 @@ export async function runScenarios(setup: DemoSetup): Promise<ScenarioRun> {
     }
   }
   const results = SCENARIOS.flatMap((spec) => played.get(spec.id) ?? []);
-  return { results, captured: memory.captured };
+  const { captured } = memory;
+  // Rendered now: the registry it is verified against may go away with the system (locally, with
+  // the state directory).
+  const chainTree =
+    captured === undefined
+      ? undefined
+      : await renderCapturedChain(captured, PAYMENTS, await setup.mesh.registry());
+  return { results, captured, chainTree };
 }
