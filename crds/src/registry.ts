@@ -24,6 +24,8 @@ export const MAX_REGISTRY_SHARD_BYTES = 1024 * 1024;
 /** What splitRegistry aims for by default: below the limit, leaving room for the ConfigMap's own fields. */
 export const DEFAULT_REGISTRY_SHARD_BYTES = 900 * 1024;
 export const REGISTRY_CONFIGMAP_NAME = "custody-registry";
+/** Label of a registry ConfigMap: which shard it carries (what a projected volume gathers). */
+export const REGISTRY_SHARD_LABEL = "custody.dev/registry-shard";
 export const INVALID_REGISTRY = "invalid_registry";
 
 export class RegistryError extends CustodyError {}

@@ -9,6 +9,7 @@ import { access, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { keyOf } from "../../operator/src/store/store.js";
 import { caPaths, createCertificateAuthority, writeCertificateAuthority } from "../../pki/src/ca.js";
 import { ensureDirectory, MODE_PRIVATE, writeFilesAtomically } from "../../pki/src/files.js";
 import { ChangeWatcher } from "../../pki/src/watch.js";
@@ -287,10 +288,6 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
     close,
   };
   return running;
-}
-
-function keyOf(workload: { readonly namespace: string; readonly name: string }): string {
-  return `${workload.namespace}/${workload.name}`;
 }
 
 async function exists(path: string): Promise<boolean> {

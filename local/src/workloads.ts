@@ -20,22 +20,20 @@ import { z } from "zod";
 import { CustodyError, formatIssue } from "../../crds/src/errors.js";
 import { toValidationIssues } from "../../crds/src/issues.js";
 import { MAX_MANIFEST_BYTES, parseYamlDocuments } from "../../crds/src/manifest.js";
-import { API_GROUP_VERSION, DNS_LABEL_PATTERN } from "../../crds/src/names.js";
+import { API_GROUP_VERSION } from "../../crds/src/names.js";
+import { dnsLabel } from "../../crds/src/schema-kit.js";
 import { listManifestFiles } from "../../operator/src/manifests/directory.js";
 import { readBoundedFile } from "../../pki/src/files.js";
 
 export const LOCAL_WORKLOAD_KIND = "LocalWorkload";
 const MAX_WORKLOADS = 64;
-const dnsLabel = z
-  .string()
-  .regex(new RegExp(DNS_LABEL_PATTERN), { error: "must be a DNS label (a-z, 0-9, -)" });
 
 const workloadSchema = z.strictObject({
   apiVersion: z.literal(API_GROUP_VERSION),
   kind: z.literal(LOCAL_WORKLOAD_KIND),
-  metadata: z.looseObject({ name: dnsLabel, namespace: dnsLabel.default("default") }),
+  metadata: z.looseObject({ name: dnsLabel(), namespace: dnsLabel().default("default") }),
   spec: z.strictObject({
-    identity: dnsLabel.optional(),
+    identity: dnsLabel().optional(),
     command: z.array(z.string().min(1).max(4096)).min(1).max(64),
     env: z
       .record(

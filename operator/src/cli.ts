@@ -18,15 +18,14 @@ import {
   listOption,
   logLevelOption,
 } from "./cli-options.js";
-import { Catalog } from "./controllers/catalog.js";
 import { DEFAULT_LOCATION_TEMPLATE } from "./controllers/registry-publisher.js";
 import { type RunningOperator, startOperator } from "./operator.js";
 import { KubernetesStore } from "./store/kubernetes.js";
 import { LeaderElector } from "./store/leader.js";
 import { LocalStore } from "./store/local.js";
-import { IDENTITY, type Store } from "./store/store.js";
+import type { Store } from "./store/store.js";
 import { keepCaBundleCurrent } from "./webhook/ca-bundle.js";
-import { DEFAULT_INJECTION_SETTINGS, type IdentityLookup } from "./webhook/inject.js";
+import { DEFAULT_INJECTION_SETTINGS } from "./webhook/inject.js";
 import { startWebhookServer } from "./webhook/server.js";
 
 const COMMAND = "operator";
@@ -204,7 +203,7 @@ export const operatorCommand: Command = async (args, io) => {
       listen: hostPortOption(COMMAND, "webhook-listen", values["webhook-listen"] ?? "0.0.0.0:9443"),
       serviceName,
       namespace,
-      lookup: storeIdentityLookup(store, running.ca.trustDomain ?? ""),
+      lookup: running.identities,
       settings: {
         ...DEFAULT_INJECTION_SETTINGS,
         image: values["sidecar-image"] ?? DEFAULT_INJECTION_SETTINGS.image,
@@ -250,15 +249,4 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
     );
   }
   return kubeConfig;
-}
-
-/** The webhook's view of identities: valid ServiceIdentities in the store's cache. */
-export function storeIdentityLookup(store: Store, trustDomain: string): IdentityLookup {
-  const catalog = new Catalog(trustDomain);
-  return {
-    identity(namespace, name) {
-      const resource = store.resource(IDENTITY, { namespace, name });
-      return resource === undefined ? undefined : catalog.effectiveIdentity(resource);
-    },
-  };
 }

@@ -18,6 +18,7 @@ import { loadTrustedIssuers, type TrustedIssuers } from "./issuer/trusted-issuer
 import { LocationFile } from "./locations.js";
 import { SIGNING_KEYS_SECRET, secretKeyStateStorage } from "./store/key-state-secret.js";
 import { IDENTITY, keyOf, type Store } from "./store/store.js";
+import type { IdentityLookup } from "./webhook/inject.js";
 
 /** Leader election, or its absence (local mode: the only process leads). */
 export interface Leadership {
@@ -58,6 +59,8 @@ export interface OperatorConfig {
 
 export interface RunningOperator {
   readonly ca: CertificateAuthority;
+  /** Valid ServiceIdentities by name: what the injection webhook looks pods' identities up in. */
+  readonly identities: IdentityLookup;
   /** The admin port's registry: what runs beside the controllers (the webhooks) registers here. */
   readonly metrics: MetricsRegistry;
   readonly issuer: RunningIssuer;
@@ -82,11 +85,14 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
   const trustedIssuers: TrustedIssuers =
     config.trustedIssuersPath === undefined ? [] : await loadTrustedIssuers(config.trustedIssuersPath);
   await store.start();
+  // One validation of each resource version serves the controllers, the token service and the webhooks.
+  const catalog = new Catalog(trustDomain);
+  const identities = storeIdentities(store, catalog);
 
   const issuer = await startIssuer({
     caDirectory: config.caDirectory,
     trustBundlePath: config.trustBundlePath,
-    identities: storeIdentitySource(store, trustDomain),
+    identities,
     signingKeys: secretKeyStateStorage(store, { namespace: config.namespace, name: SIGNING_KEYS_SECRET }),
     listen: config.tokenService.listen,
     admin: config.tokenService.admin,
@@ -120,6 +126,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
         });
   const manager = new ControllerManager({
     store,
+    catalog,
     ca,
     trustBundlePem: () => issuer.trustBundlePem(),
     registryHeader: header,
@@ -169,6 +176,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
 
   return {
     ca,
+    identities,
     metrics,
     issuer,
     manager,
@@ -184,9 +192,11 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
   };
 }
 
-/** The token service's view of the store: valid ServiceIdentities, kept current. */
-export function storeIdentitySource(store: Store, trustDomain: string): IdentitySource {
-  const catalog = new Catalog(trustDomain);
+/**
+ * The store's valid ServiceIdentities, kept current: a list for the token service, a lookup by
+ * name for the injection webhook.
+ */
+export function storeIdentities(store: Store, catalog: Catalog): IdentitySource & IdentityLookup {
   return {
     declared(): DeclaredIdentity[] {
       return store.resources(IDENTITY).flatMap((resource) => {
@@ -198,6 +208,10 @@ export function storeIdentitySource(store: Store, trustDomain: string): Identity
       store.onChange((change) => {
         if (change.kind === IDENTITY) listener();
       });
+    },
+    identity(namespace, name) {
+      const resource = store.resource(IDENTITY, { namespace, name });
+      return resource === undefined ? undefined : catalog.effectiveIdentity(resource);
     },
   };
 }

@@ -11,7 +11,7 @@ import { validateServiceIdentity } from "../../../crds/src/manifest.js";
 import { serviceId } from "../../../crds/src/names.js";
 import type { ServiceIdentity } from "../../../crds/src/service-identity.js";
 import { keyOf, type ObjectKey, type StoredResource, type StoredSecret } from "../store/store.js";
-import { type IdentityMaterial, readIdentityMaterial } from "./identity-secret.js";
+import { IDENTITY_LABEL, type IdentityMaterial, readIdentityMaterial } from "./identity-secret.js";
 
 export type Validated<T> =
   | { readonly ok: true; readonly value: T }
@@ -121,7 +121,7 @@ export class Catalog {
     ) {
       return hit.result;
     }
-    const identityName = secret.labels["custody.dev/identity"] ?? "";
+    const identityName = secret.labels[IDENTITY_LABEL] ?? "";
     const result = readIdentityMaterial(secret, {
       trustDomain: this.trustDomain,
       serviceId: serviceId({ name: identityName, namespace: secret.namespace }),

@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { Counter, Gauge, Histogram, type Registry as MetricsRegistry } from "prom-client";
 import type { CertificateAuthority } from "../../../pki/src/ca.js";
 import { IDENTITY, type ObjectKey, POLICY, type Store, type StoreChange } from "../store/store.js";
-import { Catalog } from "./catalog.js";
+import type { Catalog } from "./catalog.js";
 import { IdentityController } from "./identity-controller.js";
 import { IDENTITY_LABEL, IDENTITY_SECRET_PREFIX } from "./identity-secret.js";
 import { PolicyController } from "./policy-controller.js";
@@ -21,6 +21,8 @@ const PUBLISH_COALESCE_MS = 250;
 
 export interface ManagerOptions {
   readonly store: Store;
+  /** Validated resources, shared with the token service and the webhooks of the same process. */
+  readonly catalog: Catalog;
   readonly ca: CertificateAuthority;
   readonly trustBundlePem: () => string;
   readonly registryHeader: () => RegistryHeader;
@@ -49,9 +51,7 @@ export class ControllerManager {
   constructor(options: ManagerOptions) {
     this.#options = options;
     const now = options.now ?? Date.now;
-    const { store, logger } = options;
-    if (options.ca.trustDomain === undefined) throw new Error("the CA has no SPIFFE trust domain");
-    const catalog = new Catalog(options.ca.trustDomain);
+    const { store, logger, catalog } = options;
     this.#metrics = createControllerMetrics(options.metrics);
     this.#publisher = new RegistryPublisher({
       store,

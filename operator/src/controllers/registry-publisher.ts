@@ -16,6 +16,7 @@ import { serviceId } from "../../../crds/src/names.js";
 import {
   parseRegistry,
   REGISTRY_CONFIGMAP_NAME,
+  REGISTRY_SHARD_LABEL,
   registryConfigMapName,
   registryFileName,
   serializeRegistryDocument,
@@ -45,7 +46,6 @@ import { secretKeyOf } from "./identity-controller.js";
 import type { IdentityMaterial } from "./identity-secret.js";
 
 export const LOCATION_ANNOTATION = "custody.dev/location";
-export const SHARD_LABEL = "custody.dev/registry-shard";
 export const GENERATION_ANNOTATION = "custody.dev/registry-generation";
 /** Where sidecars are reached by default: the Kubernetes Service named like the identity. */
 export const DEFAULT_LOCATION_TEMPLATE = "{name}.{namespace}.svc:15006";
@@ -141,6 +141,10 @@ export class RegistryPublisher {
     let written = 0;
     let largest = 0;
     const newlyPublished = new Set<string>();
+    // Every namespace carries every service, so the kids it publishes are the same everywhere.
+    const kids: ReadonlySet<string> = new Set(
+      services.flatMap((service) => service.keys.map((key) => key.kid)),
+    );
     for (const namespace of namespaces) {
       const registry: Omit<Registry, "generation"> = {
         apiVersion: "custody.dev/v1alpha1",
@@ -162,7 +166,6 @@ export class RegistryPublisher {
         largest,
         ...shards.map((shard) => Buffer.byteLength(serializeRegistryDocument(shard))),
       );
-      const kids = new Set(services.flatMap((service) => service.keys.map((key) => key.kid)));
       const before = this.#publishedKids.get(namespace) ?? new Set<string>();
       for (const kid of kids) if (!before.has(kid)) newlyPublished.add(kid);
       this.#publishedKids.set(namespace, kids);
@@ -279,7 +282,7 @@ export class RegistryPublisher {
       .configMaps()
       .filter(
         (configMap) =>
-          configMap.name === REGISTRY_CONFIGMAP_NAME || configMap.labels[SHARD_LABEL] !== undefined,
+          configMap.name === REGISTRY_CONFIGMAP_NAME || configMap.labels[REGISTRY_SHARD_LABEL] !== undefined,
       );
   }
 
@@ -300,7 +303,7 @@ export class RegistryPublisher {
         namespace,
         name,
         ...(resourceVersion === undefined ? {} : { resourceVersion }),
-        labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [SHARD_LABEL]: String(shard.shard.index) },
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [REGISTRY_SHARD_LABEL]: String(shard.shard.index) },
         annotations: {
           [GENERATION_ANNOTATION]: String(shard.generation),
           "custody.dev/published-at": kubernetesTime(this.options.now()),
@@ -318,7 +321,7 @@ export class RegistryPublisher {
     }
     // Shards beyond the new count go last: until then sidecars see a mixed set and keep the old one.
     for (const configMap of existing) {
-      const index = Number(configMap.labels[SHARD_LABEL] ?? 0);
+      const index = Number(configMap.labels[REGISTRY_SHARD_LABEL] ?? 0);
       if (index >= shards.length) await store.deleteConfigMap(configMap);
     }
   }
@@ -379,7 +382,7 @@ function sameContent(
   let documents: RegistryDocument[];
   try {
     documents = existing.map((configMap) => {
-      const index = Number(configMap.labels[SHARD_LABEL] ?? 0);
+      const index = Number(configMap.labels[REGISTRY_SHARD_LABEL] ?? 0);
       const text = configMap.data[registryFileName(index)] ?? "";
       texts.set(index, text);
       return parseRegistry(text);

@@ -20,6 +20,7 @@ import type { Logger } from "pino";
 import { stringify as toYaml } from "yaml";
 import { MAX_MANIFEST_BYTES, parseYamlDocuments } from "../../../crds/src/manifest.js";
 import { API_GROUP_VERSION, isDnsLabel, isDnsSubdomain } from "../../../crds/src/names.js";
+import { REGISTRY_SHARD_LABEL } from "../../../crds/src/registry.js";
 import {
   ensureDirectory,
   MODE_PUBLIC,
@@ -46,7 +47,6 @@ import {
 import { readVolume, removeVolume, writeVolume } from "./volume-directory.js";
 
 const DEFAULT_NAMESPACE = "default";
-const REGISTRY_SHARD_LABEL = "custody.dev/registry-shard";
 const SECRET_MODES = { directory: 0o700, file: 0o600 };
 const CONFIG_MODES = { directory: 0o755, file: 0o644 };
 const MAX_EVENTS_KEPT = 1000;

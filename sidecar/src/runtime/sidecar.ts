@@ -13,6 +13,7 @@ import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
 import type { LinkSigner } from "../chain/mint.js";
+import type { RecipientKey } from "../keys/jwe.js";
 import { QuotaLimiter } from "../quota/limiter.js";
 import { createQuotaMetrics } from "../quota/metrics.js";
 import type { ReplayGuard } from "../replay/guard.js";
@@ -139,17 +140,29 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     metrics,
     now,
   });
-  let signerMemo:
-    | { identity: WorkloadIdentity; snapshot: RegistrySnapshot; signer: LinkSigner | undefined }
+  let ownKeysMemo:
+    | {
+        identity: WorkloadIdentity;
+        snapshot: RegistrySnapshot;
+        signer: LinkSigner | undefined;
+        openingKeys: readonly RecipientKey[];
+      }
     | undefined;
-  /** One lookup of this workload's kid per (certificate, registry generation), for links and the key service. */
+  /** One lookup of this workload's kids per (certificate, registry generation), for links and the key service. */
+  const ownKeys = (snapshot: RegistrySnapshot) => {
+    if (ownKeysMemo?.identity !== identity || ownKeysMemo.snapshot !== snapshot) {
+      ownKeysMemo = {
+        identity,
+        snapshot,
+        signer: signerFor(identity, snapshot),
+        openingKeys: openingKeysFor(identity, snapshot),
+      };
+    }
+    return ownKeysMemo;
+  };
   const currentSigner = (): LinkSigner | undefined => {
     const snapshot = source.snapshot;
-    if (snapshot === undefined) return undefined;
-    if (signerMemo?.identity !== identity || signerMemo.snapshot !== snapshot) {
-      signerMemo = { identity, snapshot, signer: signerFor(identity, snapshot) };
-    }
-    return signerMemo.signer;
+    return snapshot === undefined ? undefined : ownKeys(snapshot).signer;
   };
   const outbound = createOutboundServer({
     localRoutes: createKeyRoutes({
@@ -157,7 +170,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       signer: currentSigner,
       openingKeys: () => {
         const snapshot = source.snapshot;
-        return snapshot === undefined ? [] : openingKeysFor(identity, snapshot);
+        return snapshot === undefined ? [] : ownKeys(snapshot).openingKeys;
       },
       now,
     }),
