@@ -13,6 +13,7 @@
  */
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import { join } from "node:path";
 import type { Extension } from "@peculiar/asn1-x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -86,6 +87,7 @@ const OUTBOUND_SERVER_REASONS = [
   "registry_unavailable",
   "own_key_unpublished",
   "peer_unreachable",
+  "peer_identity_mismatch",
   "outbound_failed",
 ] as const;
 /** key-routes.ts: every `new RouteRefusal(<status>, "...")` and its literal `reason: "..."`. */
@@ -229,6 +231,8 @@ let unregistered: RunningSidecar; // payments, with no registry loaded
 let tiny: RunningSidecar; // payments, 16-byte body limit, its app port closed
 let denying: RunningSidecar; // payments, whenNoPolicy: deny
 let redisless: RunningSidecar; // payments, replay store on a closed Redis port
+/** decoy.shop's registered address, where a server presents stray.shop's certificate instead. */
+let decoy: { server: HttpsServer; requests: number };
 
 const reasonsProduced = new Set<string>();
 
@@ -303,6 +307,23 @@ beforeAll(async () => {
       },
     ],
   });
+  const decoyPort = await freePort();
+  mesh.unmanaged.push({
+    id: "decoy.shop",
+    environment: "default",
+    claims: {},
+    scopes: [],
+    edge: false,
+    location: `127.0.0.1:${decoyPort}`,
+    keys: [
+      {
+        kid: "decoy-key-1",
+        status: "current",
+        notAfter: new Date(Date.now() + DAY).toISOString(),
+        jwk: { ...ecPublicJwk(sigOnly.publicKey), alg: "ES256", kid: "decoy-key-1", use: "sig" },
+      },
+    ],
+  });
   await mesh.start(SPECS, [VAULT_POLICY]);
 
   const fetchToken = tokenServiceFetcher(mesh.issuer.tokenUrl);
@@ -317,6 +338,16 @@ beforeAll(async () => {
   await mkdir(strayDirectory, { recursive: true });
   await mesh.issueIdentity("stray.shop", strayDirectory);
   const payments = mesh.service("payments.shop").identityDirectory;
+  const strayFiles = await loadIdentityFiles(strayDirectory);
+  decoy = {
+    server: createHttpsServer({ cert: strayFiles.certificatePem, key: strayFiles.keyPem }),
+    requests: 0,
+  };
+  decoy.server.on("request", (_request, response) => {
+    decoy.requests++;
+    response.end("not decoy.shop");
+  });
+  await new Promise<void>((resolve) => decoy.server.listen(decoyPort, "127.0.0.1", resolve));
   [stray, unregistered, tiny, denying, redisless] = await Promise.all([
     startExtra("stray", strayDirectory),
     startExtra("unregistered", payments, { registryPath: join(directory.path, "no-registry.json") }),
@@ -328,6 +359,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const sidecar of extras) await sidecar.close(100);
+  decoy?.server.close();
+  decoy?.server.closeAllConnections();
   await mesh?.close();
   await directory?.cleanup();
 });
@@ -898,6 +931,18 @@ const ROWS: Row[] = [
   ),
   row("outbound", "peer_unreachable", 502, "a registered service where nothing listens", () =>
     callThrough(sidecarOf("shop.shop"), "http://sigonly.shop/x"),
+  ),
+  row(
+    "outbound",
+    "peer_identity_mismatch",
+    502,
+    "decoy.shop's address answers with stray.shop's certificate (same CA)",
+    async () => {
+      const answer = await callThrough(sidecarOf("shop.shop"), "http://decoy.shop/x");
+      // Refused during the TLS handshake: the impostor never receives the request or its chain.
+      expect(decoy.requests).toBe(0);
+      return answer;
+    },
   ),
 
   // --- key service (POST /.custody/<route> on the outbound port)

@@ -4,9 +4,15 @@ import { Readable } from "node:stream";
 import { text } from "node:stream/consumers";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { temporaryDirectory } from "../../pki/test/support.js";
-import { BodyError, spoolBody } from "../src/runtime/body.js";
+import { BodyError, declaresNoBody, type SpooledBody, spoolBody } from "../src/runtime/body.js";
 
 const sha = (data: string) => createHash("sha256").update(data).digest("base64url");
+/** What a proxy would send on: bytes in hand, a stream from the spool file, or nothing. */
+const sent = async (body: SpooledBody): Promise<string> => {
+  const payload = body.payload();
+  if (payload === null) return "";
+  return Buffer.isBuffer(payload) ? payload.toString() : text(payload);
+};
 const chunked = (data: string, size: number) =>
   Readable.from(
     Array.from({ length: Math.ceil(data.length / size) }, (_, i) =>
@@ -25,14 +31,19 @@ describe("spoolBody", () => {
     const body = await spoolBody(chunked("hello world", 3), { directory: directory.path });
     expect(body.length).toBe(11);
     expect(body.hash).toBe(sha("hello world"));
-    expect(await text(body.stream())).toBe("hello world");
+    expect(await sent(body)).toBe("hello world");
     expect(await readdir(directory.path)).toEqual([]);
   });
 
   it("has no hash for an empty body (the link then carries no bdh)", async () => {
     const body = await spoolBody(Readable.from([]), { directory: directory.path });
     expect([body.length, body.hash]).toEqual([0, undefined]);
-    expect(await text(body.stream())).toBe("");
+    expect(body.payload()).toBeNull();
+  });
+
+  it("keeps a body held in memory as bytes, sent with the request head", async () => {
+    const body = await spoolBody(chunked("abc", 1), { directory: directory.path });
+    expect(body.payload()).toEqual(Buffer.from("abc"));
   });
 
   it("spools a large body to an already-unlinked file and streams it back intact", async () => {
@@ -40,7 +51,7 @@ describe("spoolBody", () => {
     const body = await spoolBody(chunked(data, 65_536), { directory: directory.path, memoryBytes: 100_000 });
     expect(await readdir(directory.path)).toEqual([]);
     expect(body.hash).toBe(sha(data));
-    expect(await text(body.stream())).toBe(data);
+    expect(await sent(body)).toBe(data);
     await body.dispose();
     await body.dispose();
   });
@@ -54,5 +65,16 @@ describe("spoolBody", () => {
     expect(error).toBeInstanceOf(BodyError);
     expect((error as BodyError).code).toBe("body_too_large");
     expect(await readdir(directory.path)).toEqual([]);
+  });
+});
+
+describe("declaresNoBody", () => {
+  it("is true only without Transfer-Encoding and with no or a zero Content-Length", () => {
+    expect(declaresNoBody({})).toBe(true);
+    expect(declaresNoBody({ "content-length": "0" })).toBe(true);
+    expect(declaresNoBody({ "content-length": "1" })).toBe(false);
+    expect(declaresNoBody({ "content-length": "00" })).toBe(false);
+    expect(declaresNoBody({ "transfer-encoding": "chunked" })).toBe(false);
+    expect(declaresNoBody({ "transfer-encoding": "chunked", "content-length": "0" })).toBe(false);
   });
 });

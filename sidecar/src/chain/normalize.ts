@@ -115,9 +115,14 @@ export function normalizeOperation(method: string, target: string): Operation {
   return { method: normalizeMethod(method), path: normalizePath(rawPath), query: normalizeQuery(rawQuery) };
 }
 
+/** The request target (origin form) of a normalized operation: exactly what was signed or authorized. */
+export function requestTargetOf(operation: Operation): string {
+  return operation.query === "" ? operation.path : `${operation.path}?${operation.query}`;
+}
+
 /** The `op` claim of a link: `METHOD /normalized/path` plus `?query` when there is one. */
 export function formatOperation(operation: Operation): string {
-  return `${operation.method} ${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`;
+  return `${operation.method} ${requestTargetOf(operation)}`;
 }
 
 /** Parses an `op` claim back, requiring it to be in normalized form already (a signer that did not

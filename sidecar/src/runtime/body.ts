@@ -8,9 +8,10 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { type FileHandle, open, unlink } from "node:fs/promises";
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { CustodyError } from "../../../crds/src/errors.js";
 
 export const DEFAULT_MEMORY_BODY_BYTES = 256 * 1024;
@@ -27,9 +28,37 @@ export interface SpooledBody {
   readonly length: number;
   /** base64url SHA-256, or undefined for an empty body (a link then carries no `bdh`). */
   readonly hash: string | undefined;
-  /** The body again, from memory or from its file; call once. */
-  stream(): Readable;
+  /**
+   * The body again, to send on: its bytes when it is held in memory (null when empty), else a
+   * stream from its file; call once. Bytes in hand are written with the request head, in one write.
+   */
+  payload(): Buffer | Readable | null;
   dispose(): Promise<void>;
+}
+
+const EMPTY_BODY: SpooledBody = {
+  length: 0,
+  hash: undefined,
+  payload: () => null,
+  dispose: async () => undefined,
+};
+
+/**
+ * Whether a request says it has no body: no Transfer-Encoding, and no Content-Length or 0 (RFC 9112
+ * §6.3: such a request's body is empty). Most calls (GET, DELETE) are like this, and they skip the
+ * stream machinery entirely.
+ */
+export function declaresNoBody(headers: IncomingHttpHeaders): boolean {
+  const length = headers["content-length"];
+  return headers["transfer-encoding"] === undefined && (length === undefined || length === "0");
+}
+
+/** A received request's body, spooled and hashed; a request that declares none is not read at all. */
+export function spoolRequestBody(request: IncomingMessage, options: SpoolOptions = {}): Promise<SpooledBody> {
+  if (!declaresNoBody(request.headers)) return spoolBody(request, options);
+  // Nothing will arrive, but the stream must still end so the connection can carry the next request.
+  request.resume();
+  return Promise.resolve(EMPTY_BODY);
 }
 
 export interface SpoolOptions {
@@ -70,15 +99,11 @@ export async function spoolBody(
     await file?.close();
     throw error;
   }
-  const digest = length === 0 ? undefined : hash.digest("base64url");
+  if (length === 0) return EMPTY_BODY;
+  const digest = hash.digest("base64url");
   if (file === undefined) {
-    const buffer = Buffer.concat(chunks, length);
-    return {
-      length,
-      hash: digest,
-      stream: () => Readable.from(length === 0 ? [] : [buffer]),
-      dispose: async () => undefined,
-    };
+    const buffer = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length);
+    return { length, hash: digest, payload: () => buffer, dispose: async () => undefined };
   }
   const spooled = file;
   let closed = false;
@@ -90,7 +115,7 @@ export async function spoolBody(
   return {
     length,
     hash: digest,
-    stream: () => spooled.createReadStream({ start: 0, highWaterMark: 64 * 1024, autoClose: false }),
+    payload: () => spooled.createReadStream({ start: 0, highWaterMark: 64 * 1024, autoClose: false }),
     dispose: close,
   };
 }

@@ -1,9 +1,8 @@
 /**
  * HTTP plumbing both proxy directions share: the Custody headers, hop-by-hop header removal
- * (RFC 9110 §7.6.1), JSON refusals that carry a reason and nothing internal, and a response
- * streamed back as it arrives.
+ * (RFC 9110 §7.6.1), and JSON refusals that carry a reason and nothing internal.
  */
-import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { CHAIN_HEADER } from "../chain/limits.js";
 
 export { CHAIN_HEADER };
@@ -23,25 +22,35 @@ const HOP_BY_HOP = new Set([
   "transfer-encoding",
   "upgrade",
   "host",
+  // The sidecar has read the whole body before it sends anything on: there is nothing to continue.
+  "expect",
 ]);
+
+/** Received headers: Node's server and undici's client both give lower-case names, repeats as arrays. */
+export type ReceivedHeaders = Readonly<Record<string, string | string[] | undefined>>;
 
 /**
  * The headers to pass on: hop-by-hop ones and those named in `Connection` removed, and, with
  * `dropCustody`, any Custody-* header a client supplied (only the sidecar may set those).
  */
 export function forwardableHeaders(
-  headers: IncomingHttpHeaders,
+  headers: ReceivedHeaders,
   options: { readonly dropCustody: boolean; readonly dropLength: boolean },
-): OutgoingHttpHeaders {
-  const named = new Set(
-    String(headers.connection ?? "")
-      .split(",")
-      .map((name) => name.trim().toLowerCase())
-      .filter((name) => name !== ""),
-  );
-  const out: OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+): Record<string, string | string[]> {
+  const connection = headers.connection;
+  const named =
+    connection === undefined
+      ? undefined
+      : new Set(
+          String(connection)
+            .split(",")
+            .map((name) => name.trim().toLowerCase())
+            .filter((name) => name !== ""),
+        );
+  const out: Record<string, string | string[]> = {};
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name) === true) continue;
     if (options.dropLength && name === "content-length") continue;
     if (options.dropCustody && CUSTODY_HEADERS.has(name)) continue;
     out[name] = value;
@@ -70,16 +79,6 @@ export function sendRefusal(response: ServerResponse, refusal: Refusal): void {
     ...(refusal.retryAfterSeconds === undefined ? {} : { "retry-after": String(refusal.retryAfterSeconds) }),
   });
   response.end(body);
-}
-
-/** Streams an upstream response to the client, hop-by-hop headers removed. */
-export function relayResponse(upstream: IncomingMessage, response: ServerResponse): void {
-  response.writeHead(
-    upstream.statusCode ?? 502,
-    forwardableHeaders(upstream.headers, { dropCustody: false, dropLength: false }),
-  );
-  upstream.pipe(response);
-  upstream.on("error", () => response.destroy());
 }
 
 /**

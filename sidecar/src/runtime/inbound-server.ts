@@ -5,29 +5,30 @@
  * applied; only then is the request forwarded to the app on 127.0.0.1:<app-port>, with the verified
  * chain, the caller and the decision in Custody-* headers (copies a client sent are dropped).
  */
-import { Agent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
+import { Pool } from "undici";
 import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
 import { CHAIN_SEPARATOR, type ChainLimits } from "../chain/limits.js";
-import { formatOperation } from "../chain/normalize.js";
+import { formatOperation, requestTargetOf } from "../chain/normalize.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
-import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./body.js";
+import { BodyError, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
 import {
   CALLER_HEADER,
   CHAIN_HEADER,
   chainHeaderOf,
   DECISION_HEADER,
   forwardableHeaders,
-  relayResponse,
   sendRefusal,
 } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import { type Allowed, decideInbound, type InboundOutcome } from "./inbound-decision.js";
 import type { SidecarMetrics } from "./metrics.js";
 import type { RegistrySnapshot } from "./registry-source.js";
+import { relay } from "./relay.js";
 
 export interface InboundOptions {
   readonly self: string;
@@ -68,7 +69,11 @@ function peerChainOf(socket: TLSSocket): Uint8Array[] {
 
 export function createInboundServer(options: InboundOptions): Server {
   const now = options.now ?? Date.now;
-  const app = new Agent({ keepAlive: true, maxSockets: 256 });
+  const app = new Pool(`http://127.0.0.1:${options.appPort}`, {
+    connections: 256,
+    headersTimeout: 60_000,
+    bodyTimeout: 60_000,
+  });
   const certificates = new VerifiedCertificateCache();
   const identity = options.identity();
   const server = createServer(
@@ -119,7 +124,7 @@ export function createInboundServer(options: InboundOptions): Server {
     }
     let body: SpooledBody;
     try {
-      body = await spoolBody(request, options.spool);
+      body = await spoolRequestBody(request, options.spool);
     } catch (error) {
       if (error instanceof BodyError && error.code === "body_too_large") {
         request.resume();
@@ -171,14 +176,13 @@ export function createInboundServer(options: InboundOptions): Server {
     }
   }
 
-  function forward(
+  async function forward(
     request: IncomingMessage,
     response: ServerResponse,
     outcome: Allowed,
     body: SpooledBody,
   ): Promise<void> {
-    const { operation } = outcome;
-    const headers: Record<string, string | string[] | undefined> = {
+    const headers: Record<string, string | string[]> = {
       ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
       host: `127.0.0.1:${options.appPort}`,
       "content-length": String(body.length),
@@ -188,25 +192,23 @@ export function createInboundServer(options: InboundOptions): Server {
     if (outcome.caller !== undefined) headers[CALLER_HEADER] = outcome.caller;
     // Consumed, as Envoy's jwt_authn does: the app gets the verified token as the chain's e0 instead.
     if (outcome.entry === "bearer") delete headers.authorization;
-    return new Promise((resolve) => {
+    try {
       // The app receives the normalized target: exactly what was authorized, never a variant of it.
-      const path = `${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`;
-      const upstream = httpRequest(
-        { host: "127.0.0.1", port: options.appPort, method: operation.method, path, headers, agent: app },
-        (answer) => {
-          relayResponse(answer, response);
-          answer.on("end", resolve);
-          answer.on("error", () => resolve());
+      await relay(
+        app,
+        {
+          method: outcome.operation.method,
+          path: requestTargetOf(outcome.operation),
+          headers,
+          body: body.payload(),
         },
+        response,
       );
-      upstream.on("error", () => {
-        sendRefusal(response, { status: 502, error: "bad_gateway", reason: "app_unreachable" });
-        resolve();
-      });
-      body.stream().pipe(upstream);
-    });
+    } catch {
+      sendRefusal(response, { status: 502, error: "bad_gateway", reason: "app_unreachable" });
+    }
   }
 
-  server.on("close", () => app.destroy());
+  server.on("close", () => void app.destroy().catch(() => undefined));
   return server;
 }

@@ -6,22 +6,21 @@
  * the SPIFFE id of the service asked for. It never calls an address that is not in the registry.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { Agent, request as httpsRequest } from "node:https";
-import { isIP } from "node:net";
-import type { PeerCertificate } from "node:tls";
 import type { Logger } from "pino";
-import { isServiceId, parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
+import { isServiceId } from "../../../crds/src/names.js";
 import type { RegistryService } from "../../../crds/src/registry-schema.js";
 import { parseCompactJws } from "../chain/jws.js";
 import { CHAIN_SEPARATOR } from "../chain/limits.js";
 import { LINK_TYPE } from "../chain/link.js";
 import { type LinkSigner, mintLink } from "../chain/mint.js";
-import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
-import { BodyError, type SpooledBody, type SpoolOptions, spoolBody } from "./body.js";
-import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, relayResponse, sendRefusal } from "./http.js";
+import { normalizeOperation, type Operation, OperationError, requestTargetOf } from "../chain/normalize.js";
+import { BodyError, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
+import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, sendRefusal } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import type { SidecarMetrics } from "./metrics.js";
+import { PeerIdentityError, PeerPools } from "./peer-pools.js";
 import type { RegistrySnapshot } from "./registry-source.js";
+import { relay, UpstreamError } from "./relay.js";
 
 export interface OutboundOptions {
   readonly self: string;
@@ -122,49 +121,8 @@ function propagatedChain(request: IncomingMessage, self: string): string[] | und
   return elements;
 }
 
-function spiffeCheck(expected: string) {
-  return (_host: string, certificate: PeerCertificate): Error | undefined => {
-    const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());
-    return names.includes(`URI:${expected}`) ? undefined : new Error(`peer is not ${expected}`);
-  };
-}
-
-/** How long a replaced connection pool may finish the requests it carries: the request timeout. */
-const RETIRE_AFTER_MS = 60_000;
-
-/**
- * A pool whose certificate or trust bundle was replaced: its idle connections close now, and the
- * requests in flight on it finish before the rest is destroyed — destroying it at once would fail
- * every call in flight at the moment of a certificate rotation.
- */
-function retire(agent: Agent, retired: Set<Agent>): void {
-  for (const sockets of Object.values(agent.freeSockets))
-    for (const socket of sockets ?? []) socket.destroy();
-  retired.add(agent);
-  setTimeout(() => {
-    agent.destroy();
-    retired.delete(agent);
-  }, RETIRE_AFTER_MS).unref();
-}
-
 export function createOutboundServer(options: OutboundOptions): Server {
-  let pools: { identity: WorkloadIdentity; ca: string; agent: Agent } | undefined;
-  const retired = new Set<Agent>();
-
-  const agentFor = (identity: WorkloadIdentity, snapshot: RegistrySnapshot): Agent => {
-    const ca = snapshot.registry.trustBundle;
-    if (pools?.identity === identity && pools.ca === ca) return pools.agent;
-    if (pools !== undefined) retire(pools.agent, retired);
-    const agent = new Agent({
-      keepAlive: true,
-      maxSockets: 256,
-      cert: identity.certificatePem,
-      key: identity.keyPem,
-      ca,
-    });
-    pools = { identity, ca, agent };
-    return agent;
-  };
+  const peers = new PeerPools();
 
   async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
@@ -188,7 +146,7 @@ export function createOutboundServer(options: OutboundOptions): Server {
         );
       }
       const previous = propagatedChain(request, options.self) ?? optionalToken(options.identityToken());
-      body = await spoolBody(request, options.spool);
+      body = await spoolRequestBody(request, options.spool);
       const chain = mintLink(linkSigner, {
         audience: target.service.id,
         operation: target.operation,
@@ -196,7 +154,21 @@ export function createOutboundServer(options: OutboundOptions): Server {
         previous,
         nowSeconds: Math.floor((options.now ?? Date.now)() / 1000),
       });
-      await send(request, response, target, chain.header, body, agentFor(identity, snapshot), snapshot);
+      await relay(
+        peers.poolFor(identity, snapshot, target.service),
+        {
+          method: target.operation.method,
+          path: requestTargetOf(target.operation),
+          headers: {
+            ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
+            host: target.service.id,
+            "content-length": String(body.length),
+            [CHAIN_HEADER]: chain.header,
+          },
+          body: body.payload(),
+        },
+        response,
+      );
       options.metrics.outbound("sent", "sent", Number(process.hrtime.bigint() - started) / 1e9);
     } catch (error) {
       const refusal = toRefusal(error);
@@ -215,56 +187,11 @@ export function createOutboundServer(options: OutboundOptions): Server {
     }
   }
 
-  function send(
-    request: IncomingMessage,
-    response: ServerResponse,
-    target: Target,
-    chain: string,
-    body: SpooledBody,
-    agent: Agent,
-    snapshot: RegistrySnapshot,
-  ): Promise<void> {
-    const [host = "", port = "15006"] = splitLocation(target.service.location);
-    const { operation } = target;
-    const expected = spiffeIdFor(snapshot.registry.trustDomain, parseServiceId(target.service.id));
-    return new Promise((resolve, reject) => {
-      const upstream = httpsRequest(
-        {
-          host,
-          port: Number(port),
-          method: operation.method,
-          path: `${operation.path}${operation.query === "" ? "" : `?${operation.query}`}`,
-          headers: {
-            ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
-            host: target.service.id,
-            "content-length": String(body.length),
-            [CHAIN_HEADER]: chain,
-          },
-          agent,
-          // SNI carries host names only (RFC 6066); the peer is checked by its SPIFFE id anyway.
-          ...(isIP(host) === 0 ? { servername: host } : {}),
-          checkServerIdentity: spiffeCheck(expected),
-        },
-        (answer) => {
-          relayResponse(answer, response);
-          answer.on("end", resolve);
-          answer.on("error", () => resolve());
-        },
-      );
-      upstream.on("error", (error) => reject(new OutboundRefusal(502, "peer_unreachable", error.message)));
-      body.stream().pipe(upstream);
-    });
-  }
-
   const server = createServer(
     { maxHeaderSize: 32 * 1024, requestTimeout: 60_000, keepAliveTimeout: 30_000 },
     (request, response) => void handle(request, response),
   );
-  server.on("close", () => {
-    pools?.agent.destroy();
-    for (const agent of retired) agent.destroy();
-    retired.clear();
-  });
+  server.on("close", () => void peers.destroy());
   return server;
 }
 
@@ -272,13 +199,13 @@ function optionalToken(token: string | undefined): string[] | undefined {
   return token === undefined ? undefined : [token];
 }
 
-function splitLocation(location: string): [string, string] {
-  const at = location.lastIndexOf(":");
-  return [location.slice(0, at).replace(/^\[|\]$/g, ""), location.slice(at + 1)];
-}
-
 function toRefusal(error: unknown): OutboundRefusal {
   if (error instanceof OutboundRefusal) return error;
   if (error instanceof BodyError) return new OutboundRefusal(413, error.code, error.message);
+  if (error instanceof UpstreamError) {
+    return error.upstream instanceof PeerIdentityError
+      ? new OutboundRefusal(502, "peer_identity_mismatch", error.message)
+      : new OutboundRefusal(502, "peer_unreachable", error.message);
+  }
   return new OutboundRefusal(502, "outbound_failed", error instanceof Error ? error.message : String(error));
 }
