@@ -17,11 +17,20 @@ export interface CliRuntime {
   readonly name: "compiled" | "tsx";
   /** Arguments to node before the custody command (the entry script last). */
   readonly nodeArgs: readonly string[];
+  /** Arguments to node that run one of COMPILED_SCRIPTS (a path from the repository root), built alike. */
+  scriptArgs(script: (typeof COMPILED_SCRIPTS)[number]): string[];
 }
+
+/** Scripts of bench/ compiled with the CLI, so they run as the sidecars do (the plain proxy pair). */
+export const COMPILED_SCRIPTS = ["bench/plain-proxy.ts"] as const;
 
 /** Runs from source through tsx: the CLI as the e2e tests and the issuer bench run it. */
 export function tsxRuntime(): CliRuntime {
-  return { name: "tsx", nodeArgs: ["--import", "tsx", SOURCE_ENTRY] };
+  return {
+    name: "tsx",
+    nodeArgs: ["--import", "tsx", SOURCE_ENTRY],
+    scriptArgs: (script) => ["--import", "tsx", join(REPO, script)],
+  };
 }
 
 /**
@@ -34,19 +43,34 @@ export function compileCli(directory: string): Promise<CliRuntime> {
   const outDir = join(directory, "dist");
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(directory, "package.json"), `${JSON.stringify({ type: "module", private: true })}\n`);
+  // The build configuration plus the bench scripts that must run compiled too (its include and
+  // rootDir stay relative to the repository, where tsconfig.build.json is).
+  const project = join(directory, "tsconfig.json");
+  writeFileSync(
+    project,
+    JSON.stringify({
+      extends: join(REPO, "tsconfig.build.json"),
+      compilerOptions: { outDir },
+      files: COMPILED_SCRIPTS.map((script) => join(REPO, script)),
+    }),
+  );
   symlinkSync(join(REPO, "node_modules"), join(directory, "node_modules"), "dir");
   const tsc = join(REPO, "node_modules/typescript/bin/tsc");
   return new Promise((resolve, reject) => {
     execFile(
       process.execPath,
-      [tsc, "-p", join(REPO, "tsconfig.build.json"), "--outDir", outDir],
+      [tsc, "-p", project],
       { cwd: REPO, maxBuffer: 16 * 1024 * 1024 },
       (error, stdout, stderr) => {
         if (error !== null) {
           reject(new Error(`tsc -p tsconfig.build.json failed: ${error.message}\n${stdout}${stderr}`));
           return;
         }
-        resolve({ name: "compiled", nodeArgs: [join(outDir, "cli/src/entry.js")] });
+        resolve({
+          name: "compiled",
+          nodeArgs: [join(outDir, "cli/src/entry.js")],
+          scriptArgs: (script) => [join(outDir, script.replace(/\.ts$/, ".js"))],
+        });
       },
     );
   });

@@ -4,6 +4,7 @@
  */
 import type { ModeResult } from "./load.js";
 import { markdownTable } from "./output.js";
+import { type CryptoFloor, ceilingShare } from "./sidecar-floor.js";
 import type { OpenLoopResult } from "./sidecar-open-loop.js";
 import type { CpuAccount, RssSamples } from "./sidecar-processes.js";
 
@@ -39,8 +40,10 @@ export interface RunSettings {
 /** One mode's accounts: CPU per process and sidecar memory, at 1,000 rps (open) and at max rps (closed). */
 export interface ModeAccounts {
   readonly name: string;
-  /** 0: direct to the app. */
+  /** 0: no chain (direct to the app, or through the plain pair). */
   readonly depth: number;
+  /** Whether the requests went through a pair of proxies (whose CPU the table shows). */
+  readonly proxied: boolean;
   readonly openCpu: CpuAccount;
   readonly closedCpu: CpuAccount;
   readonly openRss: RssSamples;
@@ -57,6 +60,7 @@ export interface Report {
   readonly open: readonly OpenLoopResult[];
   readonly closed: readonly ModeResult[];
   readonly specs: readonly ModeAccounts[];
+  readonly baseline: Baseline;
   readonly peakRss: { readonly caller: number; readonly callee: number; readonly app: number };
   readonly idleRss: { readonly caller: number; readonly callee: number };
   readonly runtime: string;
@@ -64,6 +68,95 @@ export interface Report {
   readonly requests: number;
   readonly failures: number;
   readonly settings: RunSettings;
+}
+
+/** What the sidecar pair is held against besides the direct call, measured in the same run. */
+export interface Baseline {
+  /** bench/plain-proxy.ts: the sidecars' I/O path (HTTP, mutual TLS, relay) and nothing else. */
+  readonly plainOpen: OpenLoopResult;
+  readonly plainClosed: ModeResult;
+  /** The larger of the plain proxies' resident set, the highest sampled while they carried load. */
+  readonly plainRssMb: number;
+  readonly floor: CryptoFloor;
+}
+
+/** The baselines as sidecar.json records them: the plain pair, Custody beyond it, the crypto floor. */
+export function baselineSummary(report: Report) {
+  const [directOpen] = report.open;
+  const directMaxRps = report.closed[0]?.perSecond ?? Number.NaN;
+  const { plainOpen, plainClosed, plainRssMb, floor } = report.baseline;
+  const depth1 = report.entries.find((entry) => entry.depth === 1);
+  const direct = report.specs[0]?.closedCpu.perRequestUs();
+  const directUs = direct === undefined ? Number.NaN : direct.app + direct.client;
+  return {
+    plainPair: {
+      addedP50Ms: round3(plainOpen.p50Ms - (directOpen?.p50Ms ?? Number.NaN)),
+      addedP99Ms: round3(plainOpen.p99Ms - (directOpen?.p99Ms ?? Number.NaN)),
+      maxRps: Math.round(plainClosed.perSecond),
+      maxRpsShareOfDirect: round3(plainClosed.perSecond / directMaxRps),
+      rssMb: plainRssMb,
+    },
+    custodyBeyondPlainPair: {
+      depth: 1,
+      addedP50Ms: round3((depth1?.meshP50Ms ?? Number.NaN) - plainOpen.p50Ms),
+      addedP99Ms: round3((depth1?.meshP99Ms ?? Number.NaN) - plainOpen.p99Ms),
+      maxRpsShareOfPlainPair: round3((depth1?.maxRps ?? Number.NaN) / plainClosed.perSecond),
+    },
+    cryptoFloor: {
+      signUs: round1(floor.signUs),
+      verifyUs: round1(floor.verifyUs),
+      /** CPU per request of the direct mode at max rps: the app and the client. */
+      directCpuUs: round1(directUs),
+      /** The highest share of the direct max rps a pair that signs and verifies once per call can reach. */
+      maxRpsShareCeiling: round3(ceilingShare(floor, directUs)),
+    },
+  };
+}
+
+function renderBaseline(report: Report): string[] {
+  const summary = baselineSummary(report);
+  const depth1 = report.entries.find((entry) => entry.depth === 1);
+  const directMaxRps = report.closed[0]?.perSecond ?? Number.NaN;
+  const percent = (value: number) => `${(value * 100).toFixed(1)} %`;
+  const { plainPair, custodyBeyondPlainPair: beyond, cryptoFloor } = summary;
+  const table = markdownTable(
+    ["depth 1, against the same direct call", "added p50", "added p99", "max rps", "of direct", "RSS"],
+    [
+      [
+        "plain proxy pair: same HTTP, mutual TLS and relay, no authorization",
+        `${ms(plainPair.addedP50Ms)} ms`,
+        `${ms(plainPair.addedP99Ms)} ms`,
+        String(plainPair.maxRps),
+        percent(plainPair.maxRpsShareOfDirect),
+        `${plainPair.rssMb.toFixed(1)} MB`,
+      ],
+      [
+        "Custody sidecar pair",
+        `${ms(depth1?.addedP50Ms ?? Number.NaN)} ms`,
+        `${ms(depth1?.addedP99Ms ?? Number.NaN)} ms`,
+        String(depth1?.maxRps ?? Number.NaN),
+        percent((depth1?.maxRps ?? Number.NaN) / directMaxRps),
+        `${(depth1?.sidecarRssMb ?? Number.NaN).toFixed(1)} MB`,
+      ],
+      [
+        "Custody beyond the plain pair",
+        `${ms(beyond.addedP50Ms)} ms`,
+        `${ms(beyond.addedP99Ms)} ms`,
+        `${percent(beyond.maxRpsShareOfPlainPair)} of the plain pair's`,
+        "",
+        "",
+      ],
+    ],
+  );
+  return [
+    table,
+    "",
+    `Crypto floor: one ES256 link signature ${cryptoFloor.signUs} µs and one verification ` +
+      `${cryptoFloor.verifyUs} µs (this run, this machine). The direct call costs ${cryptoFloor.directCpuUs} µs ` +
+      "of CPU per request at max rps (app + client), so a pair that did nothing but sign and verify " +
+      `could reach at most ${percent(cryptoFloor.maxRpsShareCeiling)} of the direct max rps ` +
+      `(target ≥ ${TARGETS.maxRpsShare * 100} %).`,
+  ];
 }
 
 /** One target: what is compared, at which depth (null: the whole run), and the verdict. */
@@ -215,7 +308,7 @@ export function render(report: Report): string {
     report.specs.map((spec, index) => {
       const open = spec.openCpu.perRequestUs();
       const closed = spec.closedCpu.perRequestUs();
-      const sidecar = (value: number) => (spec.depth === 0 ? "-" : cpu(value));
+      const sidecar = (value: number) => (spec.proxied ? cpu(value) : "-");
       return [
         spec.name,
         cpu(open.app),
@@ -256,6 +349,8 @@ export function render(report: Report): string {
     results,
     "",
     targets,
+    "",
+    ...renderBaseline(report),
     "",
     latency,
     "",

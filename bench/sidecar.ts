@@ -29,6 +29,7 @@ import {
   wasInterrupted,
 } from "./proc.js";
 import { AnswerError, call, callExpectingRefusal, type Expected, keepAlivePool } from "./sidecar-client.js";
+import { measureCryptoFloor } from "./sidecar-floor.js";
 import { CALLEE, CALLER, type MeshFiles, mintPrefix, writeMesh } from "./sidecar-mesh.js";
 import { measureOpenLoop, type OpenLoopMode } from "./sidecar-open-loop.js";
 import {
@@ -42,6 +43,7 @@ import {
   tsxRuntime,
 } from "./sidecar-processes.js";
 import {
+  baselineSummary,
   type ModeAccounts,
   type Report,
   render,
@@ -83,6 +85,8 @@ function describe(error: unknown): string {
 
 /** A mode: where its requests go, what the app must say it received, and its accounts. */
 interface ModeSpec extends ModeAccounts {
+  /** The processes whose CPU this mode's requests cost (direct: the sidecars, idle). */
+  readonly processes: Processes;
   readonly pool: Pool;
   readonly headers: () => Record<string, string>;
   readonly expected: Expected;
@@ -178,9 +182,18 @@ async function main(): Promise<void> {
     if (failures >= MAX_FAILURES) abort.abort(new Error(`${failures} requests failed`));
   };
   try {
-    const ports = await Promise.all(Array.from({ length: 7 }, freePort));
-    const [appPort, outboundPort, callerInbound, callerAdmin, calleeOutbound, calleeInbound, calleeAdmin] =
-      ports as [number, number, number, number, number, number, number];
+    const ports = await Promise.all(Array.from({ length: 9 }, freePort));
+    const [
+      appPort,
+      outboundPort,
+      callerInbound,
+      callerAdmin,
+      calleeOutbound,
+      calleeInbound,
+      calleeAdmin,
+      plainOutboundPort,
+      plainInboundPort,
+    ] = ports as [number, number, number, number, number, number, number, number, number];
 
     progress(
       values.tsx
@@ -229,7 +242,24 @@ async function main(): Promise<void> {
       calleeAdmin,
     ]);
     children.push(callee);
+    // The baseline pair: the sidecars' I/O path with nothing else (bench/plain-proxy.ts).
+    const plain = (role: "outbound" | "inbound", port: number, identity: string, upstream: string) =>
+      startChild(
+        `plain ${role}`,
+        [...runtime.scriptArgs("bench/plain-proxy.ts"), role, String(port), identity, upstream],
+        join(directory, `plain-${role}.log`),
+      );
+    const plainInbound = plain("inbound", plainInboundPort, mesh.calleeIdentity, String(appPort));
+    children.push(plainInbound);
+    const plainOutbound = plain(
+      "outbound",
+      plainOutboundPort,
+      mesh.callerIdentity,
+      `${HOST}:${plainInboundPort}`,
+    );
+    children.push(plainOutbound);
     const processes: Processes = { app, caller, callee };
+    const plainProcesses: Processes = { app, caller: plainOutbound, callee: plainInbound };
     for (const child of children) {
       void child.exited.then((reason) =>
         abort.abort(new Error(`${child.name} ${reason} during the run\n${child.tail()}`)),
@@ -239,6 +269,8 @@ async function main(): Promise<void> {
       waitUntilReady(app, `http://${HOST}:${appPort}/`),
       waitUntilReady(caller, `http://${HOST}:${callerAdmin}/readyz`),
       waitUntilReady(callee, `http://${HOST}:${calleeAdmin}/readyz`),
+      // Through both plain proxies to the app.
+      waitUntilReady(plainOutbound, `http://${HOST}:${plainOutboundPort}/`),
     ]);
     progress(
       `ready: app pid ${app.pid}, ${caller.name} pid ${caller.pid} (outbound :${outboundPort}), ` +
@@ -254,9 +286,14 @@ async function main(): Promise<void> {
         `${idleRss.callee.toFixed(1)} MB (${CALLEE})`,
     );
 
-    const result = await measure(mesh, processes, {
+    progress("timing one ES256 link signature and one verification (the pair's cryptographic floor) ...");
+    const [floorSigner] = mesh.prefixSigners;
+    if (floorSigner === undefined) throw new Error("bench: no signer to time");
+    const floor = await measureCryptoFloor(floorSigner);
+    const result = await measure(mesh, processes, plainProcesses, {
       appPort,
       outboundPort,
+      plainOutboundPort,
       signal: abort.signal,
       onFailure,
       countRequest: () => {
@@ -297,6 +334,12 @@ async function main(): Promise<void> {
       open: result.open,
       closed: result.closed,
       specs: result.specs,
+      baseline: {
+        plainOpen: result.plain.open,
+        plainClosed: result.plain.closed,
+        plainRssMb: result.plain.rssMb,
+        floor,
+      },
       peakRss,
       idleRss,
       runtime:
@@ -328,6 +371,7 @@ async function main(): Promise<void> {
     const output = {
       ...Object.fromEntries(result.entries.map((entry) => [`depth${entry.depth}`, entry])),
       targets: rows,
+      baseline: baselineSummary(report),
       environment: {
         node: process.version,
         openssl: process.versions.openssl,
@@ -409,6 +453,7 @@ function roundAll(reading: CpuReading): Record<string, number> {
 interface MeasureContext {
   readonly appPort: number;
   readonly outboundPort: number;
+  readonly plainOutboundPort: number;
   readonly signal: AbortSignal;
   readonly onFailure: (mode: string, error: unknown) => void;
   readonly countRequest: () => void;
@@ -417,7 +462,12 @@ interface MeasureContext {
 }
 
 /** Self-check, then the open-loop latency rounds, then the closed-loop rounds. */
-async function measure(mesh: MeshFiles, processes: Processes, context: MeasureContext) {
+async function measure(
+  mesh: MeshFiles,
+  processes: Processes,
+  plainProcesses: Processes,
+  context: MeasureContext,
+) {
   const nowSeconds = () => Math.floor(Date.now() / 1000);
   // Depth d: the app propagates d − 1 links (the last of the prefix signers, the head addressed to
   // the caller), and the caller's sidecar appends the d-th.
@@ -446,6 +496,8 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
     {
       name: "direct",
       depth: 0,
+      proxied: false,
+      processes,
       pool: pool(`http://${HOST}:${context.appPort}`),
       headers: () => ({}),
       expected: { depth: 0, caller: "-" },
@@ -454,6 +506,8 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
     ...DEPTHS.map((depth) => ({
       name: `mesh-d${depth}`,
       depth,
+      proxied: true,
+      processes,
       pool: pool(`http://${HOST}:${context.outboundPort}`),
       headers: (): Record<string, string> => {
         const prefix = prefixes.get(depth);
@@ -462,6 +516,16 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
       expected: { depth, caller: CALLER },
       ...account(),
     })),
+    {
+      name: "plain pair",
+      depth: 0,
+      proxied: true,
+      processes: plainProcesses,
+      pool: pool(`http://${HOST}:${context.plainOutboundPort}`),
+      headers: () => ({ host: CALLEE }),
+      expected: { depth: 0, caller: "-" },
+      ...account(),
+    },
   ];
   let meshAnswers = 0;
   const send = (spec: ModeSpec) => async () => {
@@ -472,7 +536,7 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
 
   // Self-check: one request per mode, and a chain with a forged first link must be refused.
   for (const spec of specs) await send(spec)();
-  const meshPool = specs.at(-1)?.pool;
+  const meshPool = specs.find((spec) => spec.depth === deepest)?.pool;
   if (meshPool === undefined) throw new Error("bench: no mesh mode");
   const forged = await callExpectingRefusal(meshPool, {
     host: CALLEE,
@@ -496,10 +560,10 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
   const openModes: OpenLoopMode[] = specs.map((spec) => ({
     name: spec.name,
     send: send(spec),
-    beforeRound: () => spec.openCpu.begin(processes),
+    beforeRound: () => spec.openCpu.begin(spec.processes),
     afterRound: ({ sent, timed }) => {
-      spec.openCpu.end(processes, sent, timed);
-      if (spec.depth > 0) spec.openRss.sample(processes);
+      spec.openCpu.end(spec.processes, sent, timed);
+      if (spec.proxied) spec.openRss.sample(spec.processes);
     },
   }));
   const open = await measureOpenLoop(openModes, {
@@ -522,7 +586,7 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
       name: spec.name,
       prepare: async () => {
         operations = 0;
-        spec.closedCpu.begin(processes);
+        spec.closedCpu.begin(spec.processes);
         const operation = send(spec);
         return async () => {
           operations++;
@@ -531,8 +595,8 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
       },
       finish: async () => {
         // The first batch of every mode is its warm-up.
-        spec.closedCpu.end(processes, operations, batches++ > 0);
-        if (spec.depth > 0) spec.closedRss.sample(processes);
+        spec.closedCpu.end(spec.processes, operations, batches++ > 0);
+        if (spec.proxied) spec.closedRss.sample(spec.processes);
       },
     };
   });
@@ -540,7 +604,8 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
     ...CLOSED_LOOP,
     serverCpu: () => {
       const reading = readCpu(processes);
-      return reading.app + reading.caller + reading.callee;
+      const plain = readCpu(plainProcesses);
+      return reading.app + reading.caller + reading.callee + plain.caller + plain.callee;
     },
     machineCpu: machineCpuClock(),
     signal: context.signal,
@@ -570,7 +635,17 @@ async function measure(mesh: MeshFiles, processes: Processes, context: MeasureCo
       sidecarRssMb: round1(Math.max(spec.openRss.larger, spec.closedRss.larger)),
     };
   });
-  return { entries, open, closed, specs, meshAnswers };
+  const plainOpen = open.at(-1);
+  const plainClosed = closed.at(-1);
+  const plainSpec = specs.at(-1);
+  if (plainOpen === undefined || plainClosed === undefined || plainSpec === undefined)
+    throw new Error("bench: no plain-pair result");
+  const plain = {
+    open: plainOpen,
+    closed: plainClosed,
+    rssMb: round1(Math.max(plainSpec.openRss.larger, plainSpec.closedRss.larger)),
+  };
+  return { entries, open, closed, specs, meshAnswers, plain };
 }
 
 try {
