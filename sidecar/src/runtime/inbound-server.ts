@@ -97,6 +97,8 @@ export function createInboundServer(options: InboundOptions): Server {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const reason = outcome.allowed ? outcome.decision.reason : outcome.reason;
     options.metrics.inbound(outcome.allowed ? "allow" : "deny", reason, seconds, depth, bytes);
+    // The audit line is built only when it is written: at a level above info it would be pure garbage.
+    if (!options.logger.isLevelEnabled("info")) return;
     const verdict = outcome.decision?.decidedBy;
     options.logger.info(
       {

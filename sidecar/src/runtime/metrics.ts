@@ -65,15 +65,27 @@ export function createSidecarMetrics(registry: Registry): SidecarMetrics {
     labelNames: ["result"] as const,
     registers: [registry],
   });
+  // A labelled child per series, looked up once: prom-client hashes the label values on every
+  // labels() call. Bounded: directions × decisions × reason codes, all fixed in the code.
+  const series = new Map<string, Counter.Internal>();
+  const count = (direction: string, decision: string, reason: string) => {
+    const key = `${direction} ${decision} ${reason}`;
+    let child = series.get(key);
+    if (child === undefined) {
+      child = requests.labels(direction, decision, reason);
+      series.set(key, child);
+    }
+    child.inc();
+  };
   return {
     inbound(decision, reason, seconds, chainDepth, chainBytes) {
-      requests.labels("inbound", decision, reason).inc();
+      count("inbound", decision, reason);
       latency.observe(seconds);
       if (decision === "allow") depth.observe(chainDepth);
       if (chainBytes > 0) bytes.observe(chainBytes);
     },
     outbound(result, reason, seconds) {
-      requests.labels("outbound", result === "sent" ? "allow" : "deny", reason).inc();
+      count("outbound", result === "sent" ? "allow" : "deny", reason);
       if (result === "sent") outboundLatency.observe(seconds);
     },
     identityToken(expiresAtMs) {
