@@ -16,6 +16,25 @@ export function certificateThumbprint(der: Uint8Array): string {
   return createHash("sha256").update(der).digest("base64url");
 }
 
+/** A TLS server whose certificate does not name the SPIFFE id the client expected there. */
+export class ServerIdentityMismatchError extends Error {}
+
+/**
+ * A `checkServerIdentity` for a workload's server: its certificate names a SPIFFE id, not a host
+ * name. The chain is verified against the CA as usual; this replaces the host-name check with the
+ * SPIFFE URI SAN, so a certificate of another service from the same CA is refused in the handshake.
+ */
+export function spiffeServerCheck(expected: string) {
+  return (_host: string, certificate: PeerCertificate): Error | undefined => {
+    const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());
+    return names.includes(`URI:${expected}`)
+      ? undefined
+      : new ServerIdentityMismatchError(
+          `the server is not ${expected} (its names: ${certificate.subjectaltname ?? "none"})`,
+        );
+  };
+}
+
 /** Longest chain read from a TLS peer: leaf plus intermediates, far beyond any real deployment. */
 const MAX_PEER_CHAIN = 8;
 

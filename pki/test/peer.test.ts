@@ -1,9 +1,10 @@
+import type { PeerCertificate } from "node:tls";
 import { describe, expect, it } from "vitest";
 import { TrustBundle } from "../src/bundle.js";
 import { type CertificateAuthority, createCertificateAuthority } from "../src/ca.js";
 import { CertificateVerificationError } from "../src/errors.js";
 import { issueCertificate, type LeafOptions } from "../src/issue.js";
-import { VerifiedCertificateCache } from "../src/peer.js";
+import { ServerIdentityMismatchError, spiffeServerCheck, VerifiedCertificateCache } from "../src/peer.js";
 
 /** A CA valid since yesterday, so a certificate can be checked past its notAfter. */
 const createCa = (trustDomain = "custody.local") =>
@@ -40,5 +41,27 @@ describe("VerifiedCertificateCache", () => {
     expect(() => cache.verify(without, [client.certificate.der], new Date())).toThrow(
       CertificateVerificationError,
     );
+  });
+});
+
+describe("spiffeServerCheck", () => {
+  const presenting = (subjectaltname: string | undefined) => ({ subjectaltname }) as PeerCertificate;
+  const check = spiffeServerCheck("spiffe://custody.local/ns/shop/si/cart");
+
+  it("accepts a certificate naming the expected SPIFFE id among its names", () => {
+    expect(
+      check("127.0.0.1", presenting("DNS:localhost, URI:spiffe://custody.local/ns/shop/si/cart")),
+    ).toBeUndefined();
+  });
+
+  it("refuses another service's id, a prefix of it, and a certificate without names", () => {
+    for (const names of [
+      "URI:spiffe://custody.local/ns/shop/si/stray",
+      "URI:spiffe://custody.local/ns/shop/si/cart/extra",
+      "DNS:spiffe://custody.local/ns/shop/si/cart",
+      undefined,
+    ]) {
+      expect(check("127.0.0.1", presenting(names))).toBeInstanceOf(ServerIdentityMismatchError);
+    }
   });
 });

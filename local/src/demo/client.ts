@@ -7,7 +7,7 @@
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import type { PeerCertificate } from "node:tls";
+import { spiffeServerCheck } from "../../../pki/src/peer.js";
 import { DemoError } from "./errors.js";
 
 export const MAX_ANSWER_BYTES = 1024 * 1024;
@@ -55,19 +55,6 @@ function withBody(init: CallInit): Record<string, string> {
       ? {}
       : { "content-type": "application/json", "content-length": String(Buffer.byteLength(init.body)) }),
     ...init.headers,
-  };
-}
-
-/**
- * The sidecar's server certificate names a SPIFFE id, not a host name: the chain is verified
- * against Custody's CA as usual, and this replaces the host-name check with the SPIFFE URI SAN.
- */
-export function spiffeServerCheck(expected: string) {
-  return (_host: string, certificate: PeerCertificate): Error | undefined => {
-    const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());
-    return names.includes(`URI:${expected}`)
-      ? undefined
-      : new Error(`the server is not ${expected} (its names: ${certificate.subjectaltname ?? "none"})`);
   };
 }
 

@@ -9,6 +9,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from "pino";
 import { isServiceId } from "../../../crds/src/names.js";
 import type { RegistryService } from "../../../crds/src/registry-schema.js";
+import { ServerIdentityMismatchError } from "../../../pki/src/peer.js";
 import { parseCompactJws } from "../chain/jws.js";
 import { CHAIN_SEPARATOR } from "../chain/limits.js";
 import { LINK_TYPE } from "../chain/link.js";
@@ -18,7 +19,7 @@ import { BodyError, type SpooledBody, type SpoolOptions, spoolRequestBody } from
 import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, sendRefusal } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import type { SidecarMetrics } from "./metrics.js";
-import { PeerIdentityError, PeerPools } from "./peer-pools.js";
+import { PeerPools } from "./peer-pools.js";
 import type { RegistrySnapshot } from "./registry-source.js";
 import { relay, UpstreamError } from "./relay.js";
 
@@ -203,7 +204,7 @@ function toRefusal(error: unknown): OutboundRefusal {
   if (error instanceof OutboundRefusal) return error;
   if (error instanceof BodyError) return new OutboundRefusal(413, error.code, error.message);
   if (error instanceof UpstreamError) {
-    return error.upstream instanceof PeerIdentityError
+    return error.upstream instanceof ServerIdentityMismatchError
       ? new OutboundRefusal(502, "peer_identity_mismatch", error.message)
       : new OutboundRefusal(502, "peer_unreachable", error.message);
   }

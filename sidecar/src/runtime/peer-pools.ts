@@ -9,15 +9,12 @@
  * certificate rotation. There is at most one live pool per service in the registry.
  */
 import { isIP } from "node:net";
-import type { PeerCertificate } from "node:tls";
 import { Pool } from "undici";
 import { parseServiceId, spiffeIdFor } from "../../../crds/src/names.js";
 import type { RegistryService } from "../../../crds/src/registry-schema.js";
+import { spiffeServerCheck } from "../../../pki/src/peer.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import type { RegistrySnapshot } from "./registry-source.js";
-
-/** The peer answered with a certificate that does not name the service the registry lists there. */
-export class PeerIdentityError extends Error {}
 
 /** Per peer; requests beyond it wait in the pool's queue. */
 const CONNECTIONS_PER_PEER = 128;
@@ -25,13 +22,6 @@ const CONNECTIONS_PER_PEER = 128;
 const KEEP_ALIVE_MS = 20_000;
 /** As the sidecar's own request timeout. */
 const TIMEOUT_MS = 60_000;
-
-function spiffeCheck(expected: string) {
-  return (_host: string, certificate: PeerCertificate): Error | undefined => {
-    const names = (certificate.subjectaltname ?? "").split(",").map((name) => name.trim());
-    return names.includes(`URI:${expected}`) ? undefined : new PeerIdentityError(`peer is not ${expected}`);
-  };
-}
 
 /** `host:port`, the host bare or a bracketed IPv6 address. */
 function splitLocation(location: string): { host: string; port: string } {
@@ -96,7 +86,7 @@ export class PeerPools {
         minVersion: "TLSv1.3",
         // SNI carries host names only (RFC 6066); the peer is checked by its SPIFFE id anyway.
         ...(isIP(host) === 0 ? { servername: host } : {}),
-        checkServerIdentity: spiffeCheck(expected),
+        checkServerIdentity: spiffeServerCheck(expected),
       },
     });
   }
