@@ -6,7 +6,7 @@ SHELL := bash
 
 NPM ?= npm
 
-.PHONY: help install build typecheck lint format crds test bench demo helm-lint images e2e-kind
+.PHONY: help install build typecheck lint format crds test test-clock-shift bench demo helm-lint images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
 
 test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite
 	$(NPM) test
+
+test-clock-shift: build ## The suite again with the clock 400 and 730 days ahead (libfaketime): no test may depend on the date
+	bash e2e/clock-shift.sh
 
 helm-lint: install ## Helm chart: lint --strict, rendered objects vs Kubernetes schemas, RBAC allow-list, values schema, promtool rules
 	CUSTODY_REQUIRE_ALL=1 npx vitest run e2e/test/helm-chart.test.ts

@@ -25,6 +25,18 @@ async function answersPing(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * The environment without libfaketime. `make test-clock-shift` preloads it to run the suite on a
+ * shifted clock, and redis-server's allocator deadlocks under it. Redis's clock does not matter to
+ * the code under test: Custody gives it relative TTLs (PX), computed on Custody's own clock.
+ */
+function realClockEnv(): NodeJS.ProcessEnv {
+  const preload = (process.env.LD_PRELOAD ?? "")
+    .split(/[:\s]+/)
+    .filter((library) => library !== "" && !library.includes("libfaketime"));
+  return { ...process.env, LD_PRELOAD: preload.join(":") };
+}
+
 /** A throwaway redis-server on 127.0.0.1 only, keeping nothing on disk. */
 export class RedisProcess {
   #child: ChildProcess | undefined;
@@ -49,7 +61,7 @@ export class RedisProcess {
         "--protected-mode",
         "yes",
       ],
-      { stdio: "ignore" },
+      { stdio: "ignore", env: realClockEnv() },
     );
     this.#child = child;
     // Never outlive the test process, even when it dies before afterAll.

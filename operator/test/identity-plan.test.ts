@@ -16,6 +16,10 @@ import {
 import { createCa } from "./support/pki.js";
 
 const HOUR = 3_600_000;
+/**
+ * The plan's fake clock. Any instant works because the CA below is created on this clock too; only
+ * the "identity Secret" tests, which read material at the real time, use the real clock.
+ */
 const T0 = Date.UTC(2026, 10, 22, 12);
 const OWNER = { namespace: "shop", name: "cart", uid: "uid-1" };
 const EXPECTED = { trustDomain: "custody.local", serviceId: "cart.shop" };
@@ -45,7 +49,7 @@ describe("identity plan", () => {
     });
 
   beforeAll(async () => {
-    ca = await createCa();
+    ca = await createCa("custody.local", T0);
     // 24h certificates renewed 8h before expiry (a third, the default).
     identity = validateServiceIdentity({
       apiVersion: "custody.dev/v1alpha1",

@@ -56,9 +56,18 @@ export class CsrError extends PkiError {
   }
 }
 
-/** A request to issue something Custody will not issue (bad SAN, lifetime out of bounds). */
+/**
+ * A request to issue something Custody will not issue: bad SAN, lifetime out of bounds, or a validity
+ * window that does not overlap the CA's (before it begins, or after it ends).
+ */
 export class IssueError extends PkiError {
-  declare readonly code: "invalid_dns_name" | "invalid_ip_address" | "invalid_lifetime" | "too_many_names";
+  declare readonly code:
+    | "invalid_dns_name"
+    | "invalid_ip_address"
+    | "invalid_lifetime"
+    | "too_many_names"
+    | "ends_before_ca_valid"
+    | "starts_after_ca_expires";
   constructor(code: IssueError["code"], message: string) {
     super(code, message);
   }

@@ -174,8 +174,22 @@ function leafValidity(ca: CertificateAuthority, options: LeafOptions): LeafValid
   const requestedNotAfter = wholeSeconds(new Date(start.getTime() + lifetime * 1000));
   const clamped = requestedNotAfter.getTime() > caNotAfter.getTime();
   const notAfter = clamped ? caNotAfter : requestedNotAfter;
+  // Both ends are clamped into the CA's window, so an empty window means the request lies wholly
+  // outside it: entirely before the CA begins, or entirely after it ends. The two have different
+  // remedies (a clock or a start date vs. a new CA), so they are told apart.
+  if (requestedNotAfter.getTime() <= ca.certificate.notBefore.getTime()) {
+    throw new IssueError(
+      "ends_before_ca_valid",
+      `the certificate would end at ${requestedNotAfter.toISOString()}, before the CA "${ca.certificate.subject}" ` +
+        `becomes valid at ${ca.certificate.notBefore.toISOString()}; check the clock, or issue with a later start.`,
+    );
+  }
   if (notAfter.getTime() <= notBefore.getTime()) {
-    throw new IssueError("invalid_lifetime", "the certificate would start after the CA expires.");
+    throw new IssueError(
+      "starts_after_ca_expires",
+      `the certificate would start at ${notBefore.toISOString()}, after the CA "${ca.certificate.subject}" ` +
+        `expires at ${caNotAfter.toISOString()}; issue with an earlier start, or rotate to a new CA.`,
+    );
   }
   return { notBefore, notAfter, clamped };
 }

@@ -139,6 +139,36 @@ describe("issueCertificate", () => {
     ).toBe("no_trust_domain");
   });
 
+  it("tells a certificate wholly before the CA's validity from one wholly after it", async () => {
+    const caStart = ca.certificate.notBefore.getTime();
+    const before = issueCertificate(ca, {
+      id: "cart.shop",
+      now: new Date(caStart - 2 * DAY),
+      lifetimeSeconds: DAY / 1000,
+    });
+    await expect(before).rejects.toMatchObject({
+      code: "ends_before_ca_valid",
+      message: expect.stringContaining("before the CA"),
+    });
+    const after = issueCertificate(ca, {
+      id: "cart.shop",
+      now: new Date(caStart + 60_000),
+      notBefore: new Date(ca.certificate.notAfter.getTime() + DAY),
+      lifetimeSeconds: DAY / 1000,
+    });
+    await expect(after).rejects.toMatchObject({
+      code: "starts_after_ca_expires",
+      message: expect.stringContaining("after the CA"),
+    });
+    const { privateKey } = await generateKeyPair("ecdsa-p256");
+    const csr = parseCsrPem(createCertificateRequest(privateKey, "Partner"), "test CSR");
+    expect(
+      await codeOf(() =>
+        signCertificateRequest(ca, csr, { now: new Date(caStart - 2 * DAY), lifetimeSeconds: DAY / 1000 }),
+      ),
+    ).toBe("ends_before_ca_valid");
+  });
+
   it("accepts a wildcard as the left-most DNS label only", async () => {
     const { certificate } = await issueCertificate(ca, { id: "cart.shop", dnsNames: ["*.shop.svc"] });
     expect(certificate.dnsNames).toEqual(["*.shop.svc"]);

@@ -11,9 +11,13 @@ export interface ClientCertificate {
   readonly privateKey: KeyObject;
 }
 
-/** A CA valid since yesterday, so tests can issue certificates that have already expired. */
-export function createCa(trustDomain = "custody.local"): Promise<CertificateAuthority> {
-  return createCertificateAuthority({ trustDomain, now: new Date(Date.now() - 86_400_000) });
+/**
+ * A CA valid since the day before `nowMs`, so tests can issue certificates that have already expired.
+ * A test on a fake clock passes its own `nowMs`: the CA and its leaves must share one clock, or the
+ * test starts failing once the calendar moves past the fake clock's date.
+ */
+export function createCa(trustDomain = "custody.local", nowMs = Date.now()): Promise<CertificateAuthority> {
+  return createCertificateAuthority({ trustDomain, now: new Date(nowMs - 86_400_000) });
 }
 
 /** A Custody certificate: CN and SPIFFE id of `id`; usage client unless `usage` says otherwise. */
