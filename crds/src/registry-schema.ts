@@ -12,7 +12,13 @@ import { compiledPolicySchema, serviceIdSchema } from "./compiled-policy.js";
 import { jwkKidSchema, jwkSchema, jwksSchema } from "./jwk.js";
 import { API_GROUP_VERSION, TRUST_DOMAIN_PATTERN } from "./names.js";
 import { claimMap, dnsLabel, reportDuplicates, scopeTokenSchema, timestampSchema } from "./schema-kit.js";
-import { MAX_IDENTITY_CLAIMS, MAX_IDENTITY_SCOPES } from "./service-identity.js";
+import {
+  MAX_AUDIENCE_LENGTH,
+  MAX_EDGE_AUDIENCES,
+  MAX_EXTERNAL_SUBJECTS,
+  MAX_IDENTITY_CLAIMS,
+  MAX_IDENTITY_SCOPES,
+} from "./service-identity.js";
 
 export const REGISTRY_KIND = "Registry";
 export const MAX_REGISTRY_SHARDS = 64;
@@ -120,6 +126,22 @@ export const registryServiceSchema = z.strictObject({
     .max(MAX_IDENTITY_SCOPES)
     .refine((scopes) => new Set(scopes).size === scopes.length, { error: "must not list a scope twice" }),
   edge: z.boolean(),
+  /** For an edge: a user's token must name one of these in `aud` to be admitted (and continued). */
+  edgeAudiences: z
+    .array(z.string().min(1).max(MAX_AUDIENCE_LENGTH))
+    .min(1)
+    .max(MAX_EDGE_AUDIENCES)
+    .optional(),
+  /**
+   * Client certificates of other CAs that authenticate as this service, each with the subject DN of
+   * the anchor that must have issued it (both normalized): a sidecar checks a bearer identity token's
+   * client certificate against these, as the token service did.
+   */
+  externalSubjects: z
+    .array(z.strictObject({ issuer: z.string().min(1).max(1024), subject: z.string().min(1).max(1024) }))
+    .min(1)
+    .max(MAX_EXTERNAL_SUBJECTS)
+    .optional(),
   location: locationSchema,
   keys: z
     .array(serviceKeySchema)
@@ -172,8 +194,16 @@ export const registryDocumentSchema = z
     trustDomain: z.string().max(255).regex(new RegExp(TRUST_DOMAIN_PATTERN), {
       error: "must be a SPIFFE trust domain such as custody.local",
     }),
-    /** PEM CA certificates: custody's CA plus the configured third-party CAs. */
+    /**
+     * PEM: Custody's CA, the only anchor of mesh identities. Workloads trust it, and nothing else, for
+     * each other (client and server certificates alike) and for the token service.
+     */
     trustBundle: trustBundleSchema,
+    /**
+     * PEM: partner CAs. They vouch only for the external subjects mapped to them, which matters only
+     * where a partner's client certificate is presented: at an edge, with its identity token.
+     */
+    partnerBundle: trustBundleSchema.optional(),
     tokenService: z.strictObject({ issuer: issuerSchema, jwks: jwksSchema }),
     trustedIssuers: z.array(trustedIssuerSchema).max(MAX_TRUSTED_ISSUERS),
     services: z.array(registryServiceSchema).max(MAX_SERVICES_PER_SHARD),

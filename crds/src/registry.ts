@@ -123,7 +123,7 @@ export function mergeRegistryShards(documents: readonly RegistryDocument[]): Reg
     if (canonicalJson(headerOf(document)) !== header) {
       throw new RegistryError(
         "registry_shard_mismatch",
-        `registry shard ${document.shard.index} has a different header (trust domain, trust bundle or issuers) than shard ${first.shard.index}`,
+        `registry shard ${document.shard.index} has a different header (trust domain, trust bundles or issuers) than shard ${first.shard.index}`,
       );
     }
   }
@@ -222,6 +222,7 @@ function headerOf(registry: Registry): Header {
     generation: registry.generation,
     trustDomain: registry.trustDomain,
     trustBundle: registry.trustBundle,
+    ...(registry.partnerBundle === undefined ? {} : { partnerBundle: registry.partnerBundle }),
     tokenService: registry.tokenService,
     trustedIssuers: registry.trustedIssuers,
   };

@@ -36,6 +36,8 @@ export const DEFAULT_TOKEN_TTL = "15m";
 export const MAX_IDENTITY_CLAIMS = 32;
 export const MAX_IDENTITY_SCOPES = 32;
 export const MAX_EXTERNAL_SUBJECTS = 16;
+export const MAX_EDGE_AUDIENCES = 16;
+export const MAX_AUDIENCE_LENGTH = 256;
 
 const certificateSpecSchema = crd(
   z
@@ -76,16 +78,44 @@ const certificateSpecSchema = crd(
   },
 );
 
-const externalSubjectSchema = z
-  .string()
-  .min(1)
-  .max(MAX_DN_LENGTH)
-  .superRefine((dn, ctx) => {
-    const problem = distinguishedNameProblem(dn);
-    if (problem !== undefined) {
-      ctx.addIssue({ code: "custom", message: `is not an RFC 4514 distinguished name: it ${problem}` });
-    }
-  });
+const distinguishedNameSchema = () =>
+  z
+    .string()
+    .min(1)
+    .max(MAX_DN_LENGTH)
+    .superRefine((dn, ctx) => {
+      const problem = distinguishedNameProblem(dn);
+      if (problem !== undefined) {
+        ctx.addIssue({ code: "custom", message: `is not an RFC 4514 distinguished name: it ${problem}` });
+      }
+    });
+
+/**
+ * One external subject: a certificate subject DN *and* the CA that must have issued it. A subject
+ * alone would let any trusted CA (partner B) issue a certificate with another partner's (A's) subject
+ * and authenticate as A's identity; naming the issuer binds each subject to the one CA that vouches
+ * for it.
+ */
+export const externalSubjectSchema = crd(
+  z.strictObject({
+    issuer: crd(distinguishedNameSchema(), {
+      description:
+        "Subject DN (RFC 4514, most specific first) of the trusted CA that issues this subject's certificates: a CA of the operator's --trust-bundle, or Custody's own CA for partner CSRs it signed (e.g. \"CN=Partner Ltd Root CA,O=Partner Ltd,C=GB\").",
+    }),
+    subject: crd(distinguishedNameSchema(), {
+      description:
+        'Subject DN (RFC 4514, most specific first) of the client certificate, e.g. "CN=partner-client,O=Partner Ltd,C=GB".',
+    }),
+  }),
+  { description: "A client certificate subject and the CA that vouches for it." },
+);
+
+export type ExternalSubject = z.output<typeof externalSubjectSchema>;
+
+/** How external subjects are compared: both DNs in normalizeDistinguishedName's spelling. */
+export function externalSubjectKey(subject: { readonly issuer: string; readonly subject: string }): string {
+  return `${normalizeDistinguishedName(subject.issuer)}\n${normalizeDistinguishedName(subject.subject)}`;
+}
 
 const externalSubjectsSchema = crd(
   z
@@ -93,50 +123,84 @@ const externalSubjectsSchema = crd(
     .min(1)
     .max(MAX_EXTERNAL_SUBJECTS)
     .superRefine((subjects, ctx) => {
-      reportDuplicates(ctx, subjects, normalizeDistinguishedName, (_subject, first, index) => ({
+      reportDuplicates(ctx, subjects, externalSubjectKey, (_subject, first, index) => ({
         path: [index],
-        message: `is the same subject as externalSubjects[${first}]`,
+        message: `is the same issuer and subject as externalSubjects[${first}]`,
       }));
     }, ONLY_WHEN_VALID),
   {
     description:
-      'Subject DNs (RFC 4514, most specific first, e.g. "CN=partner-client,O=Partner Ltd,C=GB") of client certificates from trusted third-party CAs that authenticate as this identity.',
-    "x-kubernetes-list-type": "set",
+      "Client certificates that are not mesh identities (a partner's CA, or partner CSRs signed by Custody's CA) and authenticate as this identity: each a subject DN and the CA that issues it. Only the named CA vouches for its subject.",
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["issuer", "subject"],
   },
 );
 
 export const serviceIdentitySpecSchema = crd(
-  z.strictObject({
-    serviceAccountName: crd(dnsSubdomain(), {
-      description:
-        "The Kubernetes service account whose pods may use this identity. Default: the ServiceIdentity's name.",
-    }).optional(),
-    environment: crd(dnsLabel(), {
-      description: "Deployment environment (dev, staging, prod, ...), the `env` claim of identity JWTs.",
-    }).default(DEFAULT_ENVIRONMENT),
-    claims: claimMap({
-      maxKeys: MAX_IDENTITY_CLAIMS,
-      refuseReserved: true,
-      description:
-        "Extra claims the token service puts into this identity's JWTs (e.g. team: payments). Reserved JWT claim names are refused.",
-    }).optional(),
-    scopes: uniqueList(
-      scopeTokenSchema,
-      MAX_IDENTITY_SCOPES,
-      "OAuth scopes (RFC 6749 scope tokens) granted to this identity's JWTs.",
-    ).optional(),
-    certificate: certificateSpecSchema.prefault({}),
-    tokenTTL: durationField(
-      { min: "1m", max: "24h" },
-      "Lifetime of identity JWTs, from 1m to 24h. The token service never lets a token outlive its certificate.",
-    ).default(DEFAULT_TOKEN_TTL),
-    externalSubjects: externalSubjectsSchema.optional(),
-    edge: crd(z.boolean(), {
-      description: "An edge service may start call chains that carry a user's token from a trusted issuer.",
-    }).default(false),
-  }),
-  { description: "What this workload is and how its credentials are issued." },
+  z
+    .strictObject({
+      serviceAccountName: crd(dnsSubdomain(), {
+        description:
+          "The Kubernetes service account whose pods may use this identity. Default: the ServiceIdentity's name.",
+      }).optional(),
+      environment: crd(dnsLabel(), {
+        description: "Deployment environment (dev, staging, prod, ...), the `env` claim of identity JWTs.",
+      }).default(DEFAULT_ENVIRONMENT),
+      claims: claimMap({
+        maxKeys: MAX_IDENTITY_CLAIMS,
+        refuseReserved: true,
+        description:
+          "Extra claims the token service puts into this identity's JWTs (e.g. team: payments). Reserved JWT claim names are refused.",
+      }).optional(),
+      scopes: uniqueList(
+        scopeTokenSchema,
+        MAX_IDENTITY_SCOPES,
+        "OAuth scopes (RFC 6749 scope tokens) granted to this identity's JWTs.",
+      ).optional(),
+      certificate: certificateSpecSchema.prefault({}),
+      tokenTTL: durationField(
+        { min: "1m", max: "24h" },
+        "Lifetime of identity JWTs, from 1m to 24h. The token service never lets a token outlive its certificate.",
+      ).default(DEFAULT_TOKEN_TTL),
+      externalSubjects: externalSubjectsSchema.optional(),
+      edge: crd(z.boolean(), {
+        description: "An edge service may start call chains that carry a user's token from a trusted issuer.",
+      }).default(false),
+      edgeAudiences: uniqueList(
+        z.string().min(1).max(MAX_AUDIENCE_LENGTH),
+        MAX_EDGE_AUDIENCES,
+        "For an edge: the audiences (aud) a user's token must name, one of them, to be admitted here. Default: the service id (<name>.<namespace>), so a token issued for one edge is never admitted at another.",
+      ).optional(),
+    })
+    .superRefine((spec, ctx) => {
+      if (spec.edgeAudiences !== undefined && !spec.edge) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["edgeAudiences"],
+          message: "applies only to an edge (edge: true)",
+        });
+      }
+    }),
+  {
+    description: "What this workload is and how its credentials are issued.",
+    "x-kubernetes-validations": [
+      {
+        rule: "!has(self.edgeAudiences) || self.edge",
+        message: "edgeAudiences applies only to an edge (edge: true)",
+        fieldPath: ".edgeAudiences",
+      },
+    ],
+  },
 );
+
+/**
+ * The audiences a user's token must name (one of them) to be admitted at this identity's edge:
+ * spec.edgeAudiences, else the service id. Undefined for an identity that is not an edge.
+ */
+export function edgeAudiencesOf(identity: ServiceIdentity, id: string): readonly string[] | undefined {
+  if (!identity.spec.edge) return undefined;
+  return identity.spec.edgeAudiences ?? [id];
+}
 
 const certificateStatusSchema = crd(
   z.strictObject({

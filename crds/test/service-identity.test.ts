@@ -133,20 +133,49 @@ describe("ServiceIdentity rejections", () => {
     expectIssue(issues, "spec.scopes[2]", '"a" is listed twice');
   });
 
-  it("external subjects that are not DNs, or the same DN twice", () => {
+  it("external subjects without their issuer, that are not DNs, or the same pair twice", () => {
+    const root = "CN=Partner Root,O=Partner Ltd";
     expectIssue(
       rejects((copy) => {
-        copy.spec.externalSubjects = ["partner-client"];
+        copy.spec.externalSubjects = ["CN=partner,O=Partner Ltd"];
       }),
       "spec.externalSubjects[0]",
+      /object/,
+    );
+    expectIssue(
+      rejects((copy) => {
+        copy.spec.externalSubjects = [{ subject: "CN=partner,O=Partner Ltd" }];
+      }),
+      "spec.externalSubjects[0].issuer",
+      /./,
+    );
+    expectIssue(
+      rejects((copy) => {
+        copy.spec.externalSubjects = [{ issuer: root, subject: "partner-client" }];
+      }),
+      "spec.externalSubjects[0].subject",
       /^is not an RFC 4514 distinguished name/,
     );
     expectIssue(
       rejects((copy) => {
-        copy.spec.externalSubjects = ["CN=partner,O=Partner Ltd", "cn = partner , o=Partner Ltd"];
+        copy.spec.externalSubjects = [
+          { issuer: root, subject: "CN=partner,O=Partner Ltd" },
+          { issuer: "cn=Partner Root, o=Partner Ltd", subject: "cn = partner , o=Partner Ltd" },
+        ];
       }),
       "spec.externalSubjects[1]",
-      "is the same subject as externalSubjects[0]",
+      "is the same issuer and subject as externalSubjects[0]",
+    );
+  });
+
+  it("edge audiences on a service that is not an edge", () => {
+    expectIssue(
+      rejects((copy) => {
+        copy.spec.edge = false;
+        copy.spec.edgeAudiences = ["https://api.shop.example"];
+      }),
+      "spec.edgeAudiences",
+      "applies only to an edge (edge: true)",
     );
   });
 

@@ -263,6 +263,8 @@ export class Mesh {
 
   /** External issuers (user IdPs) every later registry generation trusts, with inline JWKS. */
   trustedIssuers: Record<string, unknown>[] = [];
+  /** Partner CAs (PEM) every later registry generation publishes beside Custody's CA; none when undefined. */
+  partnerBundle: string | undefined;
   /** Keys published for a service besides its current certificate's (rotation: next or previous). */
   readonly extraKeys = new Map<string, Record<string, unknown>[]>();
 
@@ -294,6 +296,7 @@ export class Mesh {
       shard: { index: 0, count: 1 },
       trustDomain: "custody.local",
       trustBundle: this.ca.certificate.pem,
+      ...(this.partnerBundle === undefined ? {} : { partnerBundle: this.partnerBundle }),
       tokenService: { issuer: this.issuer.issuer, jwks: await this.jwks() },
       trustedIssuers: this.trustedIssuers,
       services: [...services, ...extraServices],
@@ -306,7 +309,7 @@ export class Mesh {
 
   async startSidecar(
     service: MeshService,
-    overrides: { redisUrl?: string; inboundPort?: number; tokenUrl?: string } = {},
+    overrides: { redisUrl?: string; inboundPort?: number; tokenUrl?: string; clientSecret?: string } = {},
   ): Promise<RunningSidecar> {
     const sidecar = await startSidecar({
       identityDirectory: service.identityDirectory,
@@ -314,6 +317,7 @@ export class Mesh {
       appPort: service.appPort,
       tokenUrl: overrides.tokenUrl ?? this.issuer.tokenUrl,
       outbound: { host: "127.0.0.1", port: 0 },
+      clientSecret: overrides.clientSecret,
       inbound: { host: "127.0.0.1", port: overrides.inboundPort ?? service.inboundPort },
       admin: { host: "127.0.0.1", port: 0 },
       limits: DEFAULT_LIMITS,

@@ -81,7 +81,15 @@ describe("edge entry: a bearer token starts the chain at an edge service", () =>
     const now = Math.floor(Date.now() / 1000);
     return signCompactJws(
       { alg: "ES256", typ: "JWT", kid: "idp-1" },
-      { iss: IDP, sub: "marissa", aud: "shop", iat: now, exp: now + 300, scope: "shop.customer", ...claims },
+      {
+        iss: IDP,
+        sub: "marissa",
+        aud: "shop.shop",
+        iat: now,
+        exp: now + 300,
+        scope: "shop.customer",
+        ...claims,
+      },
       idpKey,
     );
   };
@@ -139,13 +147,23 @@ describe("edge entry: a bearer token starts the chain at an edge service", () =>
     const answer = await atShop({ token });
     expect(answer.status).toBe(200);
     const atShopApp = mesh.service("shop.shop").received.at(-1);
-    expect(atShopApp?.headers["custody-chain"]).toBe(token);
+    // No app sees the customer's token: shop's app gets it sealed, with its facts in plain headers.
+    expect(atShopApp?.headers["custody-chain"]).toMatch(/^sealed\.v1\.[A-Za-z0-9_-]+$/);
     expect(atShopApp?.headers.authorization).toBeUndefined();
     expect(atShopApp?.headers["custody-caller"]).toBeUndefined();
     expect(atShopApp?.headers["custody-decision"]).toBe("allow policy=shop/shop rule=customers entry=bearer");
+    expect(atShopApp?.headers).toMatchObject({
+      "custody-initial-issuer": IDP,
+      "custody-initial-subject": "marissa",
+      "custody-initial-scope": "shop.customer",
+    });
     const chain = String(mesh.service("payments.shop").received.at(-1)?.headers["custody-chain"]).split("~");
     expect(chain).toHaveLength(3);
-    expect(chain[0]).toBe(token);
+    expect(chain[0]).toMatch(/^sealed\.v1\./);
+    for (const app of ["shop.shop", "cart.shop", "payments.shop"]) {
+      const seen = JSON.stringify(mesh.service(app).received.at(-1)?.headers);
+      expect(seen).not.toContain(token.split(".")[2]);
+    }
     expect(claimsOf(chain[1] ?? "")).toMatchObject({
       iss: "shop.shop",
       aud: "cart.shop",

@@ -82,8 +82,16 @@ describe("custody local up on examples/shop", () => {
           apiVersion: "custody.dev/v1alpha1",
           kind: "ServiceIdentity",
           metadata: { name: "partner", namespace: "shop" },
-          // A partner with its own CA: its certificate's subject DN maps it to this identity.
-          spec: { externalSubjects: ["CN=partner-client,O=Partner Ltd,C=GB"], scopes: ["shop.customer"] },
+          // A partner with its own CA: its certificate's subject DN, issued by that CA, maps it here.
+          spec: {
+            externalSubjects: [
+              {
+                issuer: "CN=Partner Client CA,O=Partner Ltd,C=GB",
+                subject: "CN=partner-client,O=Partner Ltd,C=GB",
+              },
+            ],
+            scopes: ["shop.customer"],
+          },
         }),
       );
       // shop also takes orders from the partner itself (its identity JWT, bound to its certificate).

@@ -68,7 +68,7 @@ describe.skipIf(!HAS_PROMETHEUS || !HAS_PROMTOOL)("Prometheus scraping a local m
   const paid = (reply: Reply) => reply.status === 200 && reply.body.includes('"paid":true');
   /** What a compromised cart app can do: call payments through its own sidecar, with no chain. */
   const cartCallsPaymentsDirectly = () =>
-    callOutbound(mesh().workload("cart.shop").outboundUrl, "http://payments.shop/pay-for-order/1", {
+    callOutbound(mesh().workload("cart.shop").appProxyUrl, "http://payments.shop/pay-for-order/1", {
       method: "POST",
       body: JSON.stringify({ orderId: "1" }),
     });

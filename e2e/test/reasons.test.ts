@@ -20,7 +20,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KEY_USAGE } from "../../pki/src/certificate.js";
 import { nameFromDer } from "../../pki/src/dn.js";
 import { VERIFICATION_CODES } from "../../pki/src/errors.js";
-import { createCertificateAuthority, issueCertificate, privateKeyToPem } from "../../pki/src/index.js";
+import {
+  type CertificateAuthority,
+  createCertificateAuthority,
+  issueCertificate,
+  privateKeyToPem,
+} from "../../pki/src/index.js";
 import { publicKeyDer } from "../../pki/src/keys.js";
 import {
   basicConstraints,
@@ -57,6 +62,8 @@ const OPERATION_REASONS = [
   "invalid_method",
   "target_too_long",
   "invalid_operation",
+  "path_parameter",
+  "ambiguous_segment",
 ] as const;
 /** body.ts: BodyError's codes. */
 const BODY_REASONS = ["body_too_large"] as const;
@@ -82,13 +89,21 @@ const OUTBOUND_SERVER_REASONS = [
   "unsupported_scheme",
   "unknown_service",
   "chain_repeated",
-  "chain_malformed",
-  "chain_not_ours",
   "registry_unavailable",
   "own_key_unpublished",
   "peer_unreachable",
   "peer_identity_mismatch",
+  "peer_certificate_untrusted",
   "outbound_failed",
+] as const;
+/** app-chain.ts: AppChainError's codes (a propagated chain the sidecar did not hand its app). */
+const APP_CHAIN_REASONS = ["chain_not_sealed", "chain_not_ours", "chain_altered", "chain_expired"] as const;
+/** local-client.ts: LocalClientRefusal's codes (a client that is not the workload). */
+const LOCAL_CLIENT_REASONS = [
+  "proxy_auth_required",
+  "credential_required",
+  "browser_request_refused",
+  "host_not_local",
 ] as const;
 /** key-routes.ts: every `new RouteRefusal(<status>, "...")` and its literal `reason: "..."`. */
 const KEY_ROUTE_REASONS = [
@@ -115,9 +130,17 @@ const ANSWERABLE: Record<Surface, readonly string[]> = {
     ...INBOUND_DECISION_REASONS,
     ...INBOUND_SERVER_REASONS,
   ],
-  // resolveTarget: OperationError codes (400); toRefusal: BodyError codes (413).
-  outbound: [...OUTBOUND_SERVER_REASONS, ...OPERATION_REASONS, ...BODY_REASONS],
-  // KeyServiceError codes (400) and the routes' own refusals.
+  // resolveTarget: OperationError codes (400); toRefusal: BodyError codes (413), AppChainError
+  // codes (400) and LocalClientRefusal codes (403, 407).
+  outbound: [
+    ...OUTBOUND_SERVER_REASONS,
+    ...OPERATION_REASONS,
+    ...BODY_REASONS,
+    ...APP_CHAIN_REASONS,
+    ...LOCAL_CLIENT_REASONS,
+  ],
+  // KeyServiceError codes (400) and the routes' own refusals. The key service sits on the outbound
+  // port behind the same client check; its refusals are the outbound port's (answered above).
   keys: [...KEY_SERVICE_REASONS, ...KEY_ROUTE_REASONS],
 };
 
@@ -231,8 +254,19 @@ let unregistered: RunningSidecar; // payments, with no registry loaded
 let tiny: RunningSidecar; // payments, 16-byte body limit, its app port closed
 let denying: RunningSidecar; // payments, whenNoPolicy: deny
 let redisless: RunningSidecar; // payments, replay store on a closed Redis port
+let guarded: RunningSidecar; // cart, its outbound port wanting the workload's credential
+/**
+ * Partner CAs the registry publishes: a look-alike of Custody's CA (its trust domain and name), two
+ * sharing one name, and a plain one.
+ */
+let partnerCa: CertificateAuthority;
+let twinCa: CertificateAuthority;
+let twinCa2: CertificateAuthority;
+let plainCa: CertificateAuthority;
 /** decoy.shop's registered address, where a server presents stray.shop's certificate instead. */
 let decoy: { server: HttpsServer; requests: number };
+/** impostor.shop's registered address, where a server presents a partner CA's certificate for it. */
+let impostor: { server: HttpsServer; requests: number };
 
 const reasonsProduced = new Set<string>();
 
@@ -253,6 +287,7 @@ async function startExtra(
     whenNoPolicy?: "allow" | "deny";
     maxBodyBytes?: number;
     redisUrl?: string;
+    clientSecret?: string;
   } = {},
 ): Promise<RunningSidecar> {
   const sidecar = await startSidecar({
@@ -262,6 +297,7 @@ async function startExtra(
     // No identity token: none of these sidecars starts chains.
     tokenUrl: undefined,
     outbound: { host: "127.0.0.1", port: 0 },
+    clientSecret: overrides.clientSecret,
     inbound: { host: "127.0.0.1", port: 0 },
     admin: { host: "127.0.0.1", port: 0 },
     limits: DEFAULT_LIMITS,
@@ -307,6 +343,24 @@ beforeAll(async () => {
       },
     ],
   });
+  // impostor.shop's address serves a certificate naming impostor.shop's SPIFFE id, from a partner CA.
+  const impostorPort = await freePort();
+  mesh.unmanaged.push({
+    id: "impostor.shop",
+    environment: "default",
+    claims: {},
+    scopes: [],
+    edge: false,
+    location: `127.0.0.1:${impostorPort}`,
+    keys: [
+      {
+        kid: "impostor-key-1",
+        status: "current",
+        notAfter: new Date(Date.now() + DAY).toISOString(),
+        jwk: { ...ecPublicJwk(sigOnly.publicKey), alg: "ES256", kid: "impostor-key-1", use: "sig" },
+      },
+    ],
+  });
   const decoyPort = await freePort();
   mesh.unmanaged.push({
     id: "decoy.shop",
@@ -324,6 +378,15 @@ beforeAll(async () => {
       },
     ],
   });
+  // Two partner CAs in the registry: one claims Custody's own trust domain (`custody pki init`'s
+  // defaults), the other shares its subject DN with a third (a different key).
+  [partnerCa, twinCa, twinCa2, plainCa] = await Promise.all([
+    createCertificateAuthority({ trustDomain: "custody.local" }),
+    createCertificateAuthority({ trustDomain: "twin.example" }),
+    createCertificateAuthority({ trustDomain: "twin.example" }),
+    createCertificateAuthority({ trustDomain: "plain.example" }),
+  ]);
+  mesh.partnerBundle = [partnerCa, twinCa, twinCa2, plainCa].map((ca) => ca.certificate.pem).join("");
   await mesh.start(SPECS, [VAULT_POLICY]);
 
   const fetchToken = tokenServiceFetcher(mesh.issuer.tokenUrl);
@@ -348,19 +411,38 @@ beforeAll(async () => {
     response.end("not decoy.shop");
   });
   await new Promise<void>((resolve) => decoy.server.listen(decoyPort, "127.0.0.1", resolve));
-  [stray, unregistered, tiny, denying, redisless] = await Promise.all([
+  const forged = await issueCertificate(partnerCa, {
+    id: "impostor.shop",
+    usage: "both",
+    ipAddresses: ["127.0.0.1"],
+  });
+  impostor = {
+    server: createHttpsServer({ cert: forged.certificate.pem, key: privateKeyToPem(forged.privateKey) }),
+    requests: 0,
+  };
+  impostor.server.on("request", (_request, response) => {
+    impostor.requests++;
+    response.end("not impostor.shop");
+  });
+  await new Promise<void>((resolve) => impostor.server.listen(impostorPort, "127.0.0.1", resolve));
+  [stray, unregistered, tiny, denying, redisless, guarded] = await Promise.all([
     startExtra("stray", strayDirectory),
     startExtra("unregistered", payments, { registryPath: join(directory.path, "no-registry.json") }),
     startExtra("tiny", payments, { maxBodyBytes: 16, appPort: await freePort() }),
     startExtra("denying", payments, { whenNoPolicy: "deny" }),
     startExtra("redisless", payments, { redisUrl: `redis://127.0.0.1:${await freePort()}` }),
+    startExtra("guarded", mesh.service("cart.shop").identityDirectory, {
+      clientSecret: "guarded-secret-0123456789abcdef",
+    }),
   ]);
 }, 30_000);
 
 afterAll(async () => {
   for (const sidecar of extras) await sidecar.close(100);
-  decoy?.server.close();
-  decoy?.server.closeAllConnections();
+  for (const server of [decoy?.server, impostor?.server]) {
+    server?.close();
+    server?.closeAllConnections();
+  }
   await mesh?.close();
   await directory?.cleanup();
 });
@@ -438,7 +520,15 @@ function userToken(claims: Record<string, unknown> = {}, key: KeyObject = idpKey
   const iat = nowSeconds();
   return signCompactJws(
     { alg: "ES256", typ: "JWT", kid: IDP_KID },
-    { iss: USER_IDP, sub: "marissa", scope: "shop.customer", iat, exp: iat + 300, ...claims },
+    {
+      iss: USER_IDP,
+      sub: "marissa",
+      aud: "shop.shop",
+      scope: "shop.customer",
+      iat,
+      exp: iat + 300,
+      ...claims,
+    },
     key,
   );
 }
@@ -531,6 +621,13 @@ function detachedHeader(overrides: Record<string, unknown>): string {
 }
 const FAKE_SIGNATURE = Buffer.alloc(64, 1).toString("base64url");
 
+/** What vault's app received as Custody-Chain on an allowed call from shop (e0 sealed by vault's sidecar). */
+async function chainVaultReceived(): Promise<string> {
+  const answer = await callThrough(sidecarOf("shop.shop"), "http://vault.shop/open");
+  expect(answer.status).toBe(200);
+  return String(mesh.service("vault.shop").received.at(-1)?.headers["custody-chain"]);
+}
+
 // --- the table ----------------------------------------------------------------------------------
 
 interface Row {
@@ -577,6 +674,8 @@ const BAD_TARGETS: readonly [reason: string, target: string][] = [
   ["path_traversal", "/../etc/passwd"],
   ["invalid_path", "*"],
   ["target_too_long", `/${"a".repeat(5000)}`],
+  ["path_parameter", "/admin;jsessionid=1"],
+  ["ambiguous_segment", "/admin."],
 ];
 
 const ROWS: Row[] = [
@@ -594,17 +693,27 @@ const ROWS: Row[] = [
   row("inbound", "self_not_in_registry", 503, "a sidecar whose own service the registry does not list", () =>
     mesh.callInbound("cart.shop", stray.inboundPort, { method: "GET", path: "/" }),
   ),
-  row("inbound", "body_too_large", 413, "a 1 KB body to a sidecar limited to 16 bytes", () =>
-    mesh.callInbound("cart.shop", tiny.inboundPort, { method: "POST", path: "/", body: "x".repeat(1024) }),
-  ),
+  row("inbound", "body_too_large", 413, "an allowed 1 KB body to a sidecar limited to 16 bytes", async () => {
+    const body = "x".repeat(1024);
+    return mesh.callInbound("cart.shop", tiny.inboundPort, {
+      method: "POST",
+      path: "/reasons",
+      body,
+      chain: await link("cart.shop", "payments.shop", "POST", "/reasons", { body }),
+    });
+  }),
   row("inbound", "app_unreachable", 502, "an allowed call to a sidecar whose app is down", async () =>
     cartToPayments(await genuineCartLink(), tiny.inboundPort),
   ),
 
   // --- inbound: the TLS peer (payments' inbound port, no chain: the peer is checked first)
   row("inbound", "no_client_certificate", 401, "no client certificate", () => presenting(undefined)),
-  row("inbound", "peer_not_a_service", 401, "a mesh-CA certificate without a SPIFFE id", () =>
-    presenting(oddCertificate({ issuer: mesh.ca, commonName: "anonymous", extensions: [] })),
+  row(
+    "inbound",
+    "peer_ambiguous_issuer",
+    401,
+    "a Custody-CA certificate without a SPIFFE id, while a partner CA bears Custody's CA's name",
+    () => presenting(oddCertificate({ issuer: mesh.ca, commonName: "anonymous", extensions: [] })),
   ),
   row("inbound", "peer_unknown_issuer", 401, "a certificate from another CA", async () =>
     presenting(identityOf(await issueCertificate(await createCertificateAuthority(), { id: "cart.shop" }))),
@@ -654,6 +763,20 @@ const ROWS: Row[] = [
         extensions: spiffeIds(CART_SPIFFE_ID, "spiffe://custody.local/ns/shop/si/vault"),
       }),
     ),
+  ),
+  row("inbound", "peer_not_a_service", 401, "a partner's certificate (a subject DN, no SPIFFE id)", () =>
+    presenting(oddCertificate({ issuer: plainCa, commonName: "partner-client", extensions: [] })),
+  ),
+  row(
+    "inbound",
+    "peer_spiffe_id_not_mesh_issued",
+    401,
+    "cart's SPIFFE id from a partner CA that claims Custody's trust domain",
+    async () =>
+      presenting(identityOf(await issueCertificate(partnerCa, { id: "cart.shop", usage: "client" }))),
+  ),
+  row("inbound", "peer_ambiguous_issuer", 401, "a certificate from one of two partner CAs of one name", () =>
+    presenting(oddCertificate({ issuer: twinCa2, commonName: "partner-client", extensions: [] })),
   ),
   row("inbound", "peer_trust_domain_mismatch", 401, "a mesh-CA certificate for another trust domain", () =>
     presenting(
@@ -769,17 +892,22 @@ const ROWS: Row[] = [
       return cartToPayments(`${earlier}~${head}`);
     },
   ),
-  row("inbound", "out_of_order", 401, "a head issued 20 s before the link it continues", async () => {
+  row("inbound", "stale", 401, "a head issued 8 s ago, not yet expired", async () =>
+    cartToPayments(
+      forge(await mesh.signerOf("cart.shop"), {}, { iat: nowSeconds() - 8, exp: nowSeconds() + 2 }),
+    ),
+  ),
+  row("inbound", "out_of_order", 401, "a fresh head issued 6 s before the link it continues", async () => {
     const now = nowSeconds();
     const earlier = forge(
       await mesh.signerOf("shop.shop"),
       {},
-      { aud: "cart.shop", op: "GET /x", iat: now, exp: now + 10 },
+      { aud: "cart.shop", op: "GET /x", iat: now + 2, exp: now + 12 },
     );
     const head = forge(
       await mesh.signerOf("cart.shop"),
       {},
-      { iat: now - 20, exp: now + 30, prv: sha256Base64url(earlier) },
+      { iat: now - 4, exp: now + 6, prv: sha256Base64url(earlier) },
     );
     return cartToPayments(`${earlier}~${head}`);
   }),
@@ -819,6 +947,12 @@ const ROWS: Row[] = [
     mesh.callInbound(undefined, portOf("shop.shop"), {
       path: "/",
       headers: { authorization: `Bearer ${userToken({ cnf: { "x5t#S256": sha256Base64url("another") } })}` },
+    }),
+  ),
+  row("inbound", "initial_token_audience", 401, "a user token for another edge, at shop", () =>
+    mesh.callInbound(undefined, portOf("shop.shop"), {
+      path: "/",
+      headers: { authorization: `Bearer ${userToken({ aud: "other-edge.shop" })}` },
     }),
   ),
   row("inbound", "initial_token_invalid", 401, "an expired user token", () =>
@@ -913,18 +1047,79 @@ const ROWS: Row[] = [
       headers: { "custody-chain": ["a.b.c", "d.e.f"] },
     }),
   ),
-  row("outbound", "chain_malformed", 400, "a propagated Custody-Chain that cannot be read", () =>
-    callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", { headers: { "custody-chain": "garbage" } }),
-  ),
   row(
     "outbound",
-    "chain_not_ours",
+    "chain_not_sealed",
     400,
-    "a propagated chain addressed to payments, sent from shop",
+    "a raw chain (a genuine link) as the propagated Custody-Chain",
     async () =>
       callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", {
         headers: { "custody-chain": await genuineCartLink() },
       }),
+  ),
+  row("outbound", "chain_not_sealed", 400, "a user's token as the propagated Custody-Chain, at an edge", () =>
+    callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", { headers: { "custody-chain": userToken() } }),
+  ),
+  row("outbound", "chain_not_ours", 400, "the chain vault's app received, passed on through shop", async () =>
+    callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", {
+      headers: { "custody-chain": await chainVaultReceived() },
+    }),
+  ),
+  row("outbound", "chain_altered", 400, "the chain vault's app received, its link swapped", async () => {
+    const [sealedE0] = (await chainVaultReceived()).split("~");
+    const swapped = await link("shop.shop", "vault.shop", "GET", "/open");
+    return callThrough(sidecarOf("vault.shop"), "http://cart.shop/x", {
+      headers: { "custody-chain": `${sealedE0}~${swapped}` },
+    });
+  }),
+  row("outbound", "chain_expired", 400, "a chain passed on after its initial token expired", async () => {
+    const answer = await mesh.callInbound(undefined, portOf("shop.shop"), {
+      path: "/",
+      headers: { authorization: `Bearer ${userToken({ exp: nowSeconds() + 1 })}` },
+    });
+    expect(answer.status).toBe(200);
+    const received = String(mesh.service("shop.shop").received.at(-1)?.headers["custody-chain"]);
+    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    return callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", {
+      headers: { "custody-chain": received },
+    });
+  }),
+  row("outbound", "proxy_auth_required", 407, "a proxy call without the workload's credential", () =>
+    callThrough(guarded, "http://payments.shop/x"),
+  ),
+  row("outbound", "credential_required", 401, "a key service call with a wrong credential", async () => {
+    const answer = await fetch(`${guarded.outboundUrl}/.custody/sign`, {
+      method: "POST",
+      headers: { authorization: "Bearer not-the-credential-0123456789" },
+      body: JSON.stringify({ payload: { a: 1 } }),
+    });
+    return { status: answer.status, body: await answer.text() };
+  }),
+  row("outbound", "browser_request_refused", 403, "a browser's request (Sec-Fetch-Site) to the proxy", () =>
+    callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", {
+      headers: { "sec-fetch-site": "same-origin", "sec-fetch-dest": "empty" },
+    }),
+  ),
+  row(
+    "outbound",
+    "browser_request_refused",
+    403,
+    "a cross-origin POST (Origin) to the key service",
+    async () => {
+      const answer = await fetch(`${sidecarOf("payments.shop").outboundUrl}/.custody/open`, {
+        method: "POST",
+        headers: { origin: "http://payments.shop:8080", "content-type": "text/plain" },
+        body: "{}",
+      });
+      return { status: answer.status, body: await answer.text() };
+    },
+  ),
+  row("outbound", "host_not_local", 403, "the key service addressed by another name (DNS rebinding)", () =>
+    viaProxy(sidecarOf("payments.shop"), "payments.shop:15001", {
+      method: "POST",
+      path: "/.custody/open",
+      body: "{}",
+    }),
   ),
   row("outbound", "body_too_large", 413, "a 1 KB body through a sidecar limited to 16 bytes", () =>
     callThrough(tiny, "http://cart.shop/x", { method: "POST", body: "x".repeat(1024) }),
@@ -941,6 +1136,19 @@ const ROWS: Row[] = [
       const answer = await callThrough(sidecarOf("shop.shop"), "http://decoy.shop/x");
       // Refused during the TLS handshake: the impostor never receives the request or its chain.
       expect(decoy.requests).toBe(0);
+      return answer;
+    },
+  ),
+
+  row(
+    "outbound",
+    "peer_certificate_untrusted",
+    502,
+    "impostor.shop's address answers with its SPIFFE id, from a partner CA",
+    async () => {
+      const answer = await callThrough(sidecarOf("shop.shop"), "http://impostor.shop/x");
+      // Refused during the TLS handshake: a partner's CA is no anchor for a mesh server.
+      expect(impostor.requests).toBe(0);
       return answer;
     },
   ),
@@ -1086,6 +1294,12 @@ describe("every reason code reachable over HTTP", () => {
     expect(
       all(await source("runtime/outbound-server.ts"), /new OutboundRefusal\(\s*\d{3},\s*"([a-z_]+)"/g),
     ).toEqual(sorted(OUTBOUND_SERVER_REASONS));
+    expect(all(await source("runtime/app-chain.ts"), /AppChainError\(\s*"([a-z_]+)"/g)).toEqual(
+      sorted(APP_CHAIN_REASONS),
+    );
+    expect(all(await source("runtime/local-client.ts"), /LocalClientRefusal\(\s*"([a-z_]+)"/g)).toEqual(
+      sorted(LOCAL_CLIENT_REASONS),
+    );
     const routes = await source("runtime/key-routes.ts");
     expect(
       sorted([

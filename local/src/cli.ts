@@ -105,6 +105,10 @@ export function describeLocal(local: RunningLocal): string {
     `operator admin  ${local.operatorAdminUrl}/metrics`,
     `state           ${local.stateDirectory} (logs in ${join(local.stateDirectory, "logs")})`,
     "",
+    `The outbound ports want each workload's credential (its app's HTTP_PROXY carries it as userinfo;`,
+    `the secrets are in ${join(local.stateDirectory, "clients")}). Local mode shares one machine: see`,
+    "the README's security section for what it isolates and what it does not.",
+    "",
     "Ctrl-C stops everything.",
   ].join("\n");
 }

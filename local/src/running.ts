@@ -35,6 +35,13 @@ export interface RunningWorkload {
   readonly adminPort: number;
   /** http://127.0.0.1:<outbound>: the app's HTTP_PROXY, and its key service under /.custody/. */
   readonly outboundUrl: string;
+  /**
+   * What the app presents on the outbound port and key service (Proxy-Authorization or Authorization,
+   * Basic with any user name): every process of the machine reaches 127.0.0.1.
+   */
+  readonly clientSecret: string;
+  /** The outbound port as the app is given it (its HTTP_PROXY): with the credential as userinfo. */
+  readonly appProxyUrl: string;
   /** http://127.0.0.1:<admin>: /metrics, /healthz, /readyz. */
   readonly adminUrl: string;
 }

@@ -5,7 +5,8 @@
  * exactly those files, and its app behind it. The directory is watched: manifests apply through
  * the operator, LocalWorkload changes start, restart or stop workloads here.
  */
-import { access, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { access, chmod, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,6 +42,8 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
     await rm(state, { recursive: true, force: true });
   }
   await ensureDirectory(state, 0o700);
+  // Private to this user even when it already existed: it holds the CA key and every workload key.
+  await chmod(state, 0o700);
   const logs = join(state, "logs");
   await ensureDirectory(logs, 0o700);
   const caDirectory = join(state, "ca");
@@ -123,6 +126,28 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
     join(operatorState, "secrets", workload.namespace, `custody-identity-${workload.identity}`);
   const registryDirectory = (namespace: string) => join(operatorState, "registry", namespace);
 
+  /**
+   * Fresh credentials for one workload start: the one its app presents on the sidecar's outbound
+   * port and key service (every process of this machine reaches 127.0.0.1), and the one its sidecar
+   * presents to the app (Custody-Sidecar-Token), for apps that check where a request came from.
+   */
+  const workloadSecrets = async (slug: string) => {
+    const directory = join(state, "clients", slug);
+    await ensureDirectory(directory, 0o700);
+    const client = randomBytes(32).toString("base64url");
+    const app = randomBytes(32).toString("base64url");
+    const clientFile = join(directory, "client-secret");
+    const appFile = join(directory, "app-secret");
+    await writeFilesAtomically(
+      [
+        { path: clientFile, data: client, mode: MODE_PRIVATE },
+        { path: appFile, data: app, mode: MODE_PRIVATE },
+      ],
+      { overwrite: true },
+    );
+    return { client, clientFile, app, appFile };
+  };
+
   const startWorkload = async (workload: LocalWorkload): Promise<Started> => {
     const ports = await book.workload(keyOf(workload));
     const identityDirectory = secretDirectory(workload);
@@ -134,6 +159,7 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
       `LocalWorkload ${keyOf(workload)} (${workload.source}) runs as ServiceIdentity ${workload.namespace}/${workload.identity}, which has no certificate after ${IDENTITY_WAIT_MS / 1000} s: declare that ServiceIdentity in ${directory} (see ${join(operatorState, "status", workload.namespace)} and ${join(logs, "operator.log")})`,
     );
     const slug = `${workload.namespace}-${workload.name}`;
+    const secrets = await workloadSecrets(slug);
     progress(`starting the sidecar of ${workload.serviceId} (inbound 127.0.0.1:${ports.inbound})`);
     const sidecar = await ManagedProcess.start({
       name: `sidecar ${workload.serviceId}`,
@@ -155,6 +181,10 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
         `127.0.0.1:${ports.outbound}`,
         "--admin",
         `127.0.0.1:${ports.admin}`,
+        "--client-secret-file",
+        secrets.clientFile,
+        "--app-secret-file",
+        secrets.appFile,
         "--poll-interval",
         "1s",
       ],
@@ -164,6 +194,8 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
       readyWhen: '"event":"listening"',
     });
     const outboundUrl = `http://127.0.0.1:${ports.outbound}`;
+    // What the app is given: the proxy and key service with its credential in the URL's userinfo.
+    const appOutboundUrl = `http://custody:${secrets.client}@127.0.0.1:${ports.outbound}`;
     const [program, ...args] = workload.command;
     progress(`starting the app of ${workload.serviceId}: ${workload.command.join(" ")} (port ${ports.app})`);
     let app: ManagedProcess;
@@ -177,9 +209,10 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
           ...childEnv,
           ...workload.env,
           PORT: String(ports.app),
-          HTTP_PROXY: outboundUrl,
-          http_proxy: outboundUrl,
-          CUSTODY_KEYS_URL: `${outboundUrl}/.custody`,
+          HTTP_PROXY: appOutboundUrl,
+          http_proxy: appOutboundUrl,
+          CUSTODY_KEYS_URL: `${appOutboundUrl}/.custody`,
+          CUSTODY_SIDECAR_TOKEN: secrets.app,
           CUSTODY_SERVICE_ID: workload.serviceId,
         },
         logFile: join(logs, `app-${slug}.log`),
@@ -202,6 +235,8 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
         outboundPort: ports.outbound,
         adminPort: ports.admin,
         outboundUrl,
+        clientSecret: secrets.client,
+        appProxyUrl: appOutboundUrl,
         adminUrl: `http://127.0.0.1:${ports.admin}`,
       },
     };

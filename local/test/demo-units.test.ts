@@ -141,16 +141,16 @@ describe("outcomes", () => {
     });
   });
 
-  it("captures the chain and body payments received, for the attacks", () => {
-    expect(capturedCallOf(JSON.stringify(happy), 1000)).toEqual({
-      chain: "e0~e1~e2",
+  it("captures the chain and body payments received, with the customer's token back in place of its seal", () => {
+    expect(capturedCallOf(JSON.stringify(happy), 1000, "token")).toEqual({
+      chain: "token~e1~e2",
       body: '{"sealedCard":{}}',
       path: "/pay-for-order/1001",
       decision: paymentsAnswer.decision,
       caller: "cart.shop",
       receivedAt: 1000,
     });
-    expect(capturedCallOf('{"error":"forbidden"}', 1000)).toBeUndefined();
+    expect(capturedCallOf('{"error":"forbidden"}', 1000, "token")).toBeUndefined();
   });
 
   it("compares status and reason", () => {

@@ -108,12 +108,16 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     ...(config.now === undefined ? {} : { now: config.now }),
   });
 
-  const header = (): RegistryHeader => ({
-    trustDomain,
-    trustBundle: issuer.trustBundlePem(),
-    tokenService: { issuer: issuer.issuer, jwks: { keys: [...issuer.jwks().keys] } },
-    trustedIssuers,
-  });
+  const header = (): RegistryHeader => {
+    const anchors = issuer.anchors();
+    return {
+      trustDomain,
+      trustBundle: anchors.mesh.toPem(),
+      ...(anchors.partners === undefined ? {} : { partnerBundle: anchors.partners.toPem() }),
+      tokenService: { issuer: issuer.issuer, jwks: { keys: [...issuer.jwks().keys] } },
+      trustedIssuers,
+    };
+  };
   const metrics = createMetricsRegistry("custody_operator_");
   let republish = () => {};
   const locations =
@@ -128,7 +132,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     store,
     catalog,
     ca,
-    trustBundlePem: () => issuer.trustBundlePem(),
+    meshBundlePem: () => issuer.anchors().mesh.toPem(),
     registryHeader: header,
     locationTemplate: config.locationTemplate,
     ...(locations === undefined ? {} : { locationOverride: (id: string) => locations.locationOf(id) }),

@@ -2,7 +2,7 @@ import { createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypt
 import { beforeAll, describe, expect, it } from "vitest";
 import type { PublicJwk } from "../../crds/src/jwk.js";
 import { validateServiceIdentity } from "../../crds/src/manifest.js";
-import { TrustBundle } from "../../pki/src/bundle.js";
+import { TrustAnchors } from "../../pki/src/anchors.js";
 import type { CertificateAuthority } from "../../pki/src/ca.js";
 import { IssuerKeySet } from "../../pki/src/jwks.js";
 import { parseCompactJws, sha256Base64url, signCompactJws, verifySignature } from "../../pki/src/jws.js";
@@ -44,6 +44,10 @@ describe("token grants", () => {
   let ca: CertificateAuthority;
   let partnerCa: CertificateAuthority;
   let strangerCa: CertificateAuthority;
+  /** Another partner, trusted too: it must not become the first partner, nor any mesh service. */
+  let otherPartnerCa: CertificateAuthority;
+  /** A partner CA made with `custody pki init`'s defaults: it claims Custody's own trust domain. */
+  let lookalikeCa: CertificateAuthority;
   let cart: ClientCertificate;
   let shop: ClientCertificate;
   let partner: ClientCertificate;
@@ -53,10 +57,12 @@ describe("token grants", () => {
   const nowMs = Date.now();
 
   beforeAll(async () => {
-    [ca, partnerCa, strangerCa] = await Promise.all([
+    [ca, partnerCa, strangerCa, otherPartnerCa, lookalikeCa] = await Promise.all([
       createCa(),
       createCa("partner.example"),
       createCa("stranger.example"),
+      createCa("other-partner.example"),
+      createCa("custody.local"),
     ]);
     [cart, shop, partner] = await Promise.all([
       custodyClient(ca, "cart.shop"),
@@ -79,14 +85,23 @@ describe("token grants", () => {
         },
         { identity: identity("shop", { edge: true, tokenTTL: "1h" }), source: "shop.yaml" },
         {
-          identity: identity("partner", { externalSubjects: ["CN=partner-client"] }),
+          identity: identity("partner", {
+            externalSubjects: [
+              { issuer: "CN=Custody CA partner.example,O=Custody", subject: "CN=partner-client" },
+            ],
+          }),
           source: "partner.yaml",
         },
       ]),
-      bundle: TrustBundle.fromPem([
-        { name: "ca", pem: ca.certificate.pem },
-        { name: "partner", pem: partnerCa.certificate.pem },
-      ]),
+      anchors: TrustAnchors.fromPem({
+        trustDomain: "custody.local",
+        mesh: [{ name: "ca", pem: ca.certificate.pem }],
+        partners: [
+          { name: "partner", pem: partnerCa.certificate.pem },
+          { name: "other partner", pem: otherPartnerCa.certificate.pem },
+          { name: "look-alike", pem: lookalikeCa.certificate.pem },
+        ],
+      }),
       signingKey,
       trustedIssuers: new IssuerKeySet().add(USER_IDP, [idp.jwk], ["shop"]),
       issuer: ISSUER,
@@ -199,6 +214,16 @@ describe("token grants", () => {
         "a partner subject no identity lists",
         async () => chainOf(await partnerClient(partnerCa, "someone-else")),
         "unknown_identity",
+      ],
+      [
+        "a partner subject issued by another trusted partner's CA (subjects are bound to their issuer)",
+        async () => chainOf(await partnerClient(otherPartnerCa, "partner-client")),
+        "unknown_identity",
+      ],
+      [
+        "a mesh identity (SPIFFE id of this trust domain) issued by a partner CA that claims the domain",
+        async () => chainOf(await custodyClient(lookalikeCa, "cart.shop")),
+        "spiffe_id_not_mesh_issued",
       ],
     ])("refuses %s with invalid_client (401)", async (_what, chain, reason) => {
       const presented = await chain();

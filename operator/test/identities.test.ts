@@ -40,17 +40,28 @@ describe("IdentityIndex", () => {
     expect(index.bySpiffeId("https://custody.local/ns/shop/si/cart")).toBeUndefined();
   });
 
-  it("maps external subjects in their normalized spelling", () => {
+  it("maps external subjects with their issuer, both in their normalized spelling", () => {
     const index = new IdentityIndex("custody.local", [
       {
         identity: identity("partner", "shop", {
-          externalSubjects: ["cn=partner-client, O=Partner Ltd ,C=GB"],
+          externalSubjects: [
+            { issuer: "cn=Partner Root , O=Partner Ltd", subject: "cn=partner-client, O=Partner Ltd ,C=GB" },
+          ],
         }),
         source: "a.yaml",
       },
     ]);
-    expect(index.bySubject("CN=partner-client,O=Partner Ltd,C=GB")?.id).toBe("partner.shop");
-    expect(index.bySubject("CN=partner-client,O=Partner Ltd")).toBeUndefined();
+    const issuer = "CN=Partner Root,O=Partner Ltd";
+    expect(index.bySubject({ issuer, subject: "CN=partner-client,O=Partner Ltd,C=GB" })?.id).toBe(
+      "partner.shop",
+    );
+    expect(index.bySubject({ issuer, subject: "CN=partner-client,O=Partner Ltd" })).toBeUndefined();
+    expect(
+      index.bySubject({
+        issuer: "CN=Other Root,O=Other Ltd",
+        subject: "CN=partner-client,O=Partner Ltd,C=GB",
+      }),
+    ).toBeUndefined();
   });
 
   it("keeps the first declaration of a service id and reports the second", () => {
@@ -66,7 +77,7 @@ describe("IdentityIndex", () => {
   });
 
   it("maps a subject claimed by two identities to neither (fails closed) and reports both", () => {
-    const subject = "CN=shared,O=Partner";
+    const subject = { issuer: "CN=Partner Root", subject: "CN=shared,O=Partner" };
     const index = new IdentityIndex("custody.local", [
       { identity: identity("one", "shop", { externalSubjects: [subject] }), source: "a.yaml" },
       { identity: identity("two", "shop", { externalSubjects: [subject] }), source: "b.yaml" },

@@ -55,6 +55,8 @@ const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
 const TRUST_DOMAIN_AUDIENCE = "spiffe://custody.local";
 const USER_ISSUER = "https://login.example";
 const PARTNER_SUBJECT = "CN=client_alternative,O=Partner,C=US";
+/** The partner's CA, which alone vouches for PARTNER_SUBJECT. */
+const PARTNER_ISSUER = "CN=Partner Client CA,O=Partner,C=US";
 
 type Json = Record<string, unknown>;
 type SigningKey = Awaited<ReturnType<typeof joseKeyPair>>["privateKey"];
@@ -1073,7 +1075,8 @@ spec:
   environment: prod
   claims: {organization: Partner}
   scopes: [payments.settle]
-  externalSubjects: ["${PARTNER_SUBJECT}"]
+  externalSubjects:
+    - {issuer: "${PARTNER_ISSUER}", subject: "${PARTNER_SUBJECT}"}
 `;
 
 const NOBODY_WITH_SCHEMA_ERROR = `apiVersion: custody.dev/v1alpha1

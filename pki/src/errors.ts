@@ -88,7 +88,9 @@ export type VerificationCode =
   | "not_client_auth"
   | "is_ca"
   | "malformed"
-  | "trust_domain_mismatch";
+  | "trust_domain_mismatch"
+  | "spiffe_id_not_mesh_issued"
+  | "ambiguous_issuer";
 
 export const VERIFICATION_CODES: readonly VerificationCode[] = [
   "unknown_issuer",
@@ -99,6 +101,8 @@ export const VERIFICATION_CODES: readonly VerificationCode[] = [
   "is_ca",
   "malformed",
   "trust_domain_mismatch",
+  "spiffe_id_not_mesh_issued",
+  "ambiguous_issuer",
 ];
 
 /** Why a client certificate was not accepted: exactly one code per rejection. */

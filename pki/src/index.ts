@@ -1,5 +1,12 @@
 /** Public API of the Custody PKI. Everything else in pki/src is internal. */
 export type { SignatureAlgorithm } from "./algorithms.js";
+export {
+  type AuthenticatedPeer,
+  type ExternalPeer,
+  type MeshPeer,
+  type TrustAnchorSources,
+  TrustAnchors,
+} from "./anchors.js";
 export { type BundleSource, MAX_BUNDLE_CERTIFICATES, TrustBundle } from "./bundle.js";
 export {
   CA_CERTIFICATE_FILE,

@@ -143,6 +143,9 @@ describe("verifyClientCertificate: every rejection code", () => {
       "is_ca",
       "malformed",
       "trust_domain_mismatch",
+      // Roles of trust anchors, not of one bundle: produced and tested in anchors.test.ts.
+      "spiffe_id_not_mesh_issued",
+      "ambiguous_issuer",
     ]);
   });
 

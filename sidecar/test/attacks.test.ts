@@ -244,7 +244,8 @@ describe("attack suite: the receiver refuses", () => {
   it("27b. replay in the last second the head is still accepted (whole-second clock)", async () => {
     const iat = now() - 14;
     const element = forge({}, baseClaims({ iat, exp: iat + 10 }));
-    const lastAcceptedSecond = iat + 10 + DEFAULT_LIMITS.clockSkewSeconds;
+    // A head is fresh for `skew` seconds after its iat (it expires later, but is stale by then).
+    const lastAcceptedSecond = iat + DEFAULT_LIMITS.clockSkewSeconds;
     const clock = new MemoryReplayGuard({ now: () => lastAcceptedSecond * 1000 + 900 });
     const call = {
       self: "payments.shop",
@@ -492,6 +493,41 @@ describe("attack suite: the receiver refuses", () => {
     const header = link().header;
     await refused(at(header, { peer: "shop.shop" }), "peer_mismatch");
     await expect(at(header, { peer: "cart.shop" })).resolves.toBeDefined();
+  });
+
+  // --- freshness: no link extends the life of the one before it
+  it("69. a head backdated within its lifetime (issued 8 s ago, not expired) is stale", async () => {
+    const iat = now() - 8;
+    await refused(at(forge({}, baseClaims({ iat, exp: iat + 10 }))), "stale");
+  });
+
+  it("70. an intermediary continues an expired upstream link by backdating its own link", async () => {
+    // shop's link to cart expired 30 s ago; cart signs its link as if issued back then.
+    const old = forge(
+      { kid: shop.signer.kid },
+      {
+        ...baseClaims({ iss: "shop.shop", aud: "cart.shop", op: "GET /a", iat: now() - 40, exp: now() - 30 }),
+        bdh: undefined,
+      },
+      shop.signer.privateKey,
+    );
+    const backdated = forge({}, baseClaims({ iat: now() - 31, exp: now() + 20, prv: sha256Base64url(old) }));
+    await refused(at(`${old}~${backdated}`), "stale");
+    // Signed honestly (now), the same continuation shows the upstream link had expired.
+    const honest = forge({}, baseClaims({ prv: sha256Base64url(old) }));
+    await refused(at(`${old}~${honest}`), "expired");
+  });
+
+  // --- a user's token belongs to the edge its audience names
+  it("71. a user token addressed to another edge, continued by shop", async () => {
+    await refused(
+      at(withInitial(idp.token({ sub: "marissa", aud: "admin-portal.corp" }))),
+      "initial_token_audience",
+    );
+  });
+
+  it("72. a user token with no audience at all", async () => {
+    await refused(at(withInitial(idp.token({ sub: "marissa" }))), "initial_token_audience");
   });
 
   it("60. a configured tighter limit applies (depth 2)", async () => {

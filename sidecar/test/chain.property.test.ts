@@ -19,7 +19,7 @@ function validChain(): string {
   const first = mintLink(shop.signer, {
     audience: "cart.shop",
     operation: normalizeOperation("POST", "/cart/confirm"),
-    previous: [idp.token({ sub: "marissa", scope: "shop.customer" })],
+    previous: [idp.token({ sub: "marissa", aud: "shop.shop", scope: "shop.customer" })],
   });
   return mintLink(cart.signer, {
     audience: "payments.shop",

@@ -32,7 +32,7 @@ function receive(self: string, method: string, target: string, body?: string) {
 }
 
 const userToken = () =>
-  idp.token({ sub: "marissa", aud: ["shop"], scope: "openid shop.customer", user_name: "marissa" });
+  idp.token({ sub: "marissa", aud: ["shop.shop"], scope: "openid shop.customer", user_name: "marissa" });
 
 /** The talk's checkout: user → shop → cart (POST /cart/confirm) → payments (POST /pay-for-order/12345). */
 function checkout() {

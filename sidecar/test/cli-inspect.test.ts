@@ -88,7 +88,7 @@ describe("inspectChain", () => {
     const inspected = await inspectChain(chain.header, { nowSeconds: NOW });
     expect(inspected.verification).toBeUndefined();
     expect(inspected.elements.map((e) => [e.kind, e.issuer, e.audience, e.operation])).toEqual([
-      ["token", USER_IDP, "shop", undefined],
+      ["token", USER_IDP, "shop.shop", undefined],
       ["link", "shop.shop", "cart.shop", "POST /cart/confirm"],
       ["link", "cart.shop", "payments.shop", "POST /pay-for-order/7"],
     ]);
@@ -228,7 +228,7 @@ describe("inspectChain", () => {
       nowSeconds: NOW,
     });
     const lines = renderChain(inspected.elements).split("\n");
-    expect(lines[0]).toBe(`e0 initial token ${USER_IDP} → shop  [ok]`);
+    expect(lines[0]).toBe(`e0 initial token ${USER_IDP} → shop.shop  [ok]`);
     expect(lines).toContain("└─ e1 shop.shop → cart.shop  POST /cart/confirm  [ok]");
     expect(lines).toContain("   └─ e2 cart.shop → payments.shop  POST /pay-for-order/7  [ok]");
     expect(lines.filter((line) => line.startsWith("│  ")).length).toBeGreaterThan(2);

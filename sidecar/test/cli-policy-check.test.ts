@@ -236,7 +236,7 @@ describe("custody policy check", () => {
   });
 
   it("checks a bearer token at an edge service, under --when-no-policy", async () => {
-    const token = idp.token({ sub: "marissa", aud: ["shop"], scope: "openid" });
+    const token = idp.token({ sub: "marissa", aud: ["shop.shop"], scope: "openid" });
     const args = ["--registry", file("registry.json"), "--target", "shop.shop", "--request", "GET /cart"];
     const denied = await check([...args, "--bearer", "-"], [`Authorization: Bearer ${token}\n`]);
     expect(denied.code).toBe(1);

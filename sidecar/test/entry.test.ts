@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { compilePolicy } from "../../crds/src/compiled-policy.js";
-import { admitBearer, bearerToken } from "../src/chain/entry.js";
+import { admitBearer, bearerToken, type CertificateHolder } from "../src/chain/entry.js";
 import { sha256Base64url } from "../src/chain/jws.js";
 import { DEFAULT_LIMITS } from "../src/chain/limits.js";
 import { mintLink } from "../src/chain/mint.js";
@@ -40,14 +40,22 @@ const identityToken = (sub: string, bound: Uint8Array | null = certificate) =>
     ...(bound === null ? {} : { cnf: { "x5t#S256": sha256Base64url(bound) } }),
   });
 const userToken = (claims: Record<string, unknown> = {}) =>
-  idp.token({ sub: "marissa", scope: "shop.customer", ...claims });
+  idp.token({ sub: "marissa", aud: "shop.shop", scope: "shop.customer", ...claims });
 
-const admit = (token: string, options: { der?: Uint8Array; self?: typeof shop } = {}) =>
+/**
+ * `holder`: whom the certificate authenticates as under the registry's anchors; by default the
+ * workload the identity token names (batch), as its own Custody certificate would.
+ */
+const admit = (
+  token: string,
+  options: { der?: Uint8Array; self?: typeof shop; holder?: CertificateHolder } = {},
+) =>
   admitBearer(
     {
       self: (options.self ?? shop).info,
       token,
       clientCertificate: options.der,
+      holder: options.holder ?? (options.der === undefined ? undefined : { service: "batch.shop" }),
       nowSeconds: now(),
     },
     trust,

@@ -29,7 +29,8 @@ describe("normalizePath", () => {
     ["/a/%2e%2E/b", "/b"],
     ["/caf%c3%a9", "/caf%C3%A9"],
     ["/a%20b", "/a%20B".replace("B", "b")],
-    ["/x:y@z!$&'()*+,;=", "/x:y@z!$&'()*+,;="],
+    ["/x:y@z!$&'()*+,=", "/x:y@z!$&'()*+,="],
+    ["/v1.2/file.txt", "/v1.2/file.txt"],
   ])("%s → %s", (input, expected) => {
     expect(normalizePath(input)).toBe(expected);
   });
@@ -39,6 +40,17 @@ describe("normalizePath", () => {
     ["/a%2Fb", "ambiguous_encoding"],
     ["/a%2fb", "ambiguous_encoding"],
     ["/a%5Cb", "ambiguous_encoding"],
+    // What application servers would read as another path than the one a policy matched:
+    ["/admin;jsessionid=123", "path_parameter"],
+    ["/admin%3Bx/keys", "path_parameter"],
+    ["/x:y@z!$&'()*+,;=", "path_parameter"],
+    ["/admin%252Fkeys", "ambiguous_encoding"],
+    ["/%C0%AE%C0%AE/etc", "ambiguous_encoding"],
+    ["/caf%C3", "ambiguous_encoding"],
+    ["/admin.", "ambiguous_segment"],
+    ["/admin%2E/keys", "ambiguous_segment"],
+    ["/admin%20", "ambiguous_segment"],
+    ["/a/.../b", "ambiguous_segment"],
     ["/a%00b", "ambiguous_encoding"],
     ["/a%0ab", "ambiguous_encoding"],
     ["/a%7fb", "ambiguous_encoding"],

@@ -36,7 +36,7 @@ type Hop = [TestService, string, string]; // caller, METHOD, path — each hop c
 function initialToken(origin: TestService | undefined, scope: string | undefined): string[] {
   if (scope === undefined || origin === undefined) return [];
   return origin.info.edge
-    ? [idp.token({ sub: "marissa", aud: ["shop"], scope })]
+    ? [idp.token({ sub: "marissa", aud: ["shop.shop"], scope })]
     : [tokenService.token({ sub: origin.info.id, aud: "custody", scope })];
 }
 
@@ -266,7 +266,7 @@ describe("rule language", () => {
 
   it("initial token issuer, audience and claims", async () => {
     const rule = allowIf({
-      initialToken: { issuer: USER_IDP, audienceContains: ["shop"], claims: { sub: "marissa" } },
+      initialToken: { issuer: USER_IDP, audienceContains: ["shop.shop"], claims: { sub: "marissa" } },
     });
     expect((await decideFor([rule], [[services.shop, "GET", "/a"]], { scope: "x" })).allowed).toBe(true);
     const otherIssuer = allowIf({ initialToken: { issuer: "https://other.example" } });

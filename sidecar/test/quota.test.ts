@@ -57,6 +57,7 @@ describe("quota limiter", () => {
       retryAfterMs: 250,
       retryAfterSeconds: 1,
       remaining: 0,
+      exhausted: pay,
     });
     clock.advance(100);
     const refused = limiter.take(pay, limit);

@@ -25,7 +25,7 @@ function registry(overrides: Record<string, unknown> = {}): Registry {
     {
       trustBundle,
       tokenService,
-      trustedIssuers: [{ issuer: idp, audiences: ["shop"] }],
+      trustedIssuers: [{ issuer: idp, audiences: ["shop.shop"] }],
       services: [shop, cart],
     },
     overrides,
@@ -68,7 +68,7 @@ describe("RegistryTrustView", () => {
       claims: { team: "storefront" },
       edge: true,
     });
-    const verified = await atPayments(checkout(idp.token({ sub: "marissa", aud: ["shop"] })), view);
+    const verified = await atPayments(checkout(idp.token({ sub: "marissa", aud: ["shop.shop"] })), view);
     expect(verified.initial?.issuer).toBe(USER_IDP);
     expect(sha256Base64url(verified.elements[0] ?? "")).toBe(verified.initial?.hash);
   });
@@ -87,7 +87,7 @@ describe("RegistryTrustView", () => {
       services: [serviceEntry(shop), serviceEntry(cart, new Date(Date.now() - 1000).toISOString())],
     });
     await expect(
-      atPayments(checkout(idp.token({ sub: "m", aud: ["shop"] })), new RegistryTrustView(expired)),
+      atPayments(checkout(idp.token({ sub: "m", aud: ["shop.shop"] })), new RegistryTrustView(expired)),
     ).rejects.toMatchObject({
       code: "unknown_key",
     });

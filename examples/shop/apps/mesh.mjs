@@ -1,16 +1,28 @@
 // The little an app needs to live behind a Custody sidecar, with Node built-ins only. Copy this
 // file next to your app. Nothing here is secret: the sidecar holds the keys and does the checks.
+import { timingSafeEqual } from "node:crypto";
 import { createServer, request as httpRequest } from "node:http";
 
 /** Bodies are bounded: a request larger than this is refused with 413, never buffered. */
 export const MAX_BODY_BYTES = 64 * 1024;
 const TIMEOUT_MS = 10_000;
 
-/** The sidecar's outbound port, given as HTTP_PROXY (http://127.0.0.1:<port>). */
+/**
+ * The sidecar's outbound port, given as HTTP_PROXY (http://custody:<credential>@127.0.0.1:<port>):
+ * the port signs as this workload, so it asks for the workload's credential.
+ */
 function proxy() {
   const value = process.env.HTTP_PROXY ?? process.env.http_proxy;
   if (value === undefined) throw new Error("HTTP_PROXY is not set: run this app with `custody local up`.");
   return new URL(value);
+}
+
+/** `Basic base64(user:password)` of a URL's userinfo, as curl and most HTTP clients send it; undefined without. */
+function basicOf(url) {
+  if (url.username === "" && url.password === "") return undefined;
+  const user = decodeURIComponent(url.username);
+  const password = decodeURIComponent(url.password);
+  return `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
 }
 
 export class HttpError extends Error {
@@ -121,7 +133,11 @@ export function postJson(url, value, { chain } = {}) {
       host: via.hostname,
       port: Number(via.port),
       path: target.href,
-      headers: { host: target.host, ...(chain === undefined ? {} : { "custody-chain": chain }) },
+      headers: {
+        host: target.host,
+        ...(basicOf(via) === undefined ? {} : { "proxy-authorization": basicOf(via) }),
+        ...(chain === undefined ? {} : { "custody-chain": chain }),
+      },
     },
     value,
   );
@@ -139,10 +155,24 @@ export function keyService(route, value) {
       host: base.hostname,
       port: Number(base.port),
       path: `${base.pathname.replace(/\/+$/, "")}/${route}`,
-      headers: {},
+      headers: basicOf(base) === undefined ? {} : { authorization: basicOf(base) },
     },
     value,
   );
+}
+
+/**
+ * Whether a request came through this app's sidecar. On one machine every local process can reach
+ * 127.0.0.1:$PORT and skip the sidecar; the sidecar sends CUSTODY_SIDECAR_TOKEN in
+ * Custody-Sidecar-Token, and other callers do not know it. (In a Kubernetes pod, traffic capture
+ * keeps other pods off the app's port instead.)
+ */
+function fromSidecar(request) {
+  const expected = process.env.CUSTODY_SIDECAR_TOKEN;
+  if (expected === undefined || expected === "") return true;
+  const given = Buffer.from(String(request.headers["custody-sidecar-token"] ?? ""));
+  const wanted = Buffer.from(expected);
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
 }
 
 /** Listens on 127.0.0.1:$PORT; a handler's HttpError becomes {error}, anything else a 500. */
@@ -151,6 +181,10 @@ export function serve(name, handler) {
   if (!Number.isInteger(port) || port <= 0)
     throw new Error("PORT is not set: run this app with `custody local up`.");
   const server = createServer((request, response) => {
+    if (!fromSidecar(request)) {
+      sendJson(response, 401, { step: name, error: "not_from_sidecar" });
+      return;
+    }
     handler(request, response).catch((error) => {
       if (response.headersSent) {
         response.destroy();

@@ -27,7 +27,10 @@ serve("payments", async (request, response) => {
     // Set by the sidecar (a client cannot forge them: the sidecar drops any it receives):
     caller: request.headers["custody-caller"] ?? null, // the immediate caller's service id
     decision: request.headers["custody-decision"] ?? null, // which policy and rule allowed the call
-    chain: request.headers["custody-chain"] ?? null, // the verified chain, oldest element first
+    customer: request.headers["custody-initial-subject"] ?? null, // who the initial token is for
+    // The verified chain, oldest element first: its links as signed, its initial token sealed (only
+    // our sidecar can open it, so nobody who reads this can use the customer's token).
+    chain: request.headers["custody-chain"] ?? null,
     // For the demo only, which replays this call byte for byte: the body as received (the card in it
     // is still sealed). A real service would not echo it.
     body,

@@ -95,11 +95,20 @@ export function callInbound(target: InboundTarget, init: CallInit): Promise<Repl
 /**
  * What an app does: a request to its sidecar's outbound port. With an absolute `url`
  * (http://payments.shop/…) it is a proxy request naming the service; with a path (/.custody/seal)
- * it is for the sidecar itself.
+ * it is for the sidecar itself. The workload's credential, when `outboundUrl` carries one as
+ * userinfo (as the app's HTTP_PROXY does), goes as `Proxy-Authorization: Basic`.
  */
 export function callOutbound(outboundUrl: string, url: string, init: Omit<CallInit, "path">): Promise<Reply> {
   const proxy = new URL(outboundUrl);
   const absolute = /^https?:\/\//i.test(url);
+  const credential =
+    proxy.password === ""
+      ? {}
+      : {
+          "proxy-authorization": `Basic ${Buffer.from(
+            `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`,
+          ).toString("base64")}`,
+        };
   return new Promise((resolve, reject) => {
     const outgoing = httpRequest(
       {
@@ -109,7 +118,11 @@ export function callOutbound(outboundUrl: string, url: string, init: Omit<CallIn
         path: url,
         agent: false,
         timeout: TIMEOUT_MS,
-        headers: { ...withBody({ ...init, path: url }), host: absolute ? new URL(url).host : proxy.host },
+        headers: {
+          ...withBody({ ...init, path: url }),
+          ...credential,
+          host: absolute ? new URL(url).host : proxy.host,
+        },
       },
       (response) => void collect(response).then(resolve, reject),
     );

@@ -36,7 +36,8 @@ export function localMesh(options: LocalMeshOptions): MeshAccess {
   const { running, workingDirectory, progress } = options;
   const policy = { namespace: "shop", name: "payments" } as const;
   const wait: WaitOptions = { signal: options.signal, timeoutMs: options.policyTimeoutMs ?? 30_000 };
-  const cartOutbound = () => running.workload(CART).outboundUrl;
+  // Cart's outbound port as cart's app is given it: with the workload's credential.
+  const cartOutbound = () => running.workload(CART).appProxyUrl;
 
   const attackerBody = async (): Promise<string> => {
     const sealed = await callOutbound(cartOutbound(), "/.custody/seal", {

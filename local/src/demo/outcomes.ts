@@ -4,6 +4,7 @@
  * next hop answered as `{step, downstream}`, so a refusal deep in the chain is found by walking
  * `downstream`.
  */
+import { CHAIN_SEPARATOR } from "../../../sidecar/src/chain/limits.js";
 import type { Expected } from "./expectations.js";
 
 export interface Outcome {
@@ -101,12 +102,23 @@ export interface CapturedCall {
   readonly receivedAt: number;
 }
 
-export function capturedCallOf(text: string, receivedAt: number): CapturedCall | undefined {
+/**
+ * What payments' app was told about the call, with the chain whole again. Apps receive the chain's
+ * initial token sealed by their sidecar (nobody who reads the app's headers can use the customer's
+ * token); the demo, which minted that token as the customer's IdP, puts it back in place so the
+ * attacks below replay and tamper with exactly the chain payments' sidecar accepted.
+ */
+export function capturedCallOf(
+  text: string,
+  receivedAt: number,
+  initialToken: string,
+): CapturedCall | undefined {
   const payments = stepOf(parseJson(text), "payments");
   const { chain, body, orderId, decision, caller } = payments ?? {};
   if (typeof chain !== "string" || typeof body !== "string" || typeof orderId !== "string") return undefined;
+  const [, ...links] = chain.split(CHAIN_SEPARATOR);
   return {
-    chain,
+    chain: [initialToken, ...links].join(CHAIN_SEPARATOR),
     body,
     path: `/pay-for-order/${orderId}`,
     decision: typeof decision === "string" ? decision : undefined,

@@ -95,14 +95,19 @@ function inboundOf(mesh: MeshAccess, service: InboundService): Omit<InboundTarge
 }
 
 /** The customer's browser: TLS to shop's inbound port, no client certificate, a bearer token. */
-function checkout(mesh: MeshAccess, idp: DemoIdp, scopes: readonly string[]): Promise<Reply> {
+async function checkout(
+  mesh: MeshAccess,
+  idp: DemoIdp,
+  scopes: readonly string[],
+): Promise<{ readonly reply: Reply; readonly token: string }> {
   const token = mintUserToken(idp, { subject: "customer-42", scopes });
-  return callInbound(inboundOf(mesh, SHOP), {
+  const reply = await callInbound(inboundOf(mesh, SHOP), {
     method: "POST",
     path: "/checkout",
     headers: { authorization: `Bearer ${token}` },
     body: JSON.stringify({ orderId: ORDER_ID, card: CUSTOMER_CARD }),
   });
+  return { reply, token };
 }
 
 /** Someone holding cart's certificate and key, talking to payments' inbound port directly. */
@@ -140,8 +145,8 @@ async function freshHeadFromCart(mesh: MeshAccess, captured: CapturedCall): Prom
 
 const PLAYS: Record<ScenarioId, Play> = {
   checkout: async ({ mesh, idp }, memory) => {
-    const reply = await checkout(mesh, idp, [CUSTOMER_SCOPE]);
-    const captured = capturedCallOf(reply.body, Math.floor(Date.now() / 1000));
+    const { reply, token } = await checkout(mesh, idp, [CUSTOMER_SCOPE]);
+    const captured = capturedCallOf(reply.body, Math.floor(Date.now() / 1000), token);
     if (captured !== undefined) memory.captured = captured;
     return checkoutOutcome(reply.status, reply.body, CUSTOMER_CARD.slice(-4));
   },
@@ -157,7 +162,7 @@ const PLAYS: Record<ScenarioId, Play> = {
     return refusalOutcome(reply.status, reply.body);
   },
   "no-scope": async ({ mesh, idp }) => {
-    const reply = await checkout(mesh, idp, ["shop.browse"]);
+    const { reply } = await checkout(mesh, idp, ["shop.browse"]);
     return refusalOutcome(reply.status, reply.body);
   },
   // The link was signed for the customer's body; another body (the attacker's card) is sent.

@@ -52,8 +52,11 @@ export interface IdentityControllerOptions {
   readonly store: Store;
   readonly catalog: Catalog;
   readonly ca: CertificateAuthority;
-  /** ca.crt of every identity Secret: Custody's CA plus the third-party CAs. */
-  readonly trustBundlePem: () => string;
+  /**
+   * ca.crt of every identity Secret: Custody's CA alone. A workload trusts it for its peers and for
+   * the token service; a partner CA there could impersonate either.
+   */
+  readonly meshBundlePem: () => string;
   readonly propagationDelayMs: number;
   readonly isPublished: (kid: string) => boolean;
   readonly logger: Logger;
@@ -126,7 +129,7 @@ export class IdentityController {
       identity,
       material: read !== undefined && "material" in read ? read.material : undefined,
       ...(read !== undefined && "problem" in read ? { unusable: read.problem } : {}),
-      caPem: this.options.trustBundlePem(),
+      caPem: this.options.meshBundlePem(),
       nowMs: this.options.now(),
       propagationDelayMs: this.options.propagationDelayMs,
       isPublished: this.options.isPublished,

@@ -24,7 +24,7 @@ export interface ManagerOptions {
   /** Validated resources, shared with the token service and the webhooks of the same process. */
   readonly catalog: Catalog;
   readonly ca: CertificateAuthority;
-  readonly trustBundlePem: () => string;
+  readonly meshBundlePem: () => string;
   readonly registryHeader: () => RegistryHeader;
   readonly locationTemplate: string;
   readonly locationOverride?: (serviceId: string) => string | undefined;
@@ -72,7 +72,7 @@ export class ControllerManager {
       store,
       catalog,
       ca: options.ca,
-      trustBundlePem: options.trustBundlePem,
+      meshBundlePem: options.meshBundlePem,
       propagationDelayMs: options.propagationDelayMs,
       isPublished: (kid) => this.#publisher.isPublished(kid),
       logger,

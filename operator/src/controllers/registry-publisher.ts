@@ -11,6 +11,7 @@
  */
 import type { Logger } from "pino";
 import type { CompiledPolicy } from "../../../crds/src/compiled-policy.js";
+import { normalizeDistinguishedName } from "../../../crds/src/distinguished-name.js";
 import { jwkSchema } from "../../../crds/src/jwk.js";
 import { serviceId } from "../../../crds/src/names.js";
 import {
@@ -29,6 +30,7 @@ import {
   type RegistryService,
   type RegistryServiceKey,
 } from "../../../crds/src/registry-schema.js";
+import { edgeAudiencesOf } from "../../../crds/src/service-identity.js";
 import {
   IDENTITY,
   keyOf,
@@ -53,7 +55,7 @@ export const DEFAULT_LOCATION_TEMPLATE = "{name}.{namespace}.svc:15006";
 /** What every shard carries besides services and policies. */
 export type RegistryHeader = Pick<
   Registry,
-  "trustDomain" | "trustBundle" | "tokenService" | "trustedIssuers"
+  "trustDomain" | "trustBundle" | "partnerBundle" | "tokenService" | "trustedIssuers"
 >;
 
 export interface RegistryPublisherOptions {
@@ -226,12 +228,20 @@ export class RegistryPublisher {
       if (!("material" in read)) continue;
       const keys = registryKeys(read.material, nowMs);
       for (const key of keys) owners.set(key.kid, [...(owners.get(key.kid) ?? []), resource]);
+      const id = serviceId(resource);
+      const edgeAudiences = edgeAudiencesOf(identity, id);
+      const externalSubjects = identity.spec.externalSubjects?.map((entry) => ({
+        issuer: normalizeDistinguishedName(entry.issuer),
+        subject: normalizeDistinguishedName(entry.subject),
+      }));
       services.push({
-        id: serviceId(resource),
+        id,
         environment: identity.spec.environment,
         claims: identity.spec.claims ?? {},
         scopes: identity.spec.scopes ?? [],
         edge: identity.spec.edge,
+        ...(edgeAudiences === undefined ? {} : { edgeAudiences: [...edgeAudiences] }),
+        ...(externalSubjects === undefined ? {} : { externalSubjects }),
         location: this.#locationOf(resource.object, resource),
         keys,
       });

@@ -4,8 +4,8 @@
  */
 
 import { CHAIN_LINK_TYPE } from "../../../crds/src/names.js";
-import type { TrustBundle } from "../../../pki/src/bundle.js";
-import { normalizedDistinguishedName, printable } from "../../../pki/src/dn.js";
+import type { AuthenticatedPeer, TrustAnchors } from "../../../pki/src/anchors.js";
+import { printable } from "../../../pki/src/dn.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { IssuerKeySet } from "../../../pki/src/jwks.js";
 import { JwtError, verifyJwt } from "../../../pki/src/jwt.js";
@@ -37,7 +37,7 @@ export function grantLabel(grantType: string | undefined): GrantLabel {
 
 export interface GrantContext {
   readonly identities: IdentityIndex;
-  readonly bundle: TrustBundle;
+  readonly anchors: TrustAnchors;
   readonly signingKey: SigningKey;
   readonly trustedIssuers: IssuerKeySet;
   /** `iss` of issued tokens. */
@@ -68,6 +68,10 @@ const CERTIFICATE_PROBLEMS: Record<string, string> = {
   not_client_auth: "the client certificate is not for client authentication (extendedKeyUsage clientAuth).",
   is_ca: "a CA certificate cannot authenticate a client.",
   trust_domain_mismatch: "the client certificate's SPIFFE id is outside its CA's trust domain.",
+  spiffe_id_not_mesh_issued:
+    "the client certificate names a mesh identity but was not issued by Custody's CA; partner CAs vouch only for the subjects mapped to them.",
+  ambiguous_issuer:
+    "the client certificate's CA shares its name with another trusted CA, so no subject is mapped under it.",
   malformed: "the client certificate cannot be parsed.",
 };
 
@@ -85,9 +89,9 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
       "a client certificate is required (tls_client_auth): connect with the workload's certificate and key.",
     );
   }
-  let certificate: VerifiedClientCertificate;
+  let peer: AuthenticatedPeer;
   try {
-    certificate = context.certificates.verify(context.bundle, chain, new Date(context.nowMs));
+    peer = context.anchors.authenticate(chain, new Date(context.nowMs), context.certificates);
   } catch (error) {
     if (!(error instanceof CertificateVerificationError)) throw error;
     throw new OAuthError(
@@ -96,28 +100,20 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
       CERTIFICATE_PROBLEMS[error.code] ?? "the client certificate is not accepted.",
     );
   }
-  const identity = identityOf(context.identities, certificate);
+  const identity =
+    peer.role === "mesh" ? context.identities.bySpiffeId(peer.spiffeId) : context.identities.bySubject(peer);
   if (identity === undefined) {
     const name =
-      certificate.spiffeId === undefined
-        ? `subject "${printable(normalizedDistinguishedName(certificate.leaf.subjectName))}"`
-        : `SPIFFE id ${printable(certificate.spiffeId)}`;
+      peer.role === "mesh"
+        ? `SPIFFE id ${printable(peer.spiffeId)}`
+        : `subject "${printable(peer.subject)}" issued by "${printable(peer.issuer)}"`;
     throw new OAuthError(
       "invalid_client",
       "unknown_identity",
-      `the client certificate (${name}) maps to no ServiceIdentity; a third-party subject must be listed in a ServiceIdentity's spec.externalSubjects.`,
+      `the client certificate (${name}) maps to no ServiceIdentity; a third-party subject must be listed, with its issuing CA, in a ServiceIdentity's spec.externalSubjects.`,
     );
   }
-  return { identity, certificate };
-}
-
-/** Custody certificates are mapped by SPIFFE id only; certificates without one, by subject DN. */
-function identityOf(
-  identities: IdentityIndex,
-  certificate: VerifiedClientCertificate,
-): IssuerIdentity | undefined {
-  if (certificate.spiffeId !== undefined) return identities.bySpiffeId(certificate.spiffeId);
-  return identities.bySubject(normalizedDistinguishedName(certificate.leaf.subjectName));
+  return { identity, certificate: peer.certificate };
 }
 
 function tokenContext(context: GrantContext): TokenContext {

@@ -1,14 +1,14 @@
 /**
  * Which ServiceIdentity a client certificate authenticates as. Custody certificates name their
- * identity in a SPIFFE URI SAN; third-party certificates have none and are mapped by subject DN
- * through `spec.externalSubjects` (seed 000: "registering a new service by certificate subject").
- * Ambiguity fails closed: a service id declared twice keeps its first declaration, and a subject
- * DN claimed by two identities maps to neither. Both are reported.
+ * identity in a SPIFFE URI SAN; third-party certificates are mapped by their subject DN *and the CA
+ * that issued them* through `spec.externalSubjects` (seed 000: "registering a new service by
+ * certificate subject"), so one partner's CA cannot claim another partner's subjects.
+ * Ambiguity fails closed: a service id declared twice keeps its first declaration, and an
+ * (issuer, subject) pair claimed by two identities maps to neither. Both are reported.
  */
-import { normalizeDistinguishedName } from "../../../crds/src/distinguished-name.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
-import type { ServiceIdentity } from "../../../crds/src/service-identity.js";
+import { externalSubjectKey, type ServiceIdentity } from "../../../crds/src/service-identity.js";
 
 /** What the token service needs of one ServiceIdentity. */
 export interface IssuerIdentity {
@@ -72,21 +72,22 @@ export class IdentityIndex {
       }
       this.#byId.set(entry.id, entry);
       for (const subject of identity.spec.externalSubjects ?? []) {
-        const normalized = normalizeDistinguishedName(subject);
-        claimedSubjects.set(normalized, [...(claimedSubjects.get(normalized) ?? []), entry]);
+        const key = externalSubjectKey(subject);
+        claimedSubjects.set(key, [...(claimedSubjects.get(key) ?? []), entry]);
       }
     }
-    for (const [subject, claimants] of claimedSubjects) {
+    for (const [key, claimants] of claimedSubjects) {
       const [only, ...others] = claimants;
       if (only !== undefined && others.length === 0) {
-        this.#bySubject.set(subject, only);
+        this.#bySubject.set(key, only);
         continue;
       }
       const ids = claimants.map((claimant) => claimant.id).join(", ");
+      const [issuer, subject] = key.split("\n");
       for (const claimant of claimants) {
         problems.push({
           source: claimant.source,
-          message: `external subject "${subject}" is claimed by ${ids}; it authenticates as none of them until only one claims it.`,
+          message: `external subject "${subject}" of issuer "${issuer}" is claimed by ${ids}; it authenticates as none of them until only one claims it.`,
         });
       }
     }
@@ -108,8 +109,8 @@ export class IdentityIndex {
     return this.#byId.get(serviceId(parsed.ref));
   }
 
-  /** A subject DN already in normalizeDistinguishedName's spelling. */
-  bySubject(normalizedSubject: string): IssuerIdentity | undefined {
-    return this.#bySubject.get(normalizedSubject);
+  /** A certificate's subject DN with the DN of the anchor that issued it. */
+  bySubject(subject: { readonly issuer: string; readonly subject: string }): IssuerIdentity | undefined {
+    return this.#bySubject.get(externalSubjectKey(subject));
   }
 }

@@ -16,7 +16,7 @@ import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin
 import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import type { PublicJwk } from "../../../crds/src/jwk.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
-import { TrustBundle } from "../../../pki/src/bundle.js";
+import { TrustAnchors } from "../../../pki/src/anchors.js";
 import { type CertificateAuthority, caPaths, loadCertificateAuthority } from "../../../pki/src/ca.js";
 import { CaError } from "../../../pki/src/errors.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
@@ -81,7 +81,7 @@ const IDENTITY_REINDEX_DELAY_MS = 100;
 
 interface State {
   readonly identities: IdentityIndex;
-  readonly bundle: TrustBundle;
+  readonly anchors: TrustAnchors;
   readonly trustedIssuers: IssuerKeySet;
 }
 
@@ -92,22 +92,33 @@ export interface RunningIssuer {
   readonly metrics: Registry;
   /** The keys relying parties must accept now (the registry's tokenService.jwks). */
   jwks(): { readonly keys: readonly PublicJwk[] };
-  /** Custody's CA plus the configured third-party CAs, PEM. */
-  trustBundlePem(): string;
+  /** Custody's CA (the only anchor of mesh identities) and the configured partner CAs, with their roles. */
+  anchors(): TrustAnchors;
   /** Stops accepting, lets requests in flight finish (at most `graceMs`), then closes everything. */
   close(graceMs?: number): Promise<void>;
 }
 
-async function loadBundle(ca: CertificateAuthority, caDirectory: string, bundlePath: string | undefined) {
-  const caSource = { name: caPaths(caDirectory).certificate, pem: ca.certificate.pem };
-  if (bundlePath === undefined) return TrustBundle.fromPem([caSource]);
-  const extra = { name: bundlePath, pem: await readBoundedFile(bundlePath) };
-  const alone = TrustBundle.fromPem([extra]);
-  // The seed's recipe concatenates every CA, Custody's included, into one file: accept that as is.
-  const hasCa = alone.certificates.some((certificate) =>
-    Buffer.from(certificate.der).equals(ca.certificate.der),
-  );
-  return hasCa ? alone : TrustBundle.fromPem([caSource, extra]);
+async function loadAnchors(
+  ca: CertificateAuthority,
+  caDirectory: string,
+  trustDomain: string,
+  bundlePath: string | undefined,
+): Promise<TrustAnchors> {
+  const mesh = [{ name: caPaths(caDirectory).certificate, pem: ca.certificate.pem }];
+  // The seed's recipe concatenates every CA, Custody's included, into one file: Custody's CA is
+  // recognized there and keeps its one role, the mesh anchor.
+  const partners =
+    bundlePath === undefined ? [] : [{ name: bundlePath, pem: await readBoundedFile(bundlePath) }];
+  return TrustAnchors.fromPem({ trustDomain, mesh, partners });
+}
+
+function reportAnchors(anchors: TrustAnchors, logger: Logger): void {
+  for (const issuer of anchors.ambiguousIssuers) {
+    logger.warn(
+      { event: "ambiguous_issuer", issuer },
+      `two trusted CAs named "${issuer}" have different keys: no external subject is mapped under that name until one is renamed or removed`,
+    );
+  }
 }
 
 function defaultIssuer(listen: ListenAddress, port: number): string {
@@ -154,9 +165,10 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   };
   let state: State = {
     identities: indexOf(trustDomain, await declaredNow(), logger),
-    bundle: await loadBundle(ca, config.caDirectory, config.trustBundlePath),
+    anchors: await loadAnchors(ca, config.caDirectory, trustDomain, config.trustBundlePath),
     trustedIssuers: issuerKeySetOf(trustedIssuerList),
   };
+  reportAnchors(state.anchors, logger);
   reportIdentities(snapshot, state.identities, metrics, logger);
   metrics.signingKeys(keys.jwks.keys.length, keys.nextRotationAt / 1000);
 
@@ -188,13 +200,14 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     });
   }
   const reloadBundle = async () => {
-    const bundle = await loadBundle(ca, config.caDirectory, config.trustBundlePath);
-    if (bundle.toPem() !== state.bundle.toPem()) {
-      state = { ...state, bundle };
+    const anchors = await loadAnchors(ca, config.caDirectory, trustDomain, config.trustBundlePath);
+    if (anchors.all.toPem() !== state.anchors.all.toPem()) {
+      state = { ...state, anchors };
       logger.info(
-        { event: "trust_bundle_reloaded", certificates: bundle.certificates.length },
+        { event: "trust_bundle_reloaded", certificates: anchors.all.certificates.length },
         "trust bundle reloaded",
       );
+      reportAnchors(anchors, logger);
     }
   };
   const watcher = new ChangeWatcher(
@@ -226,7 +239,8 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     if (isIP(config.listen.host) !== 0 && !["0.0.0.0", "::"].includes(config.listen.host))
       ipAddresses.push(config.listen.host);
     const tls = await issueServerTls(ca, { id: config.serverId, dnsNames, ipAddresses });
-    return { ...tls, ca: state.bundle.toPem() };
+    // The CA names a client is offered to pick its certificate by: every anchor, partners included.
+    return { ...tls, ca: state.anchors.all.toPem() };
   };
 
   let issuerUrl = config.issuer ?? "";
@@ -397,7 +411,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     issuer: issuerUrl,
     metrics: registry,
     jwks: () => keys.jwks,
-    trustBundlePem: () => state.bundle.toPem(),
+    anchors: () => state.anchors,
     async close(graceMs = 10_000) {
       watcher.close();
       clearTimeout(reindex);

@@ -7,9 +7,9 @@
  * Two kinds are admitted:
  * - an identity JWT from Custody's token service, for a workload calling in from outside the mesh:
  *   it is certificate-bound (RFC 8705), so the TLS client certificate must be the one it names;
- * - a user's token from a trusted external issuer (its audience rules apply): the TLS client
- *   certificate is then optional, as for browsers behind an ingress — unless the token itself
- *   carries `cnf`, which is honoured.
+ * - a user's token from a trusted external issuer, addressed to this edge (`aud` names one of its
+ *   edge audiences, by default its service id): the TLS client certificate is then optional, as for
+ *   browsers behind an ingress — unless the token itself carries `cnf`, which is honoured.
  * An exchanged (`act`) token is refused: it is its actor's own `e0`, never a credential to present.
  * Bearer tokens are reusable for their lifetime by design; there is no jti to spend here.
  */
@@ -19,14 +19,23 @@ import { parseCompactJws, sha256Base64url } from "./jws.js";
 import type { ChainLimits } from "./limits.js";
 import { isLinkHeader } from "./link.js";
 import type { ServiceInfo, TrustView } from "./trust.js";
-import { type InitialToken, readInitialToken } from "./verify.js";
+import { checkUserAudience, type InitialToken, readInitialToken } from "./verify.js";
+
+/**
+ * Who the TLS client certificate authenticates as under the registry's trust anchors: a mesh
+ * workload (by its SPIFFE id, Custody's CA only), or an external subject (externalSubjectKey of the
+ * issuing anchor's DN and the certificate's subject DN).
+ */
+export type CertificateHolder = { readonly service: string } | { readonly externalSubject: string };
 
 export interface BearerPresentation {
   /** The service being entered: it must be an edge. */
   readonly self: ServiceInfo;
   readonly token: string;
-  /** DER of the TLS client certificate, already verified against the trust bundle; if presented. */
+  /** DER of the TLS client certificate, already verified against the trust anchors; if presented. */
   readonly clientCertificate: Uint8Array | undefined;
+  /** Whom that certificate authenticates as; undefined when none was presented. */
+  readonly holder: CertificateHolder | undefined;
   readonly nowSeconds: number;
 }
 
@@ -74,6 +83,26 @@ function checkBinding(token: InitialToken, clientCertificate: Uint8Array | undef
   }
 }
 
+/**
+ * An identity token names a workload (`sub`); the certificate it is bound to must still authenticate
+ * as that workload under the registry's anchors, so a sidecar decides as the token service did, offline:
+ * a mesh workload by its SPIFFE id, an external one by an (issuer, subject) pair listed for it.
+ */
+function checkHolder(token: InitialToken, holder: CertificateHolder | undefined, trust: TrustView): void {
+  const holds =
+    holder !== undefined &&
+    ("service" in holder
+      ? holder.service === token.subject
+      : trust.service(token.subject)?.externalSubjects?.has(holder.externalSubject) === true);
+  if (!holds) {
+    throw new ChainError(
+      "binding_mismatch",
+      `the client certificate does not authenticate as ${token.subject}, whom the identity token names.`,
+      0,
+    );
+  }
+}
+
 export function admitBearer(
   presentation: BearerPresentation,
   trust: TrustView,
@@ -106,6 +135,8 @@ export function admitBearer(
       0,
     );
   }
+  if (initial.kind === "user") checkUserAudience(initial, self);
   checkBinding(initial, presentation.clientCertificate);
+  if (initial.kind === "identity") checkHolder(initial, presentation.holder, trust);
   return { initial, caller: initial.kind === "identity" ? initial.subject : undefined };
 }

@@ -20,6 +20,7 @@ export const CHAIN_REASONS = [
   "operation_mismatch",
   "expired",
   "issued_in_future",
+  "stale",
   "lifetime_too_long",
   "body_mismatch",
   "replayed",
@@ -29,6 +30,7 @@ export const CHAIN_REASONS = [
   "out_of_order",
   "initial_token_invalid",
   "initial_token_not_admitted",
+  "initial_token_audience",
   "binding_mismatch",
 ] as const;
 

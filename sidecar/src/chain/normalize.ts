@@ -9,6 +9,17 @@
  *   (`/`) and `%5C` (`\`); anywhere, control characters (`%00`–`%1F`, `%7F`) and malformed escapes;
  * - runs of `/` become one; `.` and `..` segments are removed; `..` above the root is refused;
  * - characters outside RFC 3986 `pchar` (raw spaces, backslashes, non-ASCII, `#`) are refused.
+ *
+ * And paths that common application servers read as *another* path than the one a policy matched
+ * are refused, never passed on (a deny rule written for `/admin` must not be walked around):
+ * - `;` (or `%3B`) in the path: Tomcat, Jetty and Spring strip `;param` segments (`/admin;x=1`
+ *   serves `/admin`), as Spring Security's strict firewall refuses them too;
+ * - `%25` (an encoded `%`): an app or framework that decodes twice sees another path;
+ * - percent-encoded bytes that are not well-formed UTF-8 (`%C0%AE`, an overlong `.`): lenient
+ *   decoders turn them into separators or dots;
+ * - a segment ending in `.` or an encoded space (`/admin.`, `/admin%20`): Windows and IIS drop them.
+ * Case is not normalized: policies match it exactly, so where an app routes without regard to case
+ * (ASP.NET, a case-insensitive file system), write deny rules with `(?i)`.
  */
 import { CustodyError } from "../../../crds/src/errors.js";
 
@@ -86,11 +97,42 @@ function removeDotSegments(path: string): string {
   return `/${output.join("/")}`;
 }
 
+/** Refuses what application servers would read as another path than the normalized one. */
+function refuseServerAmbiguity(path: string): void {
+  if (path.includes(";") || path.includes("%3B")) {
+    reject(
+      "path_parameter",
+      "path carries a ';' parameter, which application servers strip: send the path without it.",
+    );
+  }
+  if (path.includes("%25")) {
+    reject("ambiguous_encoding", "path encodes a '%' (%25): a second decoding would make it another path.");
+  }
+  for (const run of path.match(/(?:%[89A-F][0-9A-F])+/g) ?? []) {
+    const bytes = Buffer.from(run.replaceAll("%", ""), "hex");
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      reject("ambiguous_encoding", "path has percent-encoded bytes that are not well-formed UTF-8.");
+    }
+  }
+  for (const segment of path.split("/")) {
+    if (segment.endsWith(".") || segment.endsWith("%20")) {
+      reject(
+        "ambiguous_segment",
+        "a path segment ends in '.' or an encoded space, which some servers drop: send it without.",
+      );
+    }
+  }
+}
+
 /** Normalizes the path of an origin-form request target (`/a/b`). */
 export function normalizePath(rawPath: string): string {
   if (!rawPath.startsWith("/")) reject("invalid_path", "path must start with '/'.");
   const escaped = normalizeEscapes(rawPath, (char) => char === "/" || PCHAR.test(char), "path");
-  return removeDotSegments(escaped);
+  const path = removeDotSegments(escaped);
+  refuseServerAmbiguity(path);
+  return path;
 }
 
 function normalizeQuery(rawQuery: string): string {

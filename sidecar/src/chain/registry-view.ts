@@ -4,6 +4,7 @@
  */
 import { CustodyError } from "../../../crds/src/errors.js";
 import type { Registry } from "../../../crds/src/registry-schema.js";
+import { externalSubjectKey } from "../../../crds/src/service-identity.js";
 import { IssuerKeySet, importPublicJwk, JwkImportError } from "../../../pki/src/jwks.js";
 import type { IssuerKey, ServiceInfo, ServiceKey, TrustView } from "./trust.js";
 
@@ -41,6 +42,11 @@ export class RegistryTrustView implements TrustView {
         environment: service.environment,
         claims: service.claims,
         edge: service.edge,
+        edgeAudiences: service.edgeAudiences,
+        externalSubjects:
+          service.externalSubjects === undefined
+            ? undefined
+            : new Set(service.externalSubjects.map(externalSubjectKey)),
       });
       for (const entry of service.keys) {
         const other = this.#keys.get(entry.kid);

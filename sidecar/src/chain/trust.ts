@@ -25,6 +25,18 @@ export interface ServiceInfo {
   readonly environment: string;
   readonly claims: Readonly<Record<string, string>>;
   readonly edge: boolean;
+  /** For an edge: a user's token must name one of these in `aud`. Absent: the service id alone. */
+  readonly edgeAudiences?: readonly string[] | undefined;
+  /**
+   * Client certificates of other CAs that authenticate as this service, as externalSubjectKey
+   * (issuer DN and subject DN) values.
+   */
+  readonly externalSubjects?: ReadonlySet<string> | undefined;
+}
+
+/** The audiences a user's token must name (one of them) to be admitted at `edge`, or continued from it. */
+export function edgeAudiencesOf(edge: ServiceInfo): readonly string[] {
+  return edge.edgeAudiences ?? [edge.id];
 }
 
 /**

@@ -1,8 +1,10 @@
 /**
  * Verification of a received `Custody-Chain`, in the order the contract fixes (ARCHITECTURE.md,
  * "Call-chain tokens"), failing closed with one reason per refusal:
- *   1. limits; 2. the head (addressed to us, for this very request, fresh, unseen);
- *   3. every earlier link and the relations between neighbours; 4. e0; (5. policy: elsewhere).
+ *   1. limits; 2. the head (addressed to us, for this very request, fresh); 3. every earlier link
+ *   and the relations between neighbours; 4. e0; (5. policy: elsewhere); then the body hash and the
+ *   jti. The last two are separate steps (checkBody, claimHead) so that the inbound side decides
+ *   everything it can before it reads a byte of the body, and spends a jti only on an allowed call.
  */
 
 import { JwtError, type VerifiedJwt, verifyParsedJwt } from "../../../pki/src/jwt.js";
@@ -13,7 +15,7 @@ import { type ParsedJws, parseCompactJws, sha256Base64url, verifySignature } fro
 import { CHAIN_SEPARATOR, type ChainLimits, DEFAULT_LIMITS } from "./limits.js";
 import { isLinkHeader, type LinkClaims, readLinkClaims, readLinkHeader } from "./link.js";
 import { formatOperation, type Operation, parseOperationClaim } from "./normalize.js";
-import type { TrustView } from "./trust.js";
+import { edgeAudiencesOf, type ServiceInfo, type TrustView } from "./trust.js";
 
 export interface VerifiedLink extends LinkClaims {
   readonly index: number;
@@ -158,14 +160,20 @@ function verifyLinkSignature(
   return verifiedLink(claims, index, jws.text, hash, header.kid, operation);
 }
 
-async function verifyHead(
+/**
+ * The head: signed by a published key of its `iss`, addressed to us, over the connection of the
+ * service that signed it, for this very operation, and fresh. Freshness is judged on our clock: the
+ * head's `iat` within skew of now, not only `exp`, because the neighbour check below trusts each
+ * link's `iat` to say when the link before it was continued — a signer that backdated its head could
+ * otherwise keep continuing a link that had long expired.
+ */
+function verifyHead(
   text: string,
   index: number,
-  call: IncomingCall,
+  call: Omit<IncomingCall, "bodyHash">,
   trust: TrustView,
-  replay: ReplayGuard,
   limits: ChainLimits,
-): Promise<VerifiedLink> {
+): VerifiedLink {
   const head = verifyLinkSignature(parseCompactJws(text, index), sha256Base64url(text), index, trust, limits);
   if (head.aud !== call.self)
     throw new ChainError("audience_mismatch", "head is addressed to another service.");
@@ -183,9 +191,32 @@ async function verifyHead(
   if (head.exp < call.nowSeconds - skew) throw new ChainError("expired", "head has expired.", index);
   if (head.iat > call.nowSeconds + skew)
     throw new ChainError("issued_in_future", "head iat is in the future.", index);
-  if (head.bdh !== call.bodyHash) {
-    throw new ChainError("body_mismatch", "body does not match the hash the caller signed.", index);
+  if (head.iat < call.nowSeconds - skew) {
+    throw new ChainError(
+      "stale",
+      `head was issued ${call.nowSeconds - head.iat} s ago; a head must be issued within ${skew} s of its receipt.`,
+      index,
+    );
   }
+  return head;
+}
+
+/**
+ * The body against the hash the head's signer bound (`bdh`). `bodyHash` is the received body's
+ * base64url SHA-256, undefined for an empty body.
+ */
+export function checkBody(head: VerifiedLink, bodyHash: string | undefined): void {
+  if (head.bdh !== bodyHash) {
+    throw new ChainError("body_mismatch", "body does not match the hash the caller signed.", head.index);
+  }
+}
+
+/**
+ * Spends the head's jti: a link is accepted once. Done last, once everything else allowed the call,
+ * so that a caller refused by policy or quota cannot fill the replay store on everyone's behalf.
+ */
+export async function claimHead(head: VerifiedLink, replay: ReplayGuard, limits: ChainLimits): Promise<void> {
+  const skew = limits.clockSkewSeconds;
   let fresh: boolean;
   try {
     // Remember the jti for as long as any replica could still accept the link: the head is accepted
@@ -197,13 +228,12 @@ async function verifyHead(
       throw new ChainError(
         "replay_store_unavailable",
         "replay store unavailable; refusing (fail closed).",
-        index,
+        head.index,
       );
     }
     throw error;
   }
-  if (!fresh) throw new ChainError("replayed", "this link was already used.", index);
-  return head;
+  if (!fresh) throw new ChainError("replayed", "this link was already used.", head.index);
 }
 
 /** Relations between element i and its successor: who held the chain, hash link, and time order. */
@@ -272,6 +302,18 @@ export function readInitialToken(
   };
 }
 
+/** A user's token is admitted only at the edge its audience names: one edge's token is not another's. */
+export function checkUserAudience(token: InitialToken, edge: ServiceInfo): void {
+  const accepted = edgeAudiencesOf(edge);
+  if (!token.audiences.some((audience) => accepted.includes(audience))) {
+    throw new ChainError(
+      "initial_token_audience",
+      `the user's token is addressed to ${token.audiences.join(", ") || "no audience"}, not to the edge ${edge.id} (${accepted.join(", ")}).`,
+      0,
+    );
+  }
+}
+
 /** RFC 8693 `act.sub`: the service that exchanged a user's token for this one. */
 function actorOf(act: unknown): string | undefined {
   if (typeof act !== "object" || act === null || !("sub" in act)) return undefined;
@@ -301,7 +343,8 @@ function verifyInitialToken(
       0,
     );
   }
-  if (trust.service(first.iss)?.edge !== true) {
+  const edge = trust.service(first.iss);
+  if (edge?.edge !== true) {
     const what = token.kind === "identity" ? "another service's identity token" : "a user's token";
     throw new ChainError(
       "initial_token_not_admitted",
@@ -309,20 +352,26 @@ function verifyInitialToken(
       0,
     );
   }
+  // What the edge's sidecar checked on admission holds for every receiver, offline.
+  if (token.kind === "user") checkUserAudience(token, edge);
   return token;
 }
 
-export async function verifyChain(
+/**
+ * Steps 1–4 for a request whose body has not been read: everything but the body hash and the jti,
+ * which the caller checks and spends once policy and quota allowed the call (checkBody, claimHead).
+ * A caller that is not authenticated by then has had nothing read beyond its headers.
+ */
+export function verifyChainHeaders(
   value: string | undefined,
-  call: IncomingCall,
+  call: Omit<IncomingCall, "bodyHash">,
   trust: TrustView,
-  replay: ReplayGuard,
   options: VerifyOptions = {},
-): Promise<VerifiedChain> {
+): VerifiedChain {
   const limits = options.limits ?? DEFAULT_LIMITS;
   const elements = checkLimits(value, limits);
   const headIndex = elements.length - 1;
-  const head = await verifyHead(elements[headIndex] ?? "", headIndex, call, trust, replay, limits);
+  const head = verifyHead(elements[headIndex] ?? "", headIndex, call, trust, limits);
 
   const links: VerifiedLink[] = [head];
   let initial: InitialToken | undefined;
@@ -360,4 +409,18 @@ export async function verifyChain(
     );
   }
   return { elements, links, head, initial };
+}
+
+/** The whole verification of a received chain, its body and its jti (steps 1–4), in one call. */
+export async function verifyChain(
+  value: string | undefined,
+  call: IncomingCall,
+  trust: TrustView,
+  replay: ReplayGuard,
+  options: VerifyOptions = {},
+): Promise<VerifiedChain> {
+  const chain = verifyChainHeaders(value, call, trust, options);
+  await claimHead(chain.head, replay, options.limits ?? DEFAULT_LIMITS);
+  checkBody(chain.head, call.bodyHash);
+  return chain;
 }

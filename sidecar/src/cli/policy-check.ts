@@ -137,7 +137,7 @@ export async function checkPolicy(
     if (entry === "bearer") {
       origin = admittedBearerOrigin(
         snapshot,
-        { self, token: input.bearer ?? "", clientCertificate: undefined, nowSeconds },
+        { self, token: input.bearer ?? "", clientCertificate: undefined, holder: undefined, nowSeconds },
         operation,
         limits,
       );

@@ -1,6 +1,7 @@
 /**
  * Token-bucket quotas, one bucket per (policy, rule, caller): a rule's `quota` limits each immediate
- * caller separately, and two rules never share a bucket.
+ * caller separately, and two rules never share a bucket. A call that several policies allow is
+ * charged to each of their buckets at once, or to none (takeAll).
  *
  * Buckets count in integer credits (1 token = 1000 credits) on a whole-millisecond clock, so a rate
  * of r requests per second adds exactly r credits per millisecond: no floating-point drift can let
@@ -23,14 +24,22 @@ export interface QuotaLimit {
   readonly burst: number;
 }
 
+/** One bucket to charge: its key and the limit in force for it. */
+export interface QuotaCharge {
+  readonly key: QuotaKey;
+  readonly limit: QuotaLimit;
+}
+
 export interface QuotaDecision {
   readonly allowed: boolean;
   /** 0 when allowed; otherwise the wait until the next call would be allowed, exact to the ms. */
   readonly retryAfterMs: number;
   /** The same wait in whole seconds, rounded up: the value of a Retry-After header. */
   readonly retryAfterSeconds: number;
-  /** Whole calls left in the bucket after this decision. */
+  /** Whole calls left in the bucket after this decision (the fullest's, for several). */
   readonly remaining: number;
+  /** When refused: the key of a bucket that was empty (the one with the longest wait). */
+  readonly exhausted?: QuotaKey;
 }
 
 export interface QuotaLimiterOptions {
@@ -83,10 +92,46 @@ export class QuotaLimiter {
 
   /** Takes one call from the bucket of `key`. A changed `limit` (policy update) applies at once. */
   take(key: QuotaKey, limit: QuotaLimit): QuotaDecision {
-    checkLimit(limit);
+    return this.takeAll([{ key, limit }]);
+  }
+
+  /**
+   * Takes one call from every bucket, or from none: when any of them is empty the call is refused
+   * and the others keep their credit (a refused call costs nothing). With no charges, allowed.
+   */
+  takeAll(charges: readonly QuotaCharge[]): QuotaDecision {
+    for (const { limit } of charges) checkLimit(limit);
     const nowMs = Math.floor(this.#now());
-    const bucket = this.#touch(bucketId(key), limit, nowMs);
-    const decision = takeFrom(bucket);
+    const buckets = charges.map(({ key, limit }) => ({
+      key,
+      bucket: this.#touch(bucketId(key), limit, nowMs),
+    }));
+    let longest: { key: QuotaKey; decision: QuotaDecision } | undefined;
+    for (const { key, bucket } of buckets) {
+      const wait = waitFor(bucket);
+      if (
+        wait !== undefined &&
+        (longest === undefined || wait.retryAfterMs > longest.decision.retryAfterMs)
+      ) {
+        longest = { key, decision: wait };
+      }
+    }
+    let decision: QuotaDecision;
+    if (longest !== undefined) {
+      decision = { ...longest.decision, exhausted: longest.key };
+    } else {
+      let remaining = Number.POSITIVE_INFINITY;
+      for (const { bucket } of buckets) {
+        bucket.credits -= CREDITS_PER_TOKEN;
+        remaining = Math.min(remaining, Math.floor(bucket.credits / CREDITS_PER_TOKEN));
+      }
+      decision = {
+        allowed: true,
+        retryAfterMs: 0,
+        retryAfterSeconds: 0,
+        remaining: Number.isFinite(remaining) ? remaining : 0,
+      };
+    }
     this.#metrics?.decided(decision.allowed ? "allowed" : "limited");
     return decision;
   }
@@ -149,12 +194,9 @@ function applyLimit(bucket: Bucket, limit: QuotaLimit): void {
   bucket.credits = Math.min(bucket.credits, limit.burst * CREDITS_PER_TOKEN);
 }
 
-function takeFrom(bucket: Bucket): QuotaDecision {
-  if (bucket.credits >= CREDITS_PER_TOKEN) {
-    bucket.credits -= CREDITS_PER_TOKEN;
-    const remaining = Math.floor(bucket.credits / CREDITS_PER_TOKEN);
-    return { allowed: true, retryAfterMs: 0, retryAfterSeconds: 0, remaining };
-  }
+/** The refusal for a bucket without a whole call's credit, exact to the ms; undefined when it has one. */
+function waitFor(bucket: Bucket): QuotaDecision | undefined {
+  if (bucket.credits >= CREDITS_PER_TOKEN) return undefined;
   const retryAfterMs = Math.ceil((CREDITS_PER_TOKEN - bucket.credits) / bucket.requestsPerSecond);
   return { allowed: false, retryAfterMs, retryAfterSeconds: Math.ceil(retryAfterMs / 1000), remaining: 0 };
 }

@@ -24,7 +24,11 @@ const SETTINGS = {
   "app-port": "the app's port on 127.0.0.1",
   "token-url": "token service endpoint (https://…/oauth2/token); without it chains start with the first link",
   outbound: "outbound listen address (default 127.0.0.1:15001)",
+  "client-secret-file":
+    "file with the credential the app presents on the outbound port and key service (HTTP_PROXY=http://custody:SECRET@…); needed where other processes share loopback",
   inbound: "inbound listen address (default 0.0.0.0:15006)",
+  "app-secret-file":
+    "file with a credential sent to the app in Custody-Sidecar-Token on every request, so an app can tell its sidecar from other local callers",
   admin: "admin listen address (default 0.0.0.0:15020)",
   "redis-url": "share the replay guard through Redis (redis://host:6379); default in-memory",
   "replay-failure-mode": "closed (default) | open: what to do while Redis cannot answer",
@@ -56,6 +60,8 @@ const settingsSchema = z.strictObject({
     .max(65_535, { error: "must be a port, 1-65535" }),
   "token-url": z.url({ protocol: /^https$/ }).optional(),
   outbound: listenSchema("127.0.0.1:15001"),
+  "client-secret-file": z.string().min(1).optional(),
+  "app-secret-file": z.string().min(1).optional(),
   inbound: listenSchema("0.0.0.0:15006"),
   admin: listenSchema("0.0.0.0:15020"),
   "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
@@ -111,6 +117,20 @@ function durationSetting(name: Setting, text: string): number {
   }
 }
 
+/** Long enough not to be guessed; a URL's userinfo carries it, so no characters that need escaping. */
+const SECRET = /^[A-Za-z0-9_-]{22,256}$/;
+
+async function secretSetting(name: Setting, path: string | undefined): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  const secret = (await readBoundedFile(path, 1024)).trim();
+  if (!SECRET.test(secret)) {
+    throw new UsageError(
+      `${COMMAND}: ${name}: ${path} must hold 22 to 256 characters of A-Z a-z 0-9 _ - (e.g. 32 random bytes, base64url).`,
+    );
+  }
+  return secret;
+}
+
 export const sidecarCommand: Command = async (args, io) => {
   const options = Object.fromEntries(Object.keys(SETTINGS).map((key) => [key, { type: "string" as const }]));
   const { values } = parseCommandArgs(COMMAND, args, {
@@ -141,12 +161,16 @@ export const sidecarCommand: Command = async (args, io) => {
   const pollIntervalMs = durationSetting("poll-interval", settings["poll-interval"]);
   const shutdownGraceMs = durationSetting("shutdown-grace", settings["shutdown-grace"]);
   const logger = createLogger("sidecar", settings["log-level"]);
+  const clientSecret = await secretSetting("client-secret-file", settings["client-secret-file"]);
+  const appSecret = await secretSetting("app-secret-file", settings["app-secret-file"]);
   const running = await startSidecar({
     identityDirectory: settings.identity,
     registryPath: settings.registry,
     appPort: settings["app-port"],
     tokenUrl: settings["token-url"],
     outbound: settings.outbound,
+    clientSecret,
+    appSecret,
     inbound: settings.inbound,
     admin: settings.admin,
     limits: DEFAULT_LIMITS,

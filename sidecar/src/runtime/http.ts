@@ -9,7 +9,40 @@ export { CHAIN_HEADER };
 
 export const CALLER_HEADER = "custody-caller";
 export const DECISION_HEADER = "custody-decision";
-const CUSTODY_HEADERS = new Set([CHAIN_HEADER, CALLER_HEADER, DECISION_HEADER]);
+/** The facts of the chain's initial token, for apps that need them (the token itself they never see). */
+export const INITIAL_ISSUER_HEADER = "custody-initial-issuer";
+export const INITIAL_SUBJECT_HEADER = "custody-initial-subject";
+export const INITIAL_SCOPE_HEADER = "custody-initial-scope";
+/** The sidecar's credential to its app, where the app port is reachable by others (local mode). */
+export const SIDECAR_TOKEN_HEADER = "custody-sidecar-token";
+
+/**
+ * Whether a client's header could pass, in some application stack, for one of the sidecar's own: any
+ * `Custody-*` name, also with `_` for `-` (CGI, WSGI, PHP and nginx map both to HTTP_CUSTODY_*).
+ * Only the sidecar tells the app who called and what was decided; every such header of a client
+ * is dropped, whatever its spelling.
+ */
+function isCustodyLike(name: string): boolean {
+  return name.replaceAll("_", "-").startsWith("custody-");
+}
+
+/**
+ * Headers by which frameworks let a client change the method or path the app acts on after the
+ * proxy authorized another (Rails, Laravel, Symfony, ASP.NET, Express's method-override): the app
+ * must act on exactly the operation that was authorized, so they never reach it.
+ */
+const OPERATION_OVERRIDES = new Set([
+  "x-http-method-override",
+  "x-http-method",
+  "x-method-override",
+  "x-original-method",
+  "x-original-url",
+  "x-rewrite-url",
+]);
+
+function isOperationOverride(name: string): boolean {
+  return OPERATION_OVERRIDES.has(name.replaceAll("_", "-"));
+}
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -31,7 +64,8 @@ export type ReceivedHeaders = Readonly<Record<string, string | string[] | undefi
 
 /**
  * The headers to pass on: hop-by-hop ones and those named in `Connection` removed, and, with
- * `dropCustody`, any Custody-* header a client supplied (only the sidecar may set those).
+ * `dropCustody`, any Custody-* header a client supplied in any spelling, and method or URL overrides
+ * (only the sidecar says who called and what was authorized).
  */
 export function forwardableHeaders(
   headers: ReceivedHeaders,
@@ -52,7 +86,7 @@ export function forwardableHeaders(
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name) === true) continue;
     if (options.dropLength && name === "content-length") continue;
-    if (options.dropCustody && CUSTODY_HEADERS.has(name)) continue;
+    if (options.dropCustody && (isCustodyLike(name) || isOperationOverride(name))) continue;
     out[name] = value;
   }
   return out;
@@ -65,8 +99,53 @@ export interface Refusal {
   readonly retryAfterSeconds?: number | undefined;
 }
 
-/** `{error, reason}`: a stable code a client can act on; the details stay in the sidecar's log. */
-export function sendRefusal(response: ServerResponse, refusal: Refusal): void {
+/**
+ * How much of a refused request's unread body is discarded so that the client reads the refusal
+ * instead of a reset connection (a socket closed with data unread resets it): never spooled, hashed
+ * or looked at, and no more than this, for no longer than LINGER_MS.
+ */
+export const LINGER_BYTES = 64 * 1024;
+const LINGER_MS = 1_000;
+
+/**
+ * The refusal of a request whose body was not read, and not to be: a body announced larger than
+ * LINGER_BYTES is not read at all (the connection closes after the answer); a smaller one is
+ * discarded, at most LINGER_BYTES within LINGER_MS, so that the connection stays usable.
+ */
+export function refuseUnreadBody(request: IncomingMessage, response: ServerResponse, refusal: Refusal): void {
+  const announced =
+    request.headers["transfer-encoding"] === undefined
+      ? Number(request.headers["content-length"] ?? 0)
+      : Number.POSITIVE_INFINITY;
+  if (!(announced <= LINGER_BYTES) || request.complete) {
+    sendRefusal(response, refusal, { closeConnection: !request.complete });
+    return;
+  }
+  let discarded = 0;
+  const cut = () => request.socket.destroy();
+  const timer = setTimeout(cut, LINGER_MS);
+  timer.unref();
+  request.on("data", (chunk: Buffer) => {
+    discarded += chunk.length;
+    if (discarded > LINGER_BYTES) {
+      clearTimeout(timer);
+      cut();
+    }
+  });
+  request.once("end", () => clearTimeout(timer));
+  request.once("error", () => clearTimeout(timer));
+  sendRefusal(response, refusal);
+}
+
+/**
+ * `{error, reason}`: a stable code a client can act on; the details stay in the sidecar's log. With
+ * `closeConnection`, the connection is closed after the answer.
+ */
+export function sendRefusal(
+  response: ServerResponse,
+  refusal: Refusal,
+  options: { readonly closeConnection?: boolean } = {},
+): void {
   if (response.headersSent) {
     response.destroy();
     return;
@@ -77,8 +156,17 @@ export function sendRefusal(response: ServerResponse, refusal: Refusal): void {
     "content-length": Buffer.byteLength(body),
     "cache-control": "no-store",
     ...(refusal.retryAfterSeconds === undefined ? {} : { "retry-after": String(refusal.retryAfterSeconds) }),
+    ...(options.closeConnection === true ? { connection: "close" } : {}),
   });
   response.end(body);
+}
+
+/**
+ * A claim's value as a header value: printable ASCII passes, anything else (controls, non-ASCII,
+ * `%`) is percent-encoded as UTF-8, so a hostile claim can neither break the header nor smuggle one.
+ */
+export function headerSafe(value: string): string {
+  return value.replace(/[^\x21-\x24\x26-\x7e ]/gu, (char) => encodeURIComponent(char));
 }
 
 /**

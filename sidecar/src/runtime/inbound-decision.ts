@@ -1,21 +1,31 @@
 /**
- * What the inbound side decides about one request, free of HTTP: who the TLS peer is, whether the
- * chain verifies for exactly this request, what the policies say, and whether quota is left. Steps
- * run in the contract's order and stop at the first refusal, which carries the HTTP status and one
- * reason code: 400 for a request that cannot be authorized as sent, 401 for authentication
- * (peer certificate, chain), 403 for policy, 429 for quota, 503 when the replay store cannot answer.
+ * What the inbound side decides about one request, free of HTTP and before its body is read: who
+ * the TLS peer is, whether the chain verifies for exactly this request, what the policies say,
+ * whether quota is left, and whether the head's jti is unspent. Steps run in the contract's order
+ * and stop at the first refusal, which carries the HTTP status and one reason code: 400 for a
+ * request that cannot be authorized as sent, 401 for authentication (peer certificate, chain), 403
+ * for policy, 429 for quota, 503 when the replay store cannot answer. The body hash the head binds
+ * is checked by the caller once the body is read (checkBody): nothing of an unauthenticated
+ * caller's body is ever read.
  */
 
-import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
+import { externalSubjectKey } from "../../../crds/src/service-identity.js";
+import type { AuthenticatedPeer } from "../../../pki/src/anchors.js";
 import { CertificateVerificationError } from "../../../pki/src/errors.js";
 import type { VerifiedCertificateCache } from "../../../pki/src/peer.js";
-import type { VerifiedClientCertificate } from "../../../pki/src/verify.js";
-import { admitBearer, type BearerPresentation, bearerToken } from "../chain/entry.js";
+import { admitBearer, type BearerPresentation, bearerToken, type CertificateHolder } from "../chain/entry.js";
 import { ChainError } from "../chain/errors.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { normalizeOperation, type Operation, OperationError } from "../chain/normalize.js";
 import type { ServiceInfo } from "../chain/trust.js";
-import { type IncomingCall, verifyChain } from "../chain/verify.js";
+import {
+  claimHead,
+  type IncomingCall,
+  type InitialToken,
+  type VerifiedLink,
+  verifyChain,
+  verifyChainHeaders,
+} from "../chain/verify.js";
 import {
   type Decision,
   decide,
@@ -24,7 +34,7 @@ import {
   provenanceOfBearer,
   provenanceOfChain,
 } from "../policy/engine.js";
-import type { QuotaLimiter } from "../quota/limiter.js";
+import type { QuotaCharge, QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import type { RegistrySnapshot } from "./registry-source.js";
 
@@ -35,7 +45,8 @@ export interface InboundRequest {
   readonly chainHeader: string | undefined;
   /** `Authorization`, read only for edge entry (no chain, on an edge service). */
   readonly authorization: string | undefined;
-  readonly bodyHash: string | undefined;
+  /** False when the request says it has no body (declaresNoBody): a head binding one is refused at once. */
+  readonly declaresBody: boolean;
   /** The TLS peer's certificates, leaf first (DER). */
   readonly peerChain: readonly Uint8Array[];
   readonly nowMs: number;
@@ -63,6 +74,10 @@ export interface Allowed {
   readonly caller: string | undefined;
   /** Who the request is for, when a user's token started it: `<issuer> <subject>`. */
   readonly subject: string | undefined;
+  /** The chain's initial token (verified), if it has one. */
+  readonly initial: InitialToken | undefined;
+  /** The head link, whose body hash the body must match; undefined for a bearer entry (no link). */
+  readonly head: VerifiedLink | undefined;
   readonly decision: Decision;
 }
 
@@ -102,14 +117,21 @@ function refuse(
   return { allowed: false, status, error, reason, detail, ...extra };
 }
 
-/** The TLS peer's verified certificate, or undefined when none was presented, or a refusal. */
-function verifiedPeer(
+/**
+ * The TLS peer, authenticated under the registry's trust anchors with their roles; undefined when it
+ * presented no certificate.
+ */
+function authenticatedPeer(
   context: InboundContext,
   request: InboundRequest,
-): VerifiedClientCertificate | undefined | Refused {
+): AuthenticatedPeer | undefined | Refused {
   if (request.peerChain.length === 0) return undefined;
   try {
-    return context.certificates.verify(context.snapshot.bundle, request.peerChain, new Date(request.nowMs));
+    return context.snapshot.anchors.authenticate(
+      request.peerChain,
+      new Date(request.nowMs),
+      context.certificates,
+    );
   } catch (error) {
     if (error instanceof CertificateVerificationError)
       return refuse(401, `peer_${error.code}`, error.message);
@@ -117,17 +139,23 @@ function verifiedPeer(
   }
 }
 
-/** The service id the TLS peer's certificate names, or a refusal. */
+/** The service the TLS peer is: a mesh workload, by a certificate of Custody's CA only. */
 function peerService(context: InboundContext, request: InboundRequest): string | Refused {
-  const verified = verifiedPeer(context, request);
-  if (verified === undefined)
-    return refuse(401, "no_client_certificate", "no client certificate was presented.");
-  if ("allowed" in verified) return verified;
-  const parsed = verified.spiffeId === undefined ? undefined : parseSpiffeId(verified.spiffeId);
-  if (parsed === undefined || parsed.trustDomain !== context.snapshot.registry.trustDomain) {
-    return refuse(401, "peer_not_a_service", "the client certificate names no service of this trust domain.");
+  const peer = authenticatedPeer(context, request);
+  if (peer === undefined) return refuse(401, "no_client_certificate", "no client certificate was presented.");
+  if ("allowed" in peer) return peer;
+  if (peer.role !== "mesh") {
+    return refuse(
+      401,
+      "peer_not_a_service",
+      "the client certificate names no service of this trust domain (a partner's certificate authenticates only with its identity token, at an edge).",
+    );
   }
-  return serviceId(parsed.ref);
+  return peer.serviceId;
+}
+
+function holderOf(peer: AuthenticatedPeer): CertificateHolder {
+  return peer.role === "mesh" ? { service: peer.serviceId } : { externalSubject: externalSubjectKey(peer) };
 }
 
 /** Where a request comes from, once its chain verified or its bearer token was admitted. */
@@ -135,6 +163,8 @@ export interface RequestOrigin {
   readonly entry: Allowed["entry"];
   readonly elements: readonly string[];
   readonly from: Provenance;
+  /** The head link (chain entry); its jti is spent and its body hash checked once the call is allowed. */
+  readonly head: VerifiedLink | undefined;
 }
 
 /*
@@ -143,7 +173,7 @@ export interface RequestOrigin {
  * from what the proxy enforces.
  */
 
-/** A chain verified for `call` against the snapshot's registry. Throws ChainError. */
+/** A chain verified for `call` against the snapshot's registry, body and jti included. Throws ChainError. */
 export async function verifiedChainOrigin(
   snapshot: RegistrySnapshot,
   header: string | undefined,
@@ -152,7 +182,7 @@ export async function verifiedChainOrigin(
   limits: ChainLimits,
 ): Promise<RequestOrigin> {
   const chain = await verifyChain(header, call, snapshot.trust, replay, { limits, cache: snapshot.cache });
-  return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain) };
+  return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain), head: chain.head };
 }
 
 /** A bearer token admitted at an edge as the initial element of a chain that starts here. Throws ChainError. */
@@ -163,7 +193,12 @@ export function admittedBearerOrigin(
   limits: ChainLimits,
 ): RequestOrigin {
   const admitted = admitBearer(presentation, snapshot.trust, limits);
-  return { entry: "bearer", elements: [presentation.token], from: provenanceOfBearer(admitted, operation) };
+  return {
+    entry: "bearer",
+    elements: [presentation.token],
+    from: provenanceOfBearer(admitted, operation),
+    head: undefined,
+  };
 }
 
 /** Who the request is for when a user's token started it and no service called: `<issuer> <subject>`. */
@@ -185,32 +220,37 @@ export function decidePolicies(
   });
 }
 
-/** A chain that verifies for exactly this request, over a connection from the service that signed its head. */
-async function chainOrigin(
+/**
+ * A chain that verifies for exactly this request (its body aside), over a connection from the
+ * service that signed its head.
+ */
+function chainOrigin(
   context: InboundContext,
   request: InboundRequest,
   operation: Operation,
-): Promise<RequestOrigin | Refused> {
+): RequestOrigin | Refused {
   const peer = peerService(context, request);
   if (typeof peer !== "string") return { ...peer, operation };
   try {
-    return await verifiedChainOrigin(
-      context.snapshot,
+    const chain = verifyChainHeaders(
       request.chainHeader,
-      {
-        self: context.self,
-        peer,
-        operation,
-        bodyHash: request.bodyHash,
-        nowSeconds: Math.floor(request.nowMs / 1000),
-      },
-      context.replay,
-      context.limits,
+      { self: context.self, peer, operation, nowSeconds: Math.floor(request.nowMs / 1000) },
+      context.snapshot.trust,
+      { limits: context.limits, cache: context.snapshot.cache },
     );
+    // A head that binds a body, on a request that says it has none, cannot be satisfied: refused
+    // now rather than after waiting for nothing.
+    if (!request.declaresBody && chain.head.bdh !== undefined) {
+      throw new ChainError(
+        "body_mismatch",
+        "the head binds a body, but the request has none.",
+        chain.head.index,
+      );
+    }
+    return { entry: "chain", elements: chain.elements, from: provenanceOfChain(chain), head: chain.head };
   } catch (error) {
     if (!(error instanceof ChainError)) throw error;
-    const status = error.code === "replay_store_unavailable" ? 503 : 401;
-    return refuse(status, error.code, error.message, { operation, caller: peer });
+    return refuse(401, error.code, error.message, { operation, caller: peer });
   }
 }
 
@@ -222,7 +262,7 @@ function bearerOrigin(
   self: ServiceInfo,
   token: string,
 ): RequestOrigin | Refused {
-  const peer = verifiedPeer(context, request);
+  const peer = authenticatedPeer(context, request);
   if (peer !== undefined && "allowed" in peer) return { ...peer, operation };
   try {
     return admittedBearerOrigin(
@@ -231,6 +271,7 @@ function bearerOrigin(
         self,
         token,
         clientCertificate: peer === undefined ? undefined : request.peerChain[0],
+        holder: peer === undefined ? undefined : holderOf(peer),
         nowSeconds: Math.floor(request.nowMs / 1000),
       },
       operation,
@@ -240,6 +281,23 @@ function bearerOrigin(
     if (!(error instanceof ChainError)) throw error;
     return refuse(401, error.code, error.message, { operation });
   }
+}
+
+/**
+ * The quota of every enforced policy that allowed the call, each rule's bucket per caller: two
+ * policies targeting one service each get their say, and any exhausted bucket refuses the call.
+ */
+export function quotaCharges(decision: Decision, who: string): QuotaCharge[] {
+  return decision.verdicts.flatMap((verdict) =>
+    verdict.mode === "enforce" && verdict.allowed && verdict.quota !== undefined
+      ? [
+          {
+            key: { policy: verdict.policy, rule: verdict.rule ?? "default", caller: who },
+            limit: verdict.quota,
+          },
+        ]
+      : [],
+  );
 }
 
 export async function decideInbound(
@@ -267,10 +325,10 @@ export async function decideInbound(
     request.chainHeader === undefined && self.edge ? bearerToken(request.authorization) : undefined;
   const origin =
     token === undefined
-      ? await chainOrigin(context, request, operation)
+      ? chainOrigin(context, request, operation)
       : bearerOrigin(context, request, operation, self, token);
   if ("allowed" in origin) return origin;
-  const { caller } = origin.from;
+  const { caller, initial } = origin.from;
   const subject = subjectOf(origin.from);
   const decision = decidePolicies(snapshot, context.whenNoPolicy, {
     target: self,
@@ -279,22 +337,33 @@ export async function decideInbound(
   });
   if (!decision.allowed)
     return refuse(403, decision.reason, decision.explanation, { operation, caller, subject, decision });
-  const quota = decision.decidedBy?.quota;
-  if (quota !== undefined && decision.decidedBy !== undefined) {
-    // `per: caller`: a user who entered through the edge is their own caller.
-    const who = caller ?? subject ?? "anonymous";
-    const taken = context.quota.take(
-      { policy: decision.decidedBy.policy, rule: decision.decidedBy.rule ?? "default", caller: who },
-      quota,
-    );
+  // `per: caller`: a user who entered through the edge is their own caller.
+  const who = caller ?? subject ?? "anonymous";
+  const charges = quotaCharges(decision, who);
+  if (charges.length > 0) {
+    const taken = context.quota.takeAll(charges);
     if (!taken.allowed) {
-      return refuse(429, "quota_exceeded", `quota of ${decision.decidedBy.policy} exhausted for ${who}.`, {
-        operation,
-        caller,
-        subject,
-        decision,
-        retryAfterSeconds: taken.retryAfterSeconds,
-      });
+      return refuse(
+        429,
+        "quota_exceeded",
+        `quota of ${taken.exhausted?.policy ?? "a policy"} exhausted for ${who}.`,
+        {
+          operation,
+          caller,
+          subject,
+          decision,
+          retryAfterSeconds: taken.retryAfterSeconds,
+        },
+      );
+    }
+  }
+  if (origin.head !== undefined) {
+    try {
+      await claimHead(origin.head, context.replay, context.limits);
+    } catch (error) {
+      if (!(error instanceof ChainError)) throw error;
+      const status = error.code === "replay_store_unavailable" ? 503 : 401;
+      return refuse(status, error.code, error.message, { operation, caller, subject });
     }
   }
   return {
@@ -304,6 +373,8 @@ export async function decideInbound(
     elements: origin.elements,
     caller,
     subject,
+    initial,
+    head: origin.head,
     decision,
   };
 }

@@ -1,9 +1,12 @@
 /**
  * The inbound side (`:15006`): TLS with the workload certificate, a client certificate required
- * (checked against the registry's trust bundle, not by the TLS stack, so a refusal is a JSON answer
- * with a reason). Each request's body is spooled and hashed, the chain verified, policies and quota
- * applied; only then is the request forwarded to the app on 127.0.0.1:<app-port>, with the verified
- * chain, the caller and the decision in Custody-* headers (copies a client sent are dropped).
+ * (checked against the registry's trust anchors, not by the TLS stack, so a refusal is a JSON answer
+ * with a reason). Everything that can be decided from the headers is decided before a byte of the
+ * body is read — peer, chain, policies, quota, the jti — and a refused request's connection is
+ * closed instead of drained; only then is the body read (bounded, spooled), held against the hash
+ * the head binds, and the request forwarded to the app on 127.0.0.1:<app-port> with its chain (e0
+ * sealed, see app-chain.ts), the caller, the decision and the initial token's facts in Custody-*
+ * headers. Whatever a client sent that looks like one of those, in any spelling, is dropped.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
@@ -11,17 +14,34 @@ import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import { Pool } from "undici";
 import { peerCertificateChain, VerifiedCertificateCache } from "../../../pki/src/peer.js";
-import { CHAIN_SEPARATOR, type ChainLimits } from "../chain/limits.js";
+import { ChainError } from "../chain/errors.js";
+import type { ChainLimits } from "../chain/limits.js";
 import { formatOperation, requestTargetOf } from "../chain/normalize.js";
+import { checkBody } from "../chain/verify.js";
 import type { QuotaLimiter } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
-import { BodyError, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
+import type { AppChainSealer } from "./app-chain.js";
+import {
+  BodyError,
+  DEFAULT_MAX_BODY_BYTES,
+  declaresNoBody,
+  type SpooledBody,
+  type SpoolOptions,
+  spoolRequestBody,
+} from "./body.js";
 import {
   CALLER_HEADER,
   CHAIN_HEADER,
   chainHeaderOf,
   DECISION_HEADER,
   forwardableHeaders,
+  headerSafe,
+  INITIAL_ISSUER_HEADER,
+  INITIAL_SCOPE_HEADER,
+  INITIAL_SUBJECT_HEADER,
+  type Refusal,
+  refuseUnreadBody,
+  SIDECAR_TOKEN_HEADER,
   sendRefusal,
 } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
@@ -40,6 +60,10 @@ export interface InboundOptions {
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
   readonly spool: SpoolOptions;
+  /** Seals the chain's e0 for the app, as the outbound side will open it. */
+  readonly appChain: AppChainSealer;
+  /** Sent to the app in Custody-Sidecar-Token on every request, when configured. */
+  readonly appSecret?: string | undefined;
   readonly logger: Logger;
   readonly metrics: SidecarMetrics;
   readonly now?: () => number;
@@ -90,8 +114,11 @@ export function createInboundServer(options: InboundOptions): Server {
       headersTimeout: 10_000,
       keepAliveTimeout: 30_000,
     },
-    (request, response) => void handle(request, response),
+    (request, response) => void handle(request, response, false),
   );
+  server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
+    void handle(request, response, true);
+  });
 
   const audit = (outcome: InboundOutcome, started: bigint, depth: number, bytes: number) => {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -117,65 +144,110 @@ export function createInboundServer(options: InboundOptions): Server {
     );
   };
 
-  async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+  /**
+   * `expectsContinue`: the client sent `Expect: 100-continue` and waits for our go-ahead before it
+   * sends the body; it gets it only once the request is allowed, so a refused client sends nothing.
+   */
+  async function handle(
+    request: IncomingMessage,
+    response: ServerResponse,
+    expectsContinue: boolean,
+  ): Promise<void> {
     const started = process.hrtime.bigint();
+    const hasBody = !declaresNoBody(request.headers);
+    // A refusal before the body was read does not read it: nothing is taken from a caller who is
+    // not authorized to send us anything (but a few KiB discarded so it reads the answer).
+    const refuseUnread = (refusal: Refusal) =>
+      hasBody ? refuseUnreadBody(request, response, refusal) : sendRefusal(response, refusal);
     const snapshot = options.registry();
     if (snapshot === undefined) {
-      sendRefusal(response, { status: 503, error: "unavailable", reason: "registry_unavailable" });
+      refuseUnread({ status: 503, error: "unavailable", reason: "registry_unavailable" });
       return;
     }
+    const headerValue = chainHeaderOf(request);
+    if (headerValue === null) {
+      refuseUnread({ status: 400, error: "bad_request", reason: "chain_repeated" });
+      return;
+    }
+    const outcome = await decideInbound(
+      {
+        self: options.self,
+        snapshot,
+        replay: options.replay,
+        quota: options.quota,
+        limits: options.limits,
+        whenNoPolicy: options.whenNoPolicy,
+        certificates,
+      },
+      {
+        method: request.method ?? "GET",
+        target: request.url ?? "/",
+        chainHeader: headerValue,
+        authorization: request.headers.authorization,
+        declaresBody: hasBody,
+        peerChain: peerChainOf(request.socket as TLSSocket),
+        nowMs: now(),
+      },
+    );
+    if (!outcome.allowed) {
+      audit(outcome, started, 0, Buffer.byteLength(headerValue ?? ""));
+      refuseUnread(outcome);
+      return;
+    }
+    const declaredLength = Number(request.headers["content-length"] ?? 0);
+    if (declaredLength > (options.spool.maxBytes ?? DEFAULT_MAX_BODY_BYTES)) {
+      audit(outcome, started, outcome.elements.length, Buffer.byteLength(headerValue ?? ""));
+      refuseUnread({ status: 413, error: "bad_request", reason: "body_too_large" });
+      return;
+    }
+    if (expectsContinue && hasBody) response.writeContinue();
     let body: SpooledBody;
     try {
       body = await spoolRequestBody(request, options.spool);
     } catch (error) {
       if (error instanceof BodyError && error.code === "body_too_large") {
-        request.resume();
-        sendRefusal(response, { status: 413, error: "bad_request", reason: "body_too_large" });
+        sendRefusal(
+          response,
+          { status: 413, error: "bad_request", reason: "body_too_large" },
+          { closeConnection: true },
+        );
       } else {
         response.destroy();
       }
       return;
     }
     try {
-      const headerValue = chainHeaderOf(request);
-      if (headerValue === null) {
-        sendRefusal(response, { status: 400, error: "bad_request", reason: "chain_repeated" });
-        return;
+      if (outcome.head !== undefined) {
+        try {
+          checkBody(outcome.head, body.hash);
+        } catch (error) {
+          if (!(error instanceof ChainError)) throw error;
+          const refused = {
+            allowed: false as const,
+            status: 401 as const,
+            error: "unauthenticated",
+            reason: error.code,
+            detail: error.message,
+            operation: outcome.operation,
+            caller: outcome.caller,
+            subject: outcome.subject,
+          };
+          audit(refused, started, 0, Buffer.byteLength(headerValue ?? ""));
+          sendRefusal(response, refused);
+          return;
+        }
       }
-      const outcome = await decideInbound(
-        {
-          self: options.self,
-          snapshot,
-          replay: options.replay,
-          quota: options.quota,
-          limits: options.limits,
-          whenNoPolicy: options.whenNoPolicy,
-          certificates,
-        },
-        {
-          method: request.method ?? "GET",
-          target: request.url ?? "/",
-          chainHeader: headerValue,
-          authorization: request.headers.authorization,
-          bodyHash: body.hash,
-          peerChain: peerChainOf(request.socket as TLSSocket),
-          nowMs: now(),
-        },
-      );
-      audit(
-        outcome,
-        started,
-        outcome.allowed ? outcome.elements.length : 0,
-        Buffer.byteLength(headerValue ?? ""),
-      );
-      if (!outcome.allowed) {
-        sendRefusal(response, outcome);
-        return;
-      }
+      audit(outcome, started, outcome.elements.length, Buffer.byteLength(headerValue ?? ""));
       await forward(request, response, outcome, body);
     } finally {
       await body.dispose();
     }
+  }
+
+  /** The last moment the app's chain may be continued: its head's, or for a bearer entry the token's. */
+  function continuableUntil(outcome: Allowed): number {
+    if (outcome.head !== undefined) return outcome.head.exp + options.limits.clockSkewSeconds;
+    return outcome.initial?.expiresAt ?? 0;
   }
 
   async function forward(
@@ -188,11 +260,17 @@ export function createInboundServer(options: InboundOptions): Server {
       ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
       host: `127.0.0.1:${options.appPort}`,
       "content-length": String(body.length),
-      [CHAIN_HEADER]: outcome.elements.join(CHAIN_SEPARATOR),
+      [CHAIN_HEADER]: options.appChain.forApp(outcome.elements, continuableUntil(outcome)),
       [DECISION_HEADER]: decisionHeader(outcome),
     };
     if (outcome.caller !== undefined) headers[CALLER_HEADER] = outcome.caller;
-    // Consumed, as Envoy's jwt_authn does: the app gets the verified token as the chain's e0 instead.
+    if (options.appSecret !== undefined) headers[SIDECAR_TOKEN_HEADER] = options.appSecret;
+    if (outcome.initial !== undefined) {
+      headers[INITIAL_ISSUER_HEADER] = headerSafe(outcome.initial.issuer);
+      headers[INITIAL_SUBJECT_HEADER] = headerSafe(outcome.initial.subject);
+      headers[INITIAL_SCOPE_HEADER] = headerSafe(outcome.initial.scopes.join(" "));
+    }
+    // Consumed, as Envoy's jwt_authn does: the app gets the verified token, sealed, as the chain's e0.
     if (outcome.entry === "bearer") delete headers.authorization;
     try {
       // The app receives the normalized target: exactly what was authorized, never a variant of it.

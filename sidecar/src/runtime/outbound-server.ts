@@ -3,21 +3,25 @@
  * as an HTTP proxy (`HTTP_PROXY`, absolute-form target) or with `Host: <service id>` — and the
  * sidecar resolves it in the registry, appends a link bound to this very method, path and body,
  * and calls the peer's inbound port over mutual TLS, checking that the peer's certificate carries
- * the SPIFFE id of the service asked for. It never calls an address that is not in the registry.
+ * the SPIFFE id of the service asked for and chains to Custody's CA. It never calls an address that
+ * is not in the registry.
+ *
+ * This port signs as the workload, so it serves the workload alone (local-client.ts): its credential
+ * when one is configured, and never a browser. A chain the app passes on is accepted only as this
+ * sidecar handed it to the app (app-chain.ts).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { isServiceId } from "../../../crds/src/names.js";
 import type { RegistryService } from "../../../crds/src/registry-schema.js";
 import { ServerIdentityMismatchError } from "../../../pki/src/peer.js";
-import { parseCompactJws } from "../chain/jws.js";
-import { CHAIN_SEPARATOR } from "../chain/limits.js";
-import { LINK_TYPE } from "../chain/link.js";
 import { type LinkSigner, mintLink } from "../chain/mint.js";
 import { normalizeOperation, type Operation, OperationError, requestTargetOf } from "../chain/normalize.js";
-import { BodyError, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
-import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, sendRefusal } from "./http.js";
+import { AppChainError, type AppChainSealer } from "./app-chain.js";
+import { BodyError, declaresNoBody, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
+import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, refuseUnreadBody, sendRefusal } from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
+import { type LocalClientGuard, LocalClientRefusal } from "./local-client.js";
 import type { SidecarMetrics } from "./metrics.js";
 import { PeerPools } from "./peer-pools.js";
 import type { RegistrySnapshot } from "./registry-source.js";
@@ -31,6 +35,10 @@ export interface OutboundOptions {
   readonly signer: () => LinkSigner | undefined;
   /** The identity JWT to start chains with (e0), when there is one. */
   readonly identityToken: () => string | undefined;
+  /** Opens the chains the app passes on, as the inbound side sealed them. */
+  readonly appChain: AppChainSealer;
+  /** Who may use this port: the workload's credential, no browsers. */
+  readonly clients: LocalClientGuard;
   readonly spool: SpoolOptions;
   readonly logger: Logger;
   readonly metrics: SidecarMetrics;
@@ -95,44 +103,36 @@ function resolveTarget(request: IncomingMessage, snapshot: RegistrySnapshot): Ta
   }
 }
 
-/**
- * The chain the app propagated (copied from the request it is serving), accepted only when its
- * head was addressed to this service, or is an initial token this service was handed (edge).
- */
-function propagatedChain(request: IncomingMessage, self: string): string[] | undefined {
+/** The chain the app propagated (copied from the request it is serving), as its sidecar verified it. */
+function propagatedChain(
+  request: IncomingMessage,
+  appChain: AppChainSealer,
+  nowSeconds: number,
+): string[] | undefined {
   const value = chainHeaderOf(request);
   if (value === undefined) return undefined;
   if (value === null) throw new OutboundRefusal(400, "chain_repeated", "Custody-Chain appears twice.");
-  const elements = value.split(CHAIN_SEPARATOR);
-  const head = elements.at(-1) ?? "";
-  let header: Readonly<Record<string, unknown>>;
-  let payload: Readonly<Record<string, unknown>>;
-  try {
-    ({ header, payload } = parseCompactJws(head, elements.length - 1));
-  } catch {
-    throw new OutboundRefusal(400, "chain_malformed", "the propagated Custody-Chain cannot be read.");
-  }
-  if (header.typ === LINK_TYPE && payload.aud !== self) {
-    throw new OutboundRefusal(
-      400,
-      "chain_not_ours",
-      "the propagated Custody-Chain was not addressed to this service.",
-    );
-  }
-  return elements;
+  return appChain.fromApp(value, nowSeconds);
 }
 
 export function createOutboundServer(options: OutboundOptions): Server {
   const peers = new PeerPools();
 
-  async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+  async function handle(
+    request: IncomingMessage,
+    response: ServerResponse,
+    expectsContinue: boolean,
+  ): Promise<void> {
     const started = process.hrtime.bigint();
-    if ((request.url ?? "").startsWith("/.custody/") && options.localRoutes !== undefined) {
-      await options.localRoutes(request, response);
-      return;
-    }
+    const localRoute = (request.url ?? "").startsWith("/.custody/") && options.localRoutes !== undefined;
     let body: SpooledBody | undefined;
     try {
+      options.clients.check(request, localRoute ? "key_service" : "proxy");
+      if (localRoute) {
+        if (expectsContinue) response.writeContinue();
+        await options.localRoutes?.(request, response);
+        return;
+      }
       const snapshot = options.registry();
       if (snapshot === undefined)
         throw new OutboundRefusal(503, "registry_unavailable", "no registry loaded yet.");
@@ -146,14 +146,17 @@ export function createOutboundServer(options: OutboundOptions): Server {
           `the registry does not publish this workload's key for ${identity.serviceId} yet.`,
         );
       }
-      const previous = propagatedChain(request, options.self) ?? optionalToken(options.identityToken());
+      const nowSeconds = () => Math.floor((options.now ?? Date.now)() / 1000);
+      const previous =
+        propagatedChain(request, options.appChain, nowSeconds()) ?? optionalToken(options.identityToken());
+      if (expectsContinue && !declaresNoBody(request.headers)) response.writeContinue();
       body = await spoolRequestBody(request, options.spool);
       const chain = mintLink(linkSigner, {
         audience: target.service.id,
         operation: target.operation,
         bodyHash: body.hash,
         previous,
-        nowSeconds: Math.floor((options.now ?? Date.now)() / 1000),
+        nowSeconds: nowSeconds(),
       });
       await relay(
         peers.poolFor(identity, snapshot, target.service),
@@ -178,11 +181,16 @@ export function createOutboundServer(options: OutboundOptions): Server {
         { event: "outbound_refused", reason: refusal.reason, detail: refusal.message, target: request.url },
         "outbound call refused",
       );
-      sendRefusal(response, {
+      if (refusal.status === 407) response.setHeader("proxy-authenticate", 'Basic realm="custody"');
+      if (refusal.status === 401) response.setHeader("www-authenticate", 'Basic realm="custody"');
+      const answer = {
         status: refusal.status,
         error: refusal.status === 502 ? "bad_gateway" : "refused",
         reason: refusal.reason,
-      });
+      };
+      // A client refused before its body was read does not get it read.
+      if (body === undefined && !declaresNoBody(request.headers)) refuseUnreadBody(request, response, answer);
+      else sendRefusal(response, answer);
     } finally {
       await body?.dispose();
     }
@@ -190,10 +198,36 @@ export function createOutboundServer(options: OutboundOptions): Server {
 
   const server = createServer(
     { maxHeaderSize: 32 * 1024, requestTimeout: 60_000, keepAliveTimeout: 30_000 },
-    (request, response) => void handle(request, response),
+    (request, response) => void handle(request, response, false),
   );
+  server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
+    void handle(request, response, true);
+  });
   server.on("close", () => void peers.destroy());
   return server;
+}
+
+/**
+ * OpenSSL's verdicts on a server certificate that does not chain to the registry's trust bundle
+ * (Custody's CA alone): a partner's CA, a self-signed or expired certificate at a service's address.
+ */
+const UNTRUSTED_CERTIFICATE = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_NOT_YET_VALID",
+  "CERT_HAS_EXPIRED",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "INVALID_CA",
+  "INVALID_PURPOSE",
+]);
+
+function isUntrustedCertificate(error: Error): boolean {
+  return "code" in error && typeof error.code === "string" && UNTRUSTED_CERTIFICATE.has(error.code);
 }
 
 function optionalToken(token: string | undefined): string[] | undefined {
@@ -202,11 +236,18 @@ function optionalToken(token: string | undefined): string[] | undefined {
 
 function toRefusal(error: unknown): OutboundRefusal {
   if (error instanceof OutboundRefusal) return error;
+  if (error instanceof LocalClientRefusal)
+    return new OutboundRefusal(error.status, error.code, error.message);
+  if (error instanceof AppChainError) return new OutboundRefusal(400, error.code, error.message);
   if (error instanceof BodyError) return new OutboundRefusal(413, error.code, error.message);
   if (error instanceof UpstreamError) {
-    return error.upstream instanceof ServerIdentityMismatchError
-      ? new OutboundRefusal(502, "peer_identity_mismatch", error.message)
-      : new OutboundRefusal(502, "peer_unreachable", error.message);
+    if (error.upstream instanceof ServerIdentityMismatchError) {
+      return new OutboundRefusal(502, "peer_identity_mismatch", error.message);
+    }
+    if (isUntrustedCertificate(error.upstream)) {
+      return new OutboundRefusal(502, "peer_certificate_untrusted", error.message);
+    }
+    return new OutboundRefusal(502, "peer_unreachable", error.message);
   }
   return new OutboundRefusal(502, "outbound_failed", error instanceof Error ? error.message : String(error));
 }

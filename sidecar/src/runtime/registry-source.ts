@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { loadRegistry } from "../../../crds/src/registry.js";
 import type { Registry } from "../../../crds/src/registry-schema.js";
-import { TrustBundle } from "../../../pki/src/bundle.js";
+import { TrustAnchors } from "../../../pki/src/anchors.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import { VerifiedElementCache } from "../chain/cache.js";
 import { RegistryTrustView } from "../chain/registry-view.js";
@@ -26,8 +26,11 @@ export interface RegistrySnapshot {
   readonly trust: RegistryTrustView;
   readonly patterns: PatternCache;
   readonly cache: VerifiedElementCache<VerifiedLink>;
-  /** The CAs whose client certificates the inbound side accepts. */
-  readonly bundle: TrustBundle;
+  /**
+   * The CAs whose client certificates the inbound side accepts, with their roles: Custody's CA alone
+   * for services, partner CAs only for the external subjects mapped to them.
+   */
+  readonly anchors: TrustAnchors;
 }
 
 export type RegistryUpdate =
@@ -71,7 +74,14 @@ export function snapshotOf(
     trust,
     patterns,
     cache: new VerifiedElementCache<VerifiedLink>(options.cacheSize ?? 10_000),
-    bundle: TrustBundle.fromPem([{ name: "registry trustBundle", pem: registry.trustBundle }]),
+    anchors: TrustAnchors.fromPem({
+      trustDomain: registry.trustDomain,
+      mesh: [{ name: "registry trustBundle", pem: registry.trustBundle }],
+      partners:
+        registry.partnerBundle === undefined
+          ? []
+          : [{ name: "registry partnerBundle", pem: registry.partnerBundle }],
+    }),
   };
 }
 

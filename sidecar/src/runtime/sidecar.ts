@@ -20,11 +20,13 @@ import type { ReplayGuard } from "../replay/guard.js";
 import { MemoryReplayGuard } from "../replay/memory.js";
 import { createReplayMetrics, withReplayMetrics } from "../replay/metrics.js";
 import type { RedisReplayGuard, ReplayFailureMode } from "../replay/redis.js";
+import { AppChainSealer } from "./app-chain.js";
 import type { SpoolOptions } from "./body.js";
 import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
 import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
 import { createInboundServer } from "./inbound-server.js";
 import { createKeyRoutes } from "./key-routes.js";
+import { LocalClientGuard } from "./local-client.js";
 import { createSidecarMetrics } from "./metrics.js";
 import { createOutboundServer } from "./outbound-server.js";
 import { openingKeysFor, signerFor } from "./own-keys.js";
@@ -37,6 +39,10 @@ export interface SidecarConfig {
   /** Absent: no identity token (chains start with the first link). */
   readonly tokenUrl: string | undefined;
   readonly outbound: ListenAddress;
+  /** The credential the app must present on the outbound port and key service; none: loopback alone. */
+  readonly clientSecret?: string | undefined;
+  /** Sent to the app in Custody-Sidecar-Token, so it can tell its sidecar from other local callers. */
+  readonly appSecret?: string | undefined;
   readonly inbound: ListenAddress;
   readonly admin: ListenAddress;
   readonly limits: ChainLimits;
@@ -125,6 +131,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     replay = redis;
   }
   const quota = new QuotaLimiter({ now, metrics: createQuotaMetrics(registry) });
+  const appChain = new AppChainSealer(self);
 
   const inbound = createInboundServer({
     self,
@@ -136,6 +143,8 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     limits: config.limits,
     whenNoPolicy: config.whenNoPolicy,
     spool: config.spool,
+    appChain,
+    appSecret: config.appSecret,
     logger,
     metrics,
     now,
@@ -179,6 +188,8 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     identity: () => identity,
     registry: () => source.snapshot,
     identityToken: () => keeper?.token?.token,
+    appChain,
+    clients: new LocalClientGuard(config.clientSecret),
     spool: config.spool,
     logger,
     metrics,

@@ -29,7 +29,11 @@ export interface TalkChainOptions {
 
 export function talkChain(parties: TalkParties, options: TalkChainOptions): MintedChain {
   const { idp, shop, cart, payments } = parties;
-  const e0 = idp.token({ sub: "marissa", aud: ["shop"], scope: options.scope ?? "openid shop.customer" });
+  const e0 = idp.token({
+    sub: "marissa",
+    aud: ["shop.shop"],
+    scope: options.scope ?? "openid shop.customer",
+  });
   const e1 = mintLink(shop.signer, {
     audience: cart.info.id,
     operation: normalizeOperation("POST", options.cartPath ?? "/cart/confirm"),
