@@ -189,6 +189,43 @@ describe("the checkout through three sidecars", () => {
     expect(mesh.service("cart.shop").received.at(-1)?.headers["custody-caller"]).toBe("shop.shop");
   });
 
+  it("drops every spelling an app stack could read as the sidecar's headers, and method or URL overrides", async () => {
+    const forged = {
+      custody_caller: "admin.shop",
+      "CUSTODY-DECISION": "allow policy=x rule=y",
+      Custody_Initial_Subject: "root",
+      "custody-initial-scope": "admin",
+      "custody-sidecar-token": "guess",
+      "x-http-method-override": "DELETE",
+      "X-HTTP-Method": "DELETE",
+      "x-method-override": "DELETE",
+      "x-original-url": "/admin",
+      "x-rewrite-url": "/admin",
+      "x-original-method": "DELETE",
+    };
+    // Straight to cart's inbound port with a genuine link (nothing of the client's is dropped on the way).
+    const chain = mintLink(await mesh.signerOf("shop.shop"), {
+      audience: "cart.shop",
+      operation: normalizeOperation("GET", "/whoami"),
+    }).header;
+    const answer = await mesh.callInbound("shop.shop", mesh.service("cart.shop").inboundPort, {
+      method: "GET",
+      path: "/whoami",
+      chain,
+      headers: forged,
+    });
+    expect(answer.status).toBe(200);
+    const seen = mesh.service("cart.shop").received.at(-1)?.headers ?? {};
+    const names = Object.keys(seen);
+    expect(names.filter((name) => /^custody[-_]/i.test(name)).sort()).toEqual([
+      "custody-caller",
+      "custody-chain",
+      "custody-decision",
+    ]);
+    expect(seen["custody-caller"]).toBe("shop.shop");
+    expect(names.filter((name) => /override|original|rewrite|^x-http-method$/i.test(name))).toEqual([]);
+  });
+
   it("applies quota per caller: 429 with Retry-After once the burst is spent", async () => {
     const shop = sidecarOf("shop.shop");
     const statuses: string[] = [];
