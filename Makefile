@@ -6,10 +6,10 @@ SHELL := bash
 
 NPM ?= npm
 
-.PHONY: help install build typecheck lint format crds test test-clock-shift bench demo helm-lint images e2e-kind
+.PHONY: help install build typecheck lint format crds control-plane test test-clock-shift bench demo helm-lint images e2e-kind
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 bench: install ## Benchmarks: call chains vs the talk's nested format; token service vs bare TLS handshakes
 	$(NPM) run --silent bench:chain
@@ -42,7 +42,10 @@ demo: build ## The talk's shop → cart → payments scenario, locally
 crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
 	$(NPM) run --silent crds
 
-test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite
+control-plane: ## Build etcd, kube-apiserver, kube-controller-manager from source (Go module proxy) into ~/.cache/custody; reused
+	bash e2e/control-plane/build.sh
+
+test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite (Kubernetes suites need `make control-plane` first)
 	$(NPM) test
 
 test-clock-shift: build ## The suite again with the clock 400 and 730 days ahead (libfaketime): no test may depend on the date

@@ -4,6 +4,7 @@ import { once } from "node:events";
 import { connect as tcpConnect } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { freePort } from "./net.js";
+import { realClockEnv } from "./tools.js";
 
 export { freePort };
 
@@ -23,18 +24,6 @@ async function answersPing(port: number): Promise<boolean> {
     socket.on("close", () => resolve(reply.startsWith("+PONG")));
     socket.on("error", () => socket.destroy());
   });
-}
-
-/**
- * The environment without libfaketime. `make test-clock-shift` preloads it to run the suite on a
- * shifted clock, and redis-server's allocator deadlocks under it. Redis's clock does not matter to
- * the code under test: Custody gives it relative TTLs (PX), computed on Custody's own clock.
- */
-function realClockEnv(): NodeJS.ProcessEnv {
-  const preload = (process.env.LD_PRELOAD ?? "")
-    .split(/[:\s]+/)
-    .filter((library) => library !== "" && !library.includes("libfaketime"));
-  return { ...process.env, LD_PRELOAD: preload.join(":") };
 }
 
 /** A throwaway redis-server on 127.0.0.1 only, keeping nothing on disk. */

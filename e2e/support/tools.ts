@@ -54,3 +54,16 @@ export function promtoolProblems(exposition: string): string {
     return `${failed.stdout?.toString() ?? ""}${failed.stderr?.toString() ?? ""}` || failed.message;
   }
 }
+
+/**
+ * The environment without libfaketime, for processes that must run on the real clock while
+ * `make test-clock-shift` preloads it into the test run: servers whose clock the code under test
+ * never compares with its own (redis-server, whose allocator deadlocks under libfaketime), and the
+ * tools making certificates that Go binaries check on the real clock (Go ignores LD_PRELOAD).
+ */
+export function realClockEnv(): NodeJS.ProcessEnv {
+  const preload = (process.env.LD_PRELOAD ?? "")
+    .split(/[:\s]+/)
+    .filter((library) => library !== "" && !library.includes("libfaketime"));
+  return { ...process.env, LD_PRELOAD: preload.join(":") };
+}
