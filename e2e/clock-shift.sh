@@ -34,7 +34,10 @@ failed=()
 for offset in "${offsets[@]}"; do
   shifted=$(LD_PRELOAD="$library" FAKETIME="$offset" date -u +%Y-%m-%dT%H:%MZ)
   echo "clock-shift: the suite with the clock at $offset ($shifted)"
-  if ! LD_PRELOAD="$library" FAKETIME="$offset" FAKETIME_DONT_RESET=1 npx vitest run "$@"; then
+  # CUSTODY_CLOCK_SHIFT tells suites that cannot follow the shift (the Go control plane reads the
+  # real clock) to skip, visibly.
+  if ! CUSTODY_CLOCK_SHIFT="$offset" LD_PRELOAD="$library" FAKETIME="$offset" FAKETIME_DONT_RESET=1 \
+    npx vitest run "$@"; then
     failed+=("$offset")
   fi
 done

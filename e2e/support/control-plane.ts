@@ -109,6 +109,15 @@ function findBinaries(): BinariesCheck {
  * installed). Otherwise throws when CUSTODY_REQUIRE_ALL=1, or prints a visible `SKIP:` line.
  */
 export function requireControlPlane(): boolean {
+  const shifted = process.env.CUSTODY_CLOCK_SHIFT;
+  if (shifted !== undefined && shifted !== "") {
+    // The Go binaries read the real clock (they ignore libfaketime), and what they issue (service
+    // account tokens, certificates) would be judged on a clock years away: not a calendar test.
+    process.stderr.write(
+      `SKIP: the clock is shifted (${shifted}); the Kubernetes control plane runs on the real clock, so its suites are skipped.\n`,
+    );
+    return false;
+  }
   const binaries = findBinaries();
   const openssl = findTool("openssl");
   const reason = !binaries.available ? binaries.reason : openssl.available ? undefined : openssl.detail;
@@ -402,6 +411,7 @@ export class ControlPlane {
   readonly #frontProxyPki: Pki;
   readonly #components: Component[] = [];
   #server = "";
+  #etcdUrl = "";
   #version = "";
   #caPem = "";
   #fingerprint = "";
@@ -420,6 +430,34 @@ export class ControlPlane {
   /** https://127.0.0.1:<port> */
   get server(): string {
     return this.#server;
+  }
+
+  /** etcd's client URL (plain HTTP on 127.0.0.1). */
+  get etcdUrl(): string {
+    return this.#etcdUrl;
+  }
+
+  /**
+   * Compacts etcd's history up to its current revision, as etcd's periodic compaction does in a
+   * real cluster: a watch resumed from an older resourceVersion gets 410 Gone (when the API
+   * server serves it from etcd rather than its watch cache) and the client must list again.
+   * Returns the revision compacted to.
+   */
+  async compact(): Promise<number> {
+    const post = async (path: string, body: unknown) => {
+      const response = await fetch(`${this.#etcdUrl}${path}`, {
+        method: "POST",
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(5_000),
+      });
+      const text = await response.text();
+      if (response.status !== 200) throw new Error(`etcd ${path}: ${response.status} ${text}`);
+      return JSON.parse(text) as { header?: { revision?: string } };
+    };
+    const range = await post("/v3/kv/range", { key: Buffer.from("custody-compaction-probe").toString("base64") });
+    const revision = Number(range.header?.revision ?? 0);
+    await post("/v3/kv/compaction", { revision: String(revision), physical: true });
+    return revision;
   }
 
   /** The gitVersion the API server reports on /version, e.g. v1.36.3. */
@@ -451,15 +489,18 @@ export class ControlPlane {
     return path;
   }
 
-  /** A kubeconfig presenting a bearer token (e.g. from `kubectl create token`) and nothing else. */
-  async tokenKubeconfig(name: string, token: string): Promise<string> {
+  /**
+   * A kubeconfig presenting a bearer token (e.g. from `kubectl create token`) and nothing else; to
+   * `server` when given (a proxy in front of the API server on 127.0.0.1), else the API server.
+   */
+  async tokenKubeconfig(name: string, token: string, server = this.server): Promise<string> {
     const path = join(
       this.directory,
       "users",
       `token-${name.replaceAll(/[^A-Za-z0-9._-]/g, "_")}.kubeconfig`,
     );
     await mkdir(join(this.directory, "users"), { recursive: true });
-    await writeFile(path, kubeconfig(this.server, this.caPem, name, { token }), { mode: 0o600 });
+    await writeFile(path, kubeconfig(server, this.caPem, name, { token }), { mode: 0o600 });
     return path;
   }
 
@@ -556,6 +597,7 @@ export class ControlPlane {
 
     // etcd: one member, data in the temporary directory, no fsync (throw-away data, faster).
     const etcdUrl = `http://${HOST}:${etcdClientPort}`;
+    this.#etcdUrl = etcdUrl;
     const peerUrl = `http://${HOST}:${etcdPeerPort}`;
     this.#spawn("etcd", this.binaries.etcd, [
       "--name=custody",

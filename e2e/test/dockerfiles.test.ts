@@ -15,6 +15,7 @@ import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { posix } from "node:path";
 import { Ajv } from "ajv";
+import { applyPatch, type Operation } from "fast-json-patch";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 import { parseManifests, parseYamlDocuments } from "../../crds/src/manifest.js";
@@ -28,8 +29,6 @@ import {
   SIDECAR_USER,
   VOLUME_TMP,
 } from "../../operator/src/webhook/inject.js";
-import type { JsonValue } from "../apiserver/json.js";
-import { jsonPatch } from "../apiserver/patch.js";
 import { ATTACKER_SCRIPT, forwardedPort, registryTextsOf, TRUSTED_ISSUERS_FILE } from "../kind/scenarios.js";
 
 const ROOT = new URL("../../", import.meta.url);
@@ -678,10 +677,12 @@ function injectedPod(name: string): PodTemplate {
   );
   if (!decision.allowed) throw new Error(`the webhook refuses ${name}: ${decision.message}`);
   expect(decision.reason).toBe("injected");
-  return jsonPatch(
-    structuredClone(pod) as unknown as JsonValue,
-    decision.patch as unknown as JsonValue,
-  ) as unknown as PodTemplate;
+  return applyPatch(
+    structuredClone(pod) as unknown as PodTemplate,
+    JSON.parse(JSON.stringify(decision.patch)) as Operation[],
+    true,
+    false,
+  ).newDocument;
 }
 
 function injectedSidecar(name: string): Record<string, unknown> {

@@ -1,29 +1,27 @@
 /**
- * Leader election (operator/src/store/leader.ts) between real electors on one Lease of the test API
- * server: one leader at a time, the Lease written the way client-go writes it, a closing leader
- * handing over at once, and a leader cut off from the API server stepping down before the other
- * replica takes over. Durations are short (lease 1.5 s, renew deadline 1 s, retry 200 ms); the
- * tests poll generously instead of timing.
+ * Leader election (operator/src/store/leader.ts) between real electors on the Lease
+ * custody-operator of a real control plane, each as the chart's ServiceAccount (whose Role allows
+ * that one Lease): one leader at a time, the Lease written the way client-go writes it, a closing
+ * leader handing over at once, and a leader cut off from the API server stepping down before the
+ * other replica takes over. Durations are short (lease 1.5 s, renew deadline 1 s, retry 200 ms);
+ * the tests poll generously instead of timing.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { CoordinationV1Api, CoreV1Api, KubeConfig, type V1LeaseSpec } from "@kubernetes/client-node";
+import { CoordinationV1Api, KubeConfig, type V1LeaseSpec } from "@kubernetes/client-node";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { LeaderElectionError, LeaderElector } from "../../operator/src/store/leader.js";
-import { kubeconfigYaml } from "../apiserver/kubeconfig.js";
-import { type RunningApiServer, startApiServer } from "../apiserver/server.js";
-import { startTcpProxy } from "../support/tcp-proxy.js";
+import { type Cluster, OPERATOR_NAMESPACE, startCluster } from "../support/cluster.js";
+import { requireControlPlane } from "../support/control-plane.js";
+import { requireTool } from "../support/tools.js";
 
-const NAMESPACE = "custody-system";
+const HAS_CLUSTER = requireTool("kubectl") && requireControlPlane();
+const NAMESPACE = OPERATOR_NAMESPACE;
+/** The one Lease the chart's Role lets the operator get and update. */
+const LEASE = "custody-operator";
 const TIMINGS = { leaseDurationMs: 1_500, renewDeadlineMs: 1_000, retryPeriodMs: 200 };
 const MICRO_TIME = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$/;
 const WAIT = { timeout: 10_000, interval: 20 };
-
-function kubeConfigFor(url: string): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromString(kubeconfigYaml(url));
-  return kc;
-}
 
 /** Who leads, and whether two ever led at once (the one thing leader election must prevent). */
 class Ledger {
@@ -46,11 +44,12 @@ class Ledger {
   }
 }
 
-describe("leader election on a Lease", () => {
-  let server: RunningApiServer;
+describe.skipIf(!HAS_CLUSTER)("leader election on a Lease", () => {
+  let cluster: Cluster;
+  /** The operator's ServiceAccount, straight to the API server. */
   let kc: KubeConfig;
+  /** The admin's, to read and clear the Lease. */
   let leases: CoordinationV1Api;
-  let lease = 0;
   const electors: LeaderElector[] = [];
   const cleanups: (() => Promise<void>)[] = [];
   const logger = pino({ level: process.env.CUSTODY_E2E_LOGS === "1" ? "debug" : "silent" });
@@ -69,8 +68,7 @@ describe("leader election on a Lease", () => {
   }
 
   function nextLease(): string {
-    lease += 1;
-    return `custody-operator-${lease}`;
+    return LEASE;
   }
 
   async function leaseSpec(name: string): Promise<V1LeaseSpec> {
@@ -78,19 +76,22 @@ describe("leader election on a Lease", () => {
   }
 
   beforeAll(async () => {
-    server = await startApiServer({ bookmarkIntervalMs: 200, logger: pino({ level: "silent" }) });
-    kc = kubeConfigFor(server.url);
-    leases = kc.makeApiClient(CoordinationV1Api);
-    await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NAMESPACE } } });
-  });
+    cluster = await startCluster();
+    const token = cluster.operatorKubeConfig.getCurrentUser()?.token ?? "";
+    kc = new KubeConfig();
+    kc.loadFromFile(await cluster.controlPlane.tokenKubeconfig("custody-operator-direct", token));
+    leases = cluster.kubeConfig.makeApiClient(CoordinationV1Api);
+  }, 120_000);
 
   afterEach(async () => {
     await Promise.all(electors.splice(0).map((created) => created.close()));
     for (const cleanup of cleanups.splice(0)) await cleanup();
+    // Each test starts without a Lease, as a fresh installation does.
+    await leases.deleteNamespacedLease({ name: LEASE, namespace: NAMESPACE }).catch(() => undefined);
   });
 
   afterAll(async () => {
-    await server?.close();
+    await cluster?.close();
   });
 
   it("lets exactly one of two candidates lead, and writes the Lease like client-go", async () => {
@@ -165,9 +166,9 @@ describe("leader election on a Lease", () => {
   it("makes a leader that cannot renew step down before another replica takes the expired Lease", async () => {
     const name = nextLease();
     const ledger = new Ledger();
-    const proxy = await startTcpProxy(server.port);
-    cleanups.push(() => proxy.close());
-    const a = elector("replica-a", name, kubeConfigFor(proxy.url));
+    const proxy = cluster.operatorProxy;
+    cleanups.push(() => proxy.restore());
+    const a = elector("replica-a", name, cluster.operatorKubeConfig);
     a.start(ledger.callbacks("replica-a"));
     await vi.waitFor(() => expect(a.isLeader).toBe(true), WAIT);
     const b = elector("replica-b", name);

@@ -1,5 +1,6 @@
 /**
- * `custody operator --kubeconfig …` as a real process against the test API server, set up the way
+ * `custody operator --kubeconfig …` as a real process against the real control plane, as the
+ * chart's ServiceAccount (never admin), set up the way
  * the docs tell a user to: CRDs and webhook configurations applied with kubectl, a namespace
  * labelled for injection, a ServiceIdentity. The operator fills in the webhooks' caBundle, makes
  * the identity Ready, and `kubectl create` of an annotated pod returns it with the sidecar; a pod
@@ -13,11 +14,12 @@ import { stringify } from "yaml";
 import { type Cluster, startCluster } from "../support/cluster.js";
 import { freePort } from "../support/net.js";
 import { type CliProcess, killAll, startCliProcess } from "../support/process.js";
+import { requireControlPlane } from "../support/control-plane.js";
 import { requireTool } from "../support/tools.js";
 
-const HAS_KUBECTL = requireTool("kubectl");
+const HAS_CLUSTER = requireTool("kubectl") && requireControlPlane();
 
-describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", () => {
+describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", () => {
   let cluster: Cluster;
   let operator: CliProcess;
   let webhookPort: number;
@@ -52,7 +54,7 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
         "--ca",
         cluster.caDirectory,
         "--kubeconfig",
-        cluster.kubeconfigPath,
+        cluster.operatorKubeconfigPath,
         "--namespace",
         "custody-system",
         "--token-listen",
@@ -93,11 +95,9 @@ describe.skipIf(!HAS_KUBECTL)("custody operator on Kubernetes, as a process", ()
 
   beforeAll(async () => {
     webhookPort = await freePort();
-    cluster = await startCluster({
-      serviceResolver: (service) => `https://127.0.0.1:${webhookPort}${service.path}`,
-    });
+    cluster = await startCluster();
+    await cluster.applyWebhooks(webhookPort);
     for (const args of [
-      ["apply", "-f", "operator/manifests/webhooks.yaml"],
       ["label", "namespace", "shop", "custody.dev/injection=enabled"],
       ["create", "serviceaccount", "cart", "-n", "shop"],
       ["apply", "-f", "crds/examples/shop-identities.yaml"],

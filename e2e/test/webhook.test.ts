@@ -1,13 +1,14 @@
 /**
- * The admission webhooks end to end: the real kubectl against the test API server (e2e/apiserver),
- * which calls the operator's webhook server over HTTPS verified with the caBundle that
- * keepCaBundleCurrent wrote into the configurations of operator/manifests/webhooks.yaml.
+ * The admission webhooks end to end: the real kubectl against the real kube-apiserver, which calls
+ * the operator's webhook server over HTTPS (the configurations of operator/manifests/webhooks.yaml,
+ * pointed at https://127.0.0.1:<port> as envtest does), verified with the caBundle that
+ * keepCaBundleCurrent — running as the chart's ServiceAccount — wrote into them.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AdmissionregistrationV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
+import { AdmissionregistrationV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
@@ -19,11 +20,12 @@ import { type CaBundleKeeper, keepCaBundleCurrent } from "../../operator/src/web
 import { DEFAULT_INJECTION_SETTINGS } from "../../operator/src/webhook/inject.js";
 import { type RunningWebhookServer, startWebhookServer } from "../../operator/src/webhook/server.js";
 import { type CertificateAuthority, createCertificateAuthority } from "../../pki/src/index.js";
-import { type RunningApiServer, startApiServer } from "../apiserver/server.js";
-import { type KubectlResult, kubectlFor } from "../support/kubectl.js";
+import { type Cluster, startCluster } from "../support/cluster.js";
+import { requireControlPlane } from "../support/control-plane.js";
+import type { KubectlResult } from "../support/kubectl.js";
 import { requireTool } from "../support/tools.js";
 
-const HAS_KUBECTL = requireTool("kubectl");
+const HAS_CLUSTER = requireTool("kubectl") && requireControlPlane();
 const SHOP = "shop";
 const WEBHOOK_SERVICE = "custody-webhook";
 const WEBHOOK_NAMESPACE = "custody-system";
@@ -78,8 +80,8 @@ describe("the admission webhooks", () => {
   let directory: string;
   let ca: CertificateAuthority;
   let webhook: RunningWebhookServer;
-  let server: RunningApiServer;
-  let kubeconfigPath: string;
+  let cluster: Cluster | undefined;
+  /** The operator's credentials: what the caBundle keeper runs with. */
   let kc: KubeConfig;
   let keeper: CaBundleKeeper | undefined;
   const identities = new Map<string, ServiceIdentity>();
@@ -93,8 +95,10 @@ describe("the admission webhooks", () => {
     );
   }
 
-  const kubectl = (args: readonly string[], input?: string): Promise<KubectlResult> =>
-    kubectlFor(kubeconfigPath, join(directory, "kubectl-cache"))(args, input);
+  const kubectl = (args: readonly string[], input?: string): Promise<KubectlResult> => {
+    if (cluster === undefined) throw new Error("no cluster");
+    return cluster.kubectl(args, input);
+  };
 
   async function createPod(manifest: string): Promise<KubectlResult> {
     const file = join(directory, "pod.yaml");
@@ -145,21 +149,15 @@ describe("the admission webhooks", () => {
       settings: DEFAULT_INJECTION_SETTINGS,
       logger: collector(webhookLogs),
     });
-    server = await startApiServer({
-      port: 0,
-      // No cluster network: the Service custody-webhook:443 is the webhook server's port here.
-      serviceResolver: (service) => `https://127.0.0.1:${webhook.port}${service.path}`,
-      logger: pino({ level: process.env.CUSTODY_E2E_LOGS === "1" ? "debug" : "silent" }),
-    });
-    kubeconfigPath = join(directory, "kubeconfig");
-    await server.kubeconfig(kubeconfigPath);
-    kc = new KubeConfig();
-    kc.loadFromFile(kubeconfigPath);
-  });
+    if (HAS_CLUSTER) {
+      cluster = await startCluster({ namespaces: [] });
+      kc = cluster.operatorKubeConfig;
+    }
+  }, 120_000);
 
   afterAll(async () => {
     keeper?.close();
-    await server?.close();
+    await cluster?.close();
     await webhook?.close(1_000);
     if (directory !== undefined) await rm(directory, { recursive: true, force: true });
   });
@@ -207,10 +205,8 @@ describe("the admission webhooks", () => {
     });
   });
 
-  describe.skipIf(!HAS_KUBECTL)("with kubectl", () => {
+  describe.skipIf(!HAS_CLUSTER)("with kubectl", () => {
     it("keeps the configurations' caBundle current, waiting for configurations that do not exist yet", async () => {
-      const crds = await kubectl(["apply", "--validate=false", "-f", "crds/"]);
-      expect(crds.code).toBe(0);
       const namespace = await kubectl(
         ["apply", "-f", "-"],
         `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ${SHOP}\n  labels: {custody.dev/injection: enabled}\n`,
@@ -219,7 +215,7 @@ describe("the admission webhooks", () => {
       expect((await kubectl(["create", "serviceaccount", "cart", "-n", SHOP])).code).toBe(0);
       const applied = await kubectl(["apply", "-f", "crds/examples/shop-identities.yaml"]);
       expect(applied.stdout).toContain("serviceidentity.custody.dev/cart created");
-      const custom = kc.makeApiClient(CustomObjectsApi);
+      const custom = (cluster as Cluster).kubeConfig.makeApiClient(CustomObjectsApi);
       const listed = (await custom.listNamespacedCustomObject({
         group: "custody.dev",
         version: "v1alpha1",
@@ -243,8 +239,7 @@ describe("the admission webhooks", () => {
       await keeper.syncNow();
       expect(keeperLogs.filter((line) => line.event === "webhook_configuration_missing")).toHaveLength(2);
 
-      const manifest = await kubectl(["apply", "-f", "operator/manifests/webhooks.yaml"]);
-      expect(manifest.stderr).toBe("");
+      await (cluster as Cluster).applyWebhooks(webhook.port);
       const admission = kc.makeApiClient(AdmissionregistrationV1Api);
       const bundles = async () =>
         [
@@ -261,7 +256,7 @@ describe("the admission webhooks", () => {
       // Current already: nothing written. A re-apply of the manifest leaves the caBundle alone.
       await keeper.syncNow();
       expect(keeperLogs.filter((line) => line.event === "ca_bundle_updated")).toHaveLength(2);
-      expect((await kubectl(["apply", "-f", "operator/manifests/webhooks.yaml"])).code).toBe(0);
+      await (cluster as Cluster).applyWebhooks(webhook.port);
       expect(await bundles()).toEqual([expected, expected]);
       expect(keeperLogs.filter((line) => line.event === "ca_bundle_sync_failed")).toEqual([]);
     });

@@ -1,7 +1,7 @@
+import { applyPatch, type Operation } from "fast-json-patch";
 import { describe, expect, it } from "vitest";
 import { validateServiceIdentity } from "../../crds/src/manifest.js";
 import type { ServiceIdentity } from "../../crds/src/service-identity.js";
-import { jsonPatch } from "../../e2e/apiserver/patch.js";
 import {
   ANNOTATION_INJECTED,
   checkInjectionSettings,
@@ -84,7 +84,8 @@ function injected(input: Pod, settings = DEFAULT_INJECTION_SETTINGS): Pod {
   if (!decision.allowed) throw new Error(`refused: ${decision.message}`);
   // Through JSON, exactly as the patch travels in the AdmissionReview.
   const patch = JSON.parse(JSON.stringify(decision.patch));
-  return jsonPatch(JSON.parse(JSON.stringify(input)), patch) as unknown as Pod;
+  // An independent RFC 6902 implementation applies it, validating every operation.
+  return applyPatch(JSON.parse(JSON.stringify(input)) as Pod, patch as Operation[], true, false).newDocument;
 }
 
 function sidecarOf(result: Pod): Container {
