@@ -217,6 +217,16 @@ describe("inspectChain", () => {
     expect(statuses(inspected)[0]).toBe("malformed");
   });
 
+  it("says what a sealed initial token is (the chain as an app received it) and decodes the links", async () => {
+    const [, ...links] = happyPath().elements;
+    const inspected = await inspectChain([`sealed.v1.${"A".repeat(40)}`, ...links].join("~"));
+    expect(inspected.elements[0]).toMatchObject({
+      kind: "unreadable",
+      problem: expect.stringMatching(/^sealed: .*Custody-Initial-\*/),
+    });
+    expect(inspected.elements[1]).toMatchObject({ kind: "link", issuer: shop.info.id });
+  });
+
   it("refuses input beyond its bounds and an empty value", async () => {
     await expect(inspectChain("   ")).rejects.toMatchObject({ code: "empty_chain" });
     await expect(inspectChain("a.b.c~".repeat(70))).rejects.toMatchObject({ code: "chain_too_large" });

@@ -20,6 +20,7 @@ import { RegistryTrustView } from "../chain/registry-view.js";
 import type { TrustView } from "../chain/trust.js";
 import { type IncomingCall, readInitialToken, verifyChain } from "../chain/verify.js";
 import type { ReplayGuard } from "../replay/guard.js";
+import { SEALED_PREFIX } from "../runtime/app-chain.js";
 
 /** Input bounds: four times what a receiver accepts, so oversized chains can still be looked at. */
 export const MAX_INSPECT_BYTES = 4 * DEFAULT_LIMITS.maxHeaderBytes;
@@ -171,6 +172,23 @@ type Decoded = Omit<InspectedElement, "verdict">;
 
 function decodeElement(text: string, index: number): Decoded {
   const base = { index, bytes: Buffer.byteLength(text, "utf8"), hash: sha256Base64url(text) };
+  if (index === 0 && text.startsWith(SEALED_PREFIX)) {
+    // What an app receives: the initial token sealed by its sidecar, readable by that sidecar alone.
+    return {
+      ...base,
+      kind: "unreadable",
+      issuer: undefined,
+      audience: undefined,
+      operation: undefined,
+      issuedAt: undefined,
+      expiresAt: undefined,
+      alg: undefined,
+      kid: undefined,
+      claims: {},
+      problem:
+        "sealed: the initial token as an app receives it, sealed by its sidecar; its issuer, subject and scope are in the Custody-Initial-* headers the app got",
+    };
+  }
   let jws: ParsedJws;
   try {
     jws = parseCompactJws(text, index);
