@@ -170,43 +170,38 @@ function otherClaims(payload: Readonly<Record<string, unknown>>): Record<string,
 
 type Decoded = Omit<InspectedElement, "verdict">;
 
+/** An element shown without being decoded, and why. */
+function unreadable(base: Pick<Decoded, "index" | "bytes" | "hash">, problem: string): Decoded {
+  return {
+    ...base,
+    kind: "unreadable",
+    issuer: undefined,
+    audience: undefined,
+    operation: undefined,
+    issuedAt: undefined,
+    expiresAt: undefined,
+    alg: undefined,
+    kid: undefined,
+    claims: {},
+    problem,
+  };
+}
+
 function decodeElement(text: string, index: number): Decoded {
   const base = { index, bytes: Buffer.byteLength(text, "utf8"), hash: sha256Base64url(text) };
   if (index === 0 && text.startsWith(SEALED_PREFIX)) {
     // What an app receives: the initial token sealed by its sidecar, readable by that sidecar alone.
-    return {
-      ...base,
-      kind: "unreadable",
-      issuer: undefined,
-      audience: undefined,
-      operation: undefined,
-      issuedAt: undefined,
-      expiresAt: undefined,
-      alg: undefined,
-      kid: undefined,
-      claims: {},
-      problem:
-        "sealed: the initial token as an app receives it, sealed by its sidecar; its issuer, subject and scope are in the Custody-Initial-* headers the app got",
-    };
+    return unreadable(
+      base,
+      "sealed: the initial token as an app receives it, sealed by its sidecar; its issuer, subject and scope are in the Custody-Initial-* headers the app got",
+    );
   }
   let jws: ParsedJws;
   try {
     jws = parseCompactJws(text, index);
   } catch (error) {
     if (!(error instanceof ChainError)) throw error;
-    return {
-      ...base,
-      kind: "unreadable",
-      issuer: undefined,
-      audience: undefined,
-      operation: undefined,
-      issuedAt: undefined,
-      expiresAt: undefined,
-      alg: undefined,
-      kid: undefined,
-      claims: {},
-      problem: `${error.code}: element ${error.message}`,
-    };
+    return unreadable(base, `${error.code}: element ${error.message}`);
   }
   const { header, payload } = jws;
   const link = isLinkHeader(header);
