@@ -12,9 +12,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { stringify } from "yaml";
 import { type Cluster, startCluster } from "../support/cluster.js";
+import { requireControlPlane } from "../support/control-plane.js";
 import { freePort } from "../support/net.js";
 import { type CliProcess, killAll, startCliProcess } from "../support/process.js";
-import { requireControlPlane } from "../support/control-plane.js";
 import { requireTool } from "../support/tools.js";
 
 const HAS_CLUSTER = requireTool("kubectl") && requireControlPlane();

@@ -69,6 +69,7 @@ const OPERATION_REASONS = [
 const BODY_REASONS = ["body_too_large"] as const;
 /** inbound-server.ts: the refusals it sends itself (`reason: "..."`). */
 const INBOUND_SERVER_REASONS = [
+  "too_many_headers",
   "registry_unavailable",
   "body_too_large",
   "chain_repeated",
@@ -85,6 +86,8 @@ const INBOUND_DECISION_REASONS = [
 const PEER_REASONS = VERIFICATION_CODES.map((code) => `peer_${code}`);
 /** outbound-server.ts: every `new OutboundRefusal(<status>, "...")`. */
 const OUTBOUND_SERVER_REASONS = [
+  "too_many_headers",
+  "self_call",
   "invalid_target",
   "unsupported_scheme",
   "unknown_service",
@@ -652,6 +655,7 @@ function errorOf(surface: Surface, status: number): string {
     403: "forbidden",
     413: "bad_request",
     429: "rate_limited",
+    431: "bad_request",
     502: "bad_gateway",
     503: "unavailable",
   };
@@ -892,6 +896,29 @@ const ROWS: Row[] = [
       return cartToPayments(`${earlier}~${head}`);
     },
   ),
+  row("inbound", "too_many_headers", 431, "a request with 300 headers", () =>
+    mesh.callInbound("cart.shop", portOf("payments.shop"), {
+      method: "GET",
+      path: "/reasons",
+      headers: Object.fromEntries(Array.from({ length: 300 }, (_, index) => [`x-filler-${index}`, "1"])),
+    }),
+  ),
+  row("inbound", "self_link", 401, "a link cart addressed to itself, continued by cart", async () => {
+    const signer = await mesh.signerOf("cart.shop");
+    const self = forge(signer, {}, { aud: "cart.shop", op: "GET /loop" });
+    return cartToPayments(`${self}~${forge(signer, {}, { prv: sha256Base64url(self) })}`);
+  }),
+  row("inbound", "chain_too_old", 401, "an inner link issued six minutes ago", async () => {
+    const now = nowSeconds();
+    const earlier = forge(
+      await mesh.signerOf("shop.shop"),
+      {},
+      { aud: "cart.shop", op: "GET /x", iat: now - 360, exp: now - 300 },
+    );
+    return cartToPayments(
+      `${earlier}~${forge(await mesh.signerOf("cart.shop"), {}, { prv: sha256Base64url(earlier) })}`,
+    );
+  }),
   row("inbound", "stale", 401, "a head issued 8 s ago, not yet expired", async () =>
     cartToPayments(
       forge(await mesh.signerOf("cart.shop"), {}, { iat: nowSeconds() - 8, exp: nowSeconds() + 2 }),
@@ -1084,6 +1111,14 @@ const ROWS: Row[] = [
       headers: { "custody-chain": received },
     });
   }),
+  row("outbound", "self_call", 400, "shop's app calling shop through its own sidecar", () =>
+    callThrough(sidecarOf("shop.shop"), "http://shop.shop/x"),
+  ),
+  row("outbound", "too_many_headers", 431, "a proxy call with 300 headers", () =>
+    callThrough(sidecarOf("shop.shop"), "http://cart.shop/x", {
+      headers: Object.fromEntries(Array.from({ length: 300 }, (_, index) => [`x-filler-${index}`, "1"])),
+    }),
+  ),
   row("outbound", "proxy_auth_required", 407, "a proxy call without the workload's credential", () =>
     callThrough(guarded, "http://payments.shop/x"),
   ),

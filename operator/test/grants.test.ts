@@ -103,7 +103,7 @@ describe("token grants", () => {
         ],
       }),
       signingKey,
-      trustedIssuers: new IssuerKeySet().add(USER_IDP, [idp.jwk], ["shop"]),
+      trustedIssuers: new IssuerKeySet().add(USER_IDP, [idp.jwk], ["shop.shop", "echo.shop"]),
       issuer: ISSUER,
       audience: "spiffe://custody.local",
       maxLifetimeSeconds: 86_400,
@@ -118,7 +118,7 @@ describe("token grants", () => {
       {
         iss: USER_IDP,
         sub: "marissa",
-        aud: "shop",
+        aud: "shop.shop",
         scope: "shop.customer profile",
         iat: Math.floor(nowMs / 1000),
         exp: Math.floor(nowMs / 1000) + 300,
@@ -310,6 +310,12 @@ describe("token grants", () => {
         () => [exchange({ subject_token: userToken({ aud: "elsewhere" }) }), "shop"] as const,
         "invalid_grant",
         "subject_token_wrong_audience",
+      ],
+      [
+        "a user token for another edge (its issuer trusts both audiences)",
+        () => [exchange({ subject_token: userToken({ aud: "echo.shop" }) }), "shop"] as const,
+        "invalid_grant",
+        "subject_token_audience",
       ],
       [
         "a call-chain link as subject token",

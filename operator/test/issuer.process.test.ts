@@ -513,25 +513,31 @@ describe.skipIf(!hasTools)("custody issuer, a real process", () => {
         // No internal detail: no stack, no file path.
         expect(answer.text, reason).not.toMatch(/\/tmp\/|\bat \w+ \(|node:internal/);
       }
+      // A certificate that does not authenticate is refused before the request is read: its grant
+      // is not known ("other"). One that does, but maps to no identity, is refused after.
+      const grantOf = (reason: string) => (reason === "unknown_identity" ? CLIENT_CREDENTIALS : "other");
       expect(await refusalsSince(main, from, cases.length)).toEqual(
-        cases.map(({ reason }) => ({ grant: CLIENT_CREDENTIALS, error: "invalid_client", reason })),
+        cases.map(({ reason }) => ({ grant: grantOf(reason), error: "invalid_client", reason })),
       );
 
       const after = await scrape(main.adminUrl);
       const refusals = "custody_issuer_refusals_total";
       for (const { reason } of cases) {
-        const labels = { grant: CLIENT_CREDENTIALS, reason };
+        const labels = { grant: grantOf(reason), reason };
         expect(sample(after, refusals, labels) - sample(before, refusals, labels), reason).toBe(1);
       }
-      const invalid = { grant: CLIENT_CREDENTIALS, result: "invalid_client" };
       const tokens = "custody_issuer_tokens_issued_total";
-      expect(sample(after, tokens, invalid) - sample(before, tokens, invalid)).toBe(cases.length);
+      const invalidOf = (grant: string) => ({ grant, result: "invalid_client" });
+      const invalidAll = (scraped: typeof after) =>
+        sample(scraped, tokens, invalidOf(CLIENT_CREDENTIALS)) + sample(scraped, tokens, invalidOf("other"));
+      expect(invalidAll(after) - invalidAll(before)).toBe(cases.length);
       // Over the whole run so far: every invalid_client answer has exactly one refusal reason.
-      const byReason = samplesBy(after, refusals, "reason", { grant: CLIENT_CREDENTIALS });
-      const clientReasons = [...byReason].filter(([reason]) =>
-        [...cases.map((entry) => entry.reason), "client_id_mismatch"].includes(reason),
+      const clientReasons = [CLIENT_CREDENTIALS, "other"].flatMap((grant) =>
+        [...samplesBy(after, refusals, "reason", { grant })].filter(([reason]) =>
+          [...cases.map((entry) => entry.reason), "client_id_mismatch"].includes(reason),
+        ),
       );
-      expect(clientReasons.reduce((sum, [, value]) => sum + value, 0)).toBe(sample(after, tokens, invalid));
+      expect(clientReasons.reduce((sum, [, value]) => sum + value, 0)).toBe(invalidAll(after));
       expect(sample(after, refusals, { grant: CLIENT_CREDENTIALS, reason: "unknown_identity" })).toBe(2);
     });
 
@@ -1062,6 +1068,8 @@ metadata: {name: gateway, namespace: edge}
 spec:
   environment: prod
   edge: true
+  # The customers' IdP addresses their tokens to "shop": this edge acts on those.
+  edgeAudiences: [shop]
   claims:
     team: edge
   scopes: [gateway.call]

@@ -3,6 +3,7 @@
  * headers every answer carries.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 
 export class BodyTooLargeError extends Error {
   constructor(readonly limit: number) {
@@ -11,14 +12,21 @@ export class BodyTooLargeError extends Error {
 }
 
 /**
- * Reads the request body up to `limit` bytes. Past the limit it stops collecting and throws; the
- * rest is discarded (the request is resumed, not destroyed), so the response still reaches the
- * client and the connection stays usable. A plain `for await` would destroy the request, and its
- * socket with it, on the early exit (a chunked body larger than the limit).
+ * Reads the request body up to `limit` bytes. A body announced larger is refused before a byte is
+ * read; past the limit it stops collecting and throws. Either way the rest is left unread for the
+ * refusal that follows (leaveBodyUnread: the connection closes, or a few KiB are discarded). A
+ * plain `for await` would destroy the request, and its socket with it, on the early exit.
  */
-export async function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
+export async function readBody(
+  request: IncomingMessage,
+  response: ServerResponse,
+  limit: number,
+): Promise<Buffer> {
   const declared = Number(request.headers["content-length"] ?? Number.NaN);
-  if (Number.isFinite(declared) && declared > limit) throw new BodyTooLargeError(limit);
+  if (Number.isFinite(declared) && declared > limit) {
+    leaveBodyUnread(request, response);
+    throw new BodyTooLargeError(limit);
+  }
   const chunks: Buffer[] = [];
   let length = 0;
   try {
@@ -26,7 +34,7 @@ export async function readBody(request: IncomingMessage, limit: number): Promise
       const buffer = chunk as Buffer;
       length += buffer.length;
       if (length > limit) {
-        request.resume();
+        response.setHeader("connection", "close");
         throw new BodyTooLargeError(limit);
       }
       chunks.push(buffer);

@@ -80,8 +80,14 @@ export interface AuthenticatedClient {
   readonly certificate: VerifiedClientCertificate;
 }
 
-/** RFC 8705 §2.1: the certificate must be trusted, then name exactly one ServiceIdentity. */
-export function authenticateClient(context: GrantContext, chain: readonly Uint8Array[]): AuthenticatedClient {
+/**
+ * The client's certificate judged on its own (presented, valid, chaining to an anchor in its role),
+ * before anything else: what the token service checks before it reads a byte of the request.
+ */
+export function authenticateCertificate(
+  context: GrantContext,
+  chain: readonly Uint8Array[],
+): AuthenticatedPeer {
   if (chain.length === 0) {
     throw new OAuthError(
       "invalid_client",
@@ -89,9 +95,8 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
       "a client certificate is required (tls_client_auth): connect with the workload's certificate and key.",
     );
   }
-  let peer: AuthenticatedPeer;
   try {
-    peer = context.anchors.authenticate(chain, new Date(context.nowMs), context.certificates);
+    return context.anchors.authenticate(chain, new Date(context.nowMs), context.certificates);
   } catch (error) {
     if (!(error instanceof CertificateVerificationError)) throw error;
     throw new OAuthError(
@@ -100,6 +105,11 @@ export function authenticateClient(context: GrantContext, chain: readonly Uint8A
       CERTIFICATE_PROBLEMS[error.code] ?? "the client certificate is not accepted.",
     );
   }
+}
+
+/** RFC 8705 §2.1: the certificate must be trusted, then name exactly one ServiceIdentity. */
+export function authenticateClient(context: GrantContext, chain: readonly Uint8Array[]): AuthenticatedClient {
+  const peer = authenticateCertificate(context, chain);
   const identity =
     peer.role === "mesh" ? context.identities.bySpiffeId(peer.spiffeId) : context.identities.bySubject(peer);
   if (identity === undefined) {
@@ -250,6 +260,15 @@ export function grantTokenExchange(
     );
   }
   const user = verifySubjectToken(context, subjectToken);
+  // As at the edge's own door: a user's token acts only through the edge its audience names, so
+  // one edge cannot exchange a token that was issued for another.
+  if (!user.audiences.some((audience) => actor.edgeAudiences.includes(audience))) {
+    throw new OAuthError(
+      "invalid_grant",
+      "subject_token_audience",
+      `subject_token is not addressed to ${actor.id} (its audiences: ${actor.edgeAudiences.join(", ")}).`,
+    );
+  }
   const scopes = grantedScopes(form, user.scopes, "the subject token");
   const issued = mintExchangeToken(
     tokenContext(context),

@@ -8,7 +8,11 @@
  */
 import { parseDuration } from "../../../crds/src/duration.js";
 import { parseSpiffeId, serviceId } from "../../../crds/src/names.js";
-import { externalSubjectKey, type ServiceIdentity } from "../../../crds/src/service-identity.js";
+import {
+  edgeAudiencesOf,
+  externalSubjectKey,
+  type ServiceIdentity,
+} from "../../../crds/src/service-identity.js";
 
 /** What the token service needs of one ServiceIdentity. */
 export interface IssuerIdentity {
@@ -19,6 +23,8 @@ export interface IssuerIdentity {
   readonly scopes: readonly string[];
   readonly tokenTtlSeconds: number;
   readonly edge: boolean;
+  /** For an edge: the audiences a user's token must name (one of them) for it to act on it. */
+  readonly edgeAudiences: readonly string[];
   /** The file it was read from, for messages. */
   readonly source: string;
 }
@@ -37,13 +43,15 @@ const DEFAULT_NAMESPACE = "default";
 
 export function issuerIdentityOf(identity: ServiceIdentity, source: string): IssuerIdentity {
   const { spec, metadata } = identity;
+  const id = serviceId({ name: metadata.name, namespace: metadata.namespace ?? DEFAULT_NAMESPACE });
   return {
-    id: serviceId({ name: metadata.name, namespace: metadata.namespace ?? DEFAULT_NAMESPACE }),
+    id,
     environment: spec.environment,
     claims: spec.claims ?? {},
     scopes: spec.scopes ?? [],
     tokenTtlSeconds: Math.floor(parseDuration(spec.tokenTTL) / 1000),
     edge: spec.edge,
+    edgeAudiences: edgeAudiencesOf(identity, id) ?? [],
     source,
   };
 }

@@ -14,6 +14,7 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
 import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import type { PublicJwk } from "../../../crds/src/jwk.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
 import { TrustAnchors } from "../../../pki/src/anchors.js";
@@ -29,6 +30,7 @@ import { type ManifestSnapshot, manifestsOf, readManifestDirectory } from "../ma
 import { OAuthError } from "./errors.js";
 import { assertFormContentType, MAX_TOKEN_REQUEST_BYTES, parseTokenForm } from "./form.js";
 import {
+  authenticateCertificate,
   GRANT_CLIENT_CREDENTIALS,
   GRANT_TOKEN_EXCHANGE,
   type GrantContext,
@@ -249,14 +251,29 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
   const handleToken = async (request: IncomingMessage, response: ServerResponse) => {
     const started = process.hrtime.bigint();
     let grant = grantLabel(undefined);
+    let bodyTouched = false;
     try {
       if (request.method !== "POST") {
         throw new OAuthError("invalid_request", "method_not_allowed", `use POST ${TOKEN_PATH}.`);
       }
       assertFormContentType(request.headers["content-type"]);
+      const context: GrantContext = {
+        ...state,
+        signingKey: keys.signingKey,
+        issuer: issuerUrl,
+        audience,
+        maxLifetimeSeconds: Math.floor(config.maxTokenLifetimeMs / 1000),
+        nowMs: now(),
+        certificates,
+      };
+      const chain = peerCertificateChain(request.socket as TLSSocket);
+      // Nothing is read from a client that is not authenticated: its certificate is judged from the
+      // TLS handshake before the form is read (grantToken maps it to an identity, from the cache).
+      authenticateCertificate(context, chain);
       let body: Buffer;
+      bodyTouched = true;
       try {
-        body = await readBody(request, MAX_TOKEN_REQUEST_BYTES);
+        body = await readBody(request, response, MAX_TOKEN_REQUEST_BYTES);
       } catch (error) {
         if (!(error instanceof BodyTooLargeError)) throw error;
         throw new OAuthError(
@@ -267,16 +284,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
       }
       const form = parseTokenForm(body);
       grant = grantLabel(form.get("grant_type"));
-      const context: GrantContext = {
-        ...state,
-        signingKey: keys.signingKey,
-        issuer: issuerUrl,
-        audience,
-        maxLifetimeSeconds: Math.floor(config.maxTokenLifetimeMs / 1000),
-        nowMs: now(),
-        certificates,
-      };
-      const result = grantToken(context, form, peerCertificateChain(request.socket as TLSSocket));
+      const result = grantToken(context, form, chain);
       sendJson(response, 200, result.body, { pragma: "no-cache" });
       metrics.requested(grant, "issued", undefined, secondsSince(started));
       logger.info(
@@ -311,6 +319,7 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
       if (!(error instanceof OAuthError)) {
         logger.error({ event: "token_error", err: describeError(error) }, "token request failed");
       }
+      if (!bodyTouched) leaveBodyUnread(request, response);
       sendJson(response, refusal.status, refusal.toJSON(), { pragma: "no-cache" });
       metrics.requested(grant, refusal.code, refusal.reason, secondsSince(started));
       logger.warn(

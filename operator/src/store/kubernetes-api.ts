@@ -5,6 +5,8 @@
  * what failed without repeating response bodies or headers (ApiException's own message carries
  * both).
  */
+import { createHash } from "node:crypto";
+import { Agent as HttpsAgent } from "node:https";
 import {
   ApiException,
   type ConfigurationOptions,
@@ -27,6 +29,37 @@ class RequestTimeoutError extends Error {
 }
 
 /**
+ * client-node builds a new https.Agent, without keep-alive, for every call: one TLS handshake per
+ * request, which against a real API server cost the operator more CPU than the work itself. Calls
+ * made with the same TLS material share one keep-alive agent instead. Keyed by that material, so a
+ * rotated client certificate gets an agent of its own; the few kept are bounded.
+ */
+const MAX_SHARED_AGENTS = 8;
+const sharedAgents = new Map<string, HttpsAgent>();
+
+function sharedAgentFor(fresh: unknown): HttpsAgent | undefined {
+  // Only client-node's plain HTTPS agents; a proxy's agent is left as it is.
+  if (!(fresh instanceof HttpsAgent) || fresh.constructor !== HttpsAgent) return undefined;
+  const { ca, cert, key, pfx, passphrase, rejectUnauthorized, servername } = fresh.options;
+  const material = JSON.stringify(
+    [ca, cert, key, pfx, passphrase, rejectUnauthorized, servername],
+    (_key, value) => (Buffer.isBuffer(value) ? value.toString("base64") : (value as unknown)),
+  );
+  const id = createHash("sha256").update(material).digest("base64url");
+  let agent = sharedAgents.get(id);
+  if (agent === undefined) {
+    agent = new HttpsAgent({ ...fresh.options, keepAlive: true, maxSockets: 32, maxFreeSockets: 8 });
+    sharedAgents.set(id, agent);
+    if (sharedAgents.size > MAX_SHARED_AGENTS) {
+      const [oldestId, oldest] = sharedAgents.entries().next().value ?? [];
+      if (oldestId !== undefined) sharedAgents.delete(oldestId);
+      oldest?.destroy();
+    }
+  }
+  return agent;
+}
+
+/**
  * Runs one client-node call with a deadline and the caller's cancellation. `run` must pass the
  * options it gets to the generated method (they carry the abort signal).
  */
@@ -46,6 +79,8 @@ export async function callApi<T>(
         {
           pre: (context: RequestContext) => {
             context.setSignal(controller.signal);
+            const shared = sharedAgentFor(context.getAgent());
+            if (shared !== undefined) context.setAgent(shared);
             return new Observable(Promise.resolve(context));
           },
           post: (context: ResponseContext) => new Observable(Promise.resolve(context)),

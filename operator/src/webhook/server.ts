@@ -8,6 +8,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import { serviceId } from "../../../crds/src/names.js";
 import type { CertificateAuthority } from "../../../pki/src/ca.js";
 import { BodyTooLargeError, ClientAbortedError, readBody, sendJson } from "../http/io.js";
@@ -129,10 +130,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     let review: AdmissionRequest;
     try {
       if (!isJsonContentType(request.headers["content-type"])) {
+        leaveBodyUnread(request, response);
         sendJson(response, 415, { error: "unsupported_media_type", reason: "expected_json" });
         return;
       }
-      review = parseAdmissionReview(await readBody(request, MAX_REVIEW_BYTES));
+      review = parseAdmissionReview(await readBody(request, response, MAX_REVIEW_BYTES));
     } catch (error) {
       if (error instanceof ClientAbortedError) return;
       if (error instanceof BodyTooLargeError) {

@@ -21,6 +21,8 @@ export const CHAIN_REASONS = [
   "expired",
   "issued_in_future",
   "stale",
+  "self_link",
+  "chain_too_old",
   "lifetime_too_long",
   "body_mismatch",
   "replayed",

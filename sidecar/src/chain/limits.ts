@@ -8,6 +8,12 @@ export interface ChainLimits {
   readonly maxElementBytes: number;
   /** `exp - iat` of a link: links are single-use tickets, not sessions. */
   readonly maxLinkLifetimeSeconds: number;
+  /**
+   * How long before its receipt the oldest link of a chain may have been issued: the whole call
+   * chain is one request in flight, not a session. It bounds what signers who collude could stretch
+   * a captured chain to, since only the head's `iat` is held against the receiver's clock.
+   */
+  readonly maxChainAgeSeconds: number;
   readonly clockSkewSeconds: number;
   /** For links. Never `none`, never HMAC: not even representable here. */
   readonly linkAlgorithms: readonly LinkAlgorithm[];
@@ -20,6 +26,7 @@ export const DEFAULT_LIMITS: ChainLimits = {
   maxHeaderBytes: 16 * 1024,
   maxElementBytes: 4 * 1024,
   maxLinkLifetimeSeconds: 60,
+  maxChainAgeSeconds: 300,
   clockSkewSeconds: 5,
   linkAlgorithms: ["ES256", "EdDSA"],
   initialTokenAlgorithms: ["ES256", "EdDSA", "RS256"],

@@ -143,6 +143,11 @@ function verifyLinkSignature(
   if (!verifySignature(header.alg, key.key, jws.signingInput, jws.signature)) {
     throw new ChainError("bad_signature", "signature does not verify.", index);
   }
+  // A service never calls itself through the mesh: a link it addresses to itself would be received
+  // and continued by its own signer alone, so nobody honest would ever hold its iat against a clock.
+  if (claims.iss === claims.aud) {
+    throw new ChainError("self_link", "a link may not be addressed to the service that signed it.", index);
+  }
   if (claims.exp < claims.iat) throw new ChainError("lifetime_too_long", "exp is before iat.", index);
   if (claims.exp - claims.iat > limits.maxLinkLifetimeSeconds) {
     throw new ChainError(
@@ -396,6 +401,13 @@ export function verifyChainHeaders(
     }
     if (link.iat > call.nowSeconds + limits.clockSkewSeconds) {
       throw new ChainError("issued_in_future", "element iat is in the future.", index);
+    }
+    if (link.iat < call.nowSeconds - limits.maxChainAgeSeconds) {
+      throw new ChainError(
+        "chain_too_old",
+        `element was issued more than ${limits.maxChainAgeSeconds} s ago; a call chain is one request in flight.`,
+        index,
+      );
     }
     checkNeighbours(link, later, limits.clockSkewSeconds);
     links.unshift(link);

@@ -2,7 +2,9 @@
  * HTTP plumbing both proxy directions share: the Custody headers, hop-by-hop header removal
  * (RFC 9110 §7.6.1), and JSON refusals that carry a reason and nothing internal.
  */
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import { CHAIN_HEADER } from "../chain/limits.js";
 
 export { CHAIN_HEADER };
@@ -99,41 +101,9 @@ export interface Refusal {
   readonly retryAfterSeconds?: number | undefined;
 }
 
-/**
- * How much of a refused request's unread body is discarded so that the client reads the refusal
- * instead of a reset connection (a socket closed with data unread resets it): never spooled, hashed
- * or looked at, and no more than this, for no longer than LINGER_MS.
- */
-export const LINGER_BYTES = 64 * 1024;
-const LINGER_MS = 1_000;
-
-/**
- * The refusal of a request whose body was not read, and not to be: a body announced larger than
- * LINGER_BYTES is not read at all (the connection closes after the answer); a smaller one is
- * discarded, at most LINGER_BYTES within LINGER_MS, so that the connection stays usable.
- */
+/** A refusal written before the request's body was read, which is then never read (unread-body.ts). */
 export function refuseUnreadBody(request: IncomingMessage, response: ServerResponse, refusal: Refusal): void {
-  const announced =
-    request.headers["transfer-encoding"] === undefined
-      ? Number(request.headers["content-length"] ?? 0)
-      : Number.POSITIVE_INFINITY;
-  if (!(announced <= LINGER_BYTES) || request.complete) {
-    sendRefusal(response, refusal, { closeConnection: !request.complete });
-    return;
-  }
-  let discarded = 0;
-  const cut = () => request.socket.destroy();
-  const timer = setTimeout(cut, LINGER_MS);
-  timer.unref();
-  request.on("data", (chunk: Buffer) => {
-    discarded += chunk.length;
-    if (discarded > LINGER_BYTES) {
-      clearTimeout(timer);
-      cut();
-    }
-  });
-  request.once("end", () => clearTimeout(timer));
-  request.once("error", () => clearTimeout(timer));
+  leaveBodyUnread(request, response);
   sendRefusal(response, refusal);
 }
 
@@ -178,4 +148,40 @@ export function chainHeaderOf(request: IncomingMessage): string | undefined | nu
   if (values === undefined || values.length === 0) return undefined;
   if (values.length > 1) return null;
   return values[0] === "" ? undefined : values[0];
+}
+
+/** Headers a request may carry; beyond, it is refused (too_many_headers) rather than cut short. */
+export const MAX_REQUEST_HEADERS = 256;
+/** Connections a sidecar port holds at once: beyond, new ones are refused by the kernel's backlog. */
+const MAX_CONNECTIONS = 4096;
+/** How long a connection may stay open before its first request: idle ones only cost file handles. */
+const FIRST_REQUEST_MS = 10_000;
+
+/**
+ * Bounds what a client can hold open without sending anything: connections in all, and a
+ * connection with no first request (a finished TLS handshake, then silence).
+ * `connectionEvent`: "secureConnection" for a TLS server (its handshake has its own timeout).
+ */
+export function boundConnections(server: Server, connectionEvent: "connection" | "secureConnection"): void {
+  server.maxConnections = MAX_CONNECTIONS;
+  const served = new WeakSet<object>();
+  server.on(connectionEvent, (socket: Socket) => {
+    const timer = setTimeout(() => {
+      if (!served.has(socket)) socket.destroy();
+    }, FIRST_REQUEST_MS);
+    timer.unref();
+    socket.once("close", () => clearTimeout(timer));
+  });
+  const seen = (request: IncomingMessage) => served.add(request.socket);
+  server.prependListener("request", seen);
+  server.prependListener("checkContinue", seen);
+}
+
+/**
+ * Whether a request carries more headers than MAX_REQUEST_HEADERS. Refused, never passed on: an app
+ * stack keeps only so many headers (Node 2000) and would drop what comes after. (Node's own count
+ * limit is left at its default: past it Node drops headers silently, Host and all.)
+ */
+export function hasTooManyHeaders(request: IncomingMessage): boolean {
+  return request.rawHeaders.length / 2 > MAX_REQUEST_HEADERS;
 }

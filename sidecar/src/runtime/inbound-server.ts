@@ -30,11 +30,13 @@ import {
   spoolRequestBody,
 } from "./body.js";
 import {
+  boundConnections,
   CALLER_HEADER,
   CHAIN_HEADER,
   chainHeaderOf,
   DECISION_HEADER,
   forwardableHeaders,
+  hasTooManyHeaders,
   headerSafe,
   INITIAL_ISSUER_HEADER,
   INITIAL_SCOPE_HEADER,
@@ -113,9 +115,12 @@ export function createInboundServer(options: InboundOptions): Server {
       requestTimeout: 60_000,
       headersTimeout: 10_000,
       keepAliveTimeout: 30_000,
+      // A connection that never completes its handshake holds a file handle for nothing.
+      handshakeTimeout: 10_000,
     },
     (request, response) => void handle(request, response, false),
   );
+  boundConnections(server, "secureConnection");
   server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
     void handle(request, response, true);
   });
@@ -159,6 +164,10 @@ export function createInboundServer(options: InboundOptions): Server {
     // not authorized to send us anything (but a few KiB discarded so it reads the answer).
     const refuseUnread = (refusal: Refusal) =>
       hasBody ? refuseUnreadBody(request, response, refusal) : sendRefusal(response, refusal);
+    if (hasTooManyHeaders(request)) {
+      refuseUnread({ status: 431, error: "bad_request", reason: "too_many_headers" });
+      return;
+    }
     const snapshot = options.registry();
     if (snapshot === undefined) {
       refuseUnread({ status: 503, error: "unavailable", reason: "registry_unavailable" });
@@ -256,8 +265,8 @@ export function createInboundServer(options: InboundOptions): Server {
     outcome: Allowed,
     body: SpooledBody,
   ): Promise<void> {
+    // The sidecar's own headers first: an app stack that keeps only so many headers keeps these.
     const headers: Record<string, string | string[]> = {
-      ...forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }),
       host: `127.0.0.1:${options.appPort}`,
       "content-length": String(body.length),
       [CHAIN_HEADER]: options.appChain.forApp(outcome.elements, continuableUntil(outcome)),
@@ -270,6 +279,7 @@ export function createInboundServer(options: InboundOptions): Server {
       headers[INITIAL_SUBJECT_HEADER] = headerSafe(outcome.initial.subject);
       headers[INITIAL_SCOPE_HEADER] = headerSafe(outcome.initial.scopes.join(" "));
     }
+    Object.assign(headers, forwardableHeaders(request.headers, { dropCustody: true, dropLength: true }));
     // Consumed, as Envoy's jwt_authn does: the app gets the verified token, sealed, as the chain's e0.
     if (outcome.entry === "bearer") delete headers.authorization;
     try {

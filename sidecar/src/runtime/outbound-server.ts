@@ -19,7 +19,15 @@ import { type LinkSigner, mintLink } from "../chain/mint.js";
 import { normalizeOperation, type Operation, OperationError, requestTargetOf } from "../chain/normalize.js";
 import { AppChainError, type AppChainSealer } from "./app-chain.js";
 import { BodyError, declaresNoBody, type SpooledBody, type SpoolOptions, spoolRequestBody } from "./body.js";
-import { CHAIN_HEADER, chainHeaderOf, forwardableHeaders, refuseUnreadBody, sendRefusal } from "./http.js";
+import {
+  boundConnections,
+  CHAIN_HEADER,
+  chainHeaderOf,
+  forwardableHeaders,
+  hasTooManyHeaders,
+  refuseUnreadBody,
+  sendRefusal,
+} from "./http.js";
 import type { WorkloadIdentity } from "./identity-files.js";
 import { type LocalClientGuard, LocalClientRefusal } from "./local-client.js";
 import type { SidecarMetrics } from "./metrics.js";
@@ -127,6 +135,9 @@ export function createOutboundServer(options: OutboundOptions): Server {
     const localRoute = (request.url ?? "").startsWith("/.custody/") && options.localRoutes !== undefined;
     let body: SpooledBody | undefined;
     try {
+      if (hasTooManyHeaders(request)) {
+        throw new OutboundRefusal(431, "too_many_headers", "the request carries too many headers.");
+      }
       options.clients.check(request, localRoute ? "key_service" : "proxy");
       if (localRoute) {
         if (expectsContinue) response.writeContinue();
@@ -137,6 +148,10 @@ export function createOutboundServer(options: OutboundOptions): Server {
       if (snapshot === undefined)
         throw new OutboundRefusal(503, "registry_unavailable", "no registry loaded yet.");
       const target = resolveTarget(request, snapshot);
+      if (target.service.id === options.self) {
+        // Receivers refuse a link addressed to its own signer (self_link): never send one.
+        throw new OutboundRefusal(400, "self_call", "a service does not call itself through its sidecar.");
+      }
       const identity = options.identity();
       const linkSigner = options.signer();
       if (linkSigner === undefined) {
@@ -203,6 +218,7 @@ export function createOutboundServer(options: OutboundOptions): Server {
   server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
     void handle(request, response, true);
   });
+  boundConnections(server, "connection");
   server.on("close", () => void peers.destroy());
   return server;
 }
