@@ -1,21 +1,32 @@
 /**
  * `npm run bench:operator`: how long the operator takes from N new ServiceIdentities (N = 100 and
- * 1,000 by default) to all of them Ready and published in the registry, against the test
- * Kubernetes API server, and how large its objects get. Each size runs on a fresh API server and a
- * fresh operator (bench/operator-cluster.ts), both child processes. Definitions: bench/README.md.
+ * 1,000 by default) to all of them Ready and published in the registry, against a real Kubernetes
+ * control plane (etcd, kube-apiserver, kube-controller-manager from e2e/control-plane/build.sh),
+ * and how large its objects get. Each size runs on a fresh control plane and a fresh operator
+ * (bench/operator-cluster.ts); the operator runs as the chart's ServiceAccount. Definitions:
+ * bench/README.md.
  *
  * Progress goes to stderr; the markdown tables to stdout; the numbers to bench/out/operator.json.
  * Targets are reported as PASS or MISS, never asserted. It exits non-zero only if something breaks:
- * an API error, a child that dies, a size that does not converge within --timeout, or a final check
- * (a fresh LIST, the registry validated in full) that disagrees with what the watches saw.
+ * an API error, a process that dies, a size that does not converge within --timeout, or a final
+ * check (a fresh LIST, the registry validated in full) that disagrees with what the watches saw.
  */
 import { readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
+import { Agent } from "node:https";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { CustomObjectsApi, type KubeConfig, Watch } from "@kubernetes/client-node";
+import {
+  CustomObjectsApi,
+  type KubeConfig,
+  Observable,
+  type RequestContext,
+  type ResponseContext,
+  Watch,
+} from "@kubernetes/client-node";
 import { loadRegistry, REGISTRY_CONFIGMAP_NAME } from "../crds/src/registry.js";
+import { ControlPlane } from "../e2e/support/control-plane.js";
 import { IDENTITY_SECRET_PREFIX } from "../operator/src/controllers/identity-secret.js";
 import { type Cluster, profiles, type RequestCounts, startCluster } from "./operator-cluster.js";
 import { markdownTable, outFile, writeResult } from "./output.js";
@@ -343,6 +354,8 @@ class Follower {
 
   constructor(
     private readonly kubeConfig: KubeConfig,
+    /** GET as admin, parsed (Cluster.getJson): the API server wants a client certificate. */
+    private readonly getJson: (path: string) => Promise<unknown>,
     private readonly path: string,
     private readonly apply: (type: string, object: unknown) => void,
     private readonly relisted: (names: ReadonlySet<string>) => void,
@@ -350,10 +363,12 @@ class Follower {
   ) {}
 
   async start(): Promise<void> {
-    const server = this.kubeConfig.getCurrentCluster()?.server ?? "";
-    const response = await fetch(`${server}${this.path}`);
-    if (!response.ok) throw new BenchError("api_error", `LIST ${this.path}: ${response.status}`);
-    const list: unknown = await response.json();
+    let list: unknown;
+    try {
+      list = await this.getJson(this.path);
+    } catch (error) {
+      throw new BenchError("api_error", `LIST ${this.path}: ${describe(error)}`);
+    }
     const items = field(list, "items");
     const objects: unknown[] = Array.isArray(items) ? items : [];
     for (const object of objects) this.apply("ADDED", object);
@@ -422,33 +437,54 @@ function metricSum(
   return sum;
 }
 
-/** `after - before`, per key, dropping keys that did not move. */
-function countsBetween(
-  before: RequestCounts,
-  after: RequestCounts,
-): Record<string, { count: number; ms: number }> {
-  const diff: Record<string, { count: number; ms: number }> = {};
-  for (const [key, value] of Object.entries(after.byKey)) {
-    const count = value.count - (before.byKey[key]?.count ?? 0);
-    if (count > 0) diff[key] = { count, ms: value.ms - (before.byKey[key]?.ms ?? 0) };
+/** `after - before`, per key, dropping keys that did not move (both are counters). */
+function delta(
+  before: Readonly<Record<string, number>>,
+  after: Readonly<Record<string, number>>,
+): Record<string, number> {
+  const diff: Record<string, number> = {};
+  for (const [key, value] of Object.entries(after)) {
+    const moved = value - (before[key] ?? 0);
+    if (moved > 0) diff[key] = moved;
   }
   return diff;
 }
 
+/** Requests between two snapshots: counts by `VERB resource[/subresource] code`, ms by `VERB resource[/subresource]`. */
+function requestsBetween(
+  before: RequestCounts,
+  after: RequestCounts,
+): { total: number; byKind: Record<string, number>; msByKind: Record<string, number> } {
+  const seconds = delta(before.secondsByKind, after.secondsByKind);
+  return {
+    total: after.total - before.total,
+    byKind: delta(before.byKey, after.byKey),
+    msByKind: Object.fromEntries(
+      Object.entries(seconds).map(([kind, value]) => [kind, Math.round(value * 1000)]),
+    ),
+  };
+}
+
 function requestsMatching(
-  counts: Readonly<Record<string, { count: number }>>,
-  test: (method: string, resource: string, status: number) => boolean,
+  counts: Readonly<Record<string, number>>,
+  test: (verb: string, resource: string, code: number) => boolean,
 ): number {
   let sum = 0;
-  for (const [key, value] of Object.entries(counts)) {
-    const [method = "", resource = "", status = "0"] = key.split(" ");
-    if (test(method, resource, Number(status))) sum += value.count;
+  for (const [key, count] of Object.entries(counts)) {
+    const [verb = "", resource = "", code = "0"] = key.split(" ");
+    if (test(verb, resource, Number(code))) sum += count;
   }
   return sum;
 }
 
-const isWrite = (method: string) =>
-  method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE";
+/** kube-apiserver's verbs that write: create, update, patch, server-side apply, delete. */
+const isWrite = (verb: string) =>
+  verb === "POST" ||
+  verb === "PUT" ||
+  verb === "PATCH" ||
+  verb === "APPLY" ||
+  verb === "DELETE" ||
+  verb === "DELETECOLLECTION";
 
 /** The operator's log lines by level and event (and error code), e.g. `warn reconcile_failed (conflict)`. */
 function logSummary(file: string): Record<string, number> {
@@ -503,7 +539,7 @@ export interface SizeResult {
   readonly largestSecret: Size;
   readonly registryShards: number;
   readonly registryGeneration: number;
-  /** Registry ConfigMap writes (create/replace) the API server accepted, from t0 to done. */
+  /** ConfigMap creates and replaces the API server accepted, from t0 to done (the registry's shards). */
   readonly registryWrites: number;
   readonly operatorMetrics: {
     readonly identityReconciles: number;
@@ -512,26 +548,44 @@ export interface SizeResult {
     readonly certificatesIssued: number;
     readonly largestShardBytes: number;
   };
+  /**
+   * From kube-apiserver's `apiserver_request_total` (deltas; what it counts: RequestCounts in
+   * operator-cluster.ts): every client's finished requests from t0 to done, the benchmark's creates
+   * and kube-controller-manager's and kube-apiserver's own included; watches only once they end.
+   */
   readonly apiRequests: {
-    /** Every request from t0 to done, the benchmark's creates and watches included. */
     readonly total: number;
     readonly writes: number;
     readonly statusPatches: number;
     readonly secretWrites: number;
     readonly events: number;
     readonly conflicts: number;
-    readonly byKind: Readonly<Record<string, { count: number; ms: number }>>;
-    /** Writes in the SETTLE_MS after done (the operator's steady state should make none but Lease renewals). */
-    readonly writesInSettle: Readonly<Record<string, { count: number; ms: number }>>;
+    /** `VERB resource[/subresource] code` → requests. */
+    readonly byKind: Readonly<Record<string, number>>;
+    /** `VERB resource[/subresource]` → ms the API server spent on them (`apiserver_request_duration_seconds_sum`). */
+    readonly msByKind: Readonly<Record<string, number>>;
+    /** Watches open at done, by resource (`apiserver_longrunning_requests`, every client's). */
+    readonly watchesOpenAtDone: Readonly<Record<string, number>>;
+    /** Writes in the SETTLE_MS after done (expected: Lease renewals only, the operator's and kube-apiserver's). */
+    readonly writesInSettle: Readonly<Record<string, number>>;
   };
+  /** User + system seconds from t0 to done (/proc/PID/stat). */
   readonly cpuSeconds: {
     readonly operator: number;
     readonly apiServer: number;
+    readonly etcd: number;
+    readonly controllerManager: number;
     readonly bench: number;
     /** Every other process of the machine (noise). */
     readonly other: number;
   };
-  readonly peakRssMb: { readonly operator: number; readonly apiServer: number };
+  /** VmHWM at done: the highest resident set since each process started (a fresh one per size). */
+  readonly peakRssMb: {
+    readonly operator: number;
+    readonly apiServer: number;
+    readonly etcd: number;
+    readonly controllerManager: number;
+  };
   readonly operatorLog: Readonly<Record<string, number>>;
   readonly withinTargetSeconds: boolean;
   readonly objectsUnderLimit: boolean;
@@ -554,40 +608,70 @@ async function createIdentities(
   onCreated: () => void,
 ): Promise<void> {
   const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+  // client-node 1.4 gives every call a new https.Agent, so a new TCP and TLS connection (and a
+  // client-certificate check) per create. A real load generator (kubectl, a CD tool: client-go)
+  // keeps its connections, so the creates share one keep-alive pool here: the benchmark should
+  // load kube-apiserver with the creates, not with handshakes of its own. The operator is run as
+  // it is (its calls do pay a handshake each; bench/README.md).
+  const tls: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  await kubeConfig.applyToHTTPSOptions(tls);
+  const agent = new Agent({ keepAlive: true, ca: tls.ca, cert: tls.cert, key: tls.key });
+  const keepAlive = {
+    middleware: [
+      {
+        pre: (context: RequestContext) => {
+          context.setAgent(agent);
+          return new Observable(Promise.resolve(context));
+        },
+        post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
+      },
+    ],
+    middlewareMergeStrategy: "append" as const,
+  };
   let next = 0;
   const worker = async () => {
     while (next < tracker.size && !signal.aborted) {
       const i = next++;
       createdAt[i] = performance.now() - tracker.t0;
       try {
-        await custom.createNamespacedCustomObject({
-          group: GROUP,
-          version: VERSION,
-          namespace: tracker.namespace,
-          plural: PLURAL,
-          body: {
-            apiVersion: `${GROUP}/${VERSION}`,
-            kind: "ServiceIdentity",
-            metadata: { name: identityName(i), namespace: tracker.namespace },
-            spec: { environment: "prod", claims: { team: `t${i % 10}` }, scopes: ["read"] },
+        await custom.createNamespacedCustomObject(
+          {
+            group: GROUP,
+            version: VERSION,
+            namespace: tracker.namespace,
+            plural: PLURAL,
+            body: {
+              apiVersion: `${GROUP}/${VERSION}`,
+              kind: "ServiceIdentity",
+              metadata: { name: identityName(i), namespace: tracker.namespace },
+              spec: { environment: "prod", claims: { team: `t${i % 10}` }, scopes: ["read"] },
+            },
           },
-        });
+          keepAlive,
+        );
       } catch (error) {
         throw new BenchError("api_error", `creating ServiceIdentity ${identityName(i)}: ${describe(error)}`);
       }
       onCreated();
     }
   };
-  await Promise.all(Array.from({ length: CREATE_CONCURRENCY }, worker));
+  try {
+    await Promise.all(Array.from({ length: CREATE_CONCURRENCY }, worker));
+  } finally {
+    agent.destroy();
+  }
 }
 
 /** What a fresh LIST says, checked against the watches' view, the registry validated in full. */
 async function verify(cluster: Cluster, tracker: NamespaceTracker): Promise<void> {
-  const server = cluster.kubeConfig.getCurrentCluster()?.server ?? "";
   const list = async (path: string): Promise<unknown[]> => {
-    const response = await fetch(`${server}${path}`);
-    if (!response.ok) throw new BenchError("api_error", `LIST ${path}: ${response.status}`);
-    const items = field(await response.json(), "items");
+    let answer: unknown;
+    try {
+      answer = await cluster.getJson(path);
+    } catch (error) {
+      throw new BenchError("api_error", `LIST ${path}: ${describe(error)}`);
+    }
+    const items = field(answer, "items");
     return Array.isArray(items) ? items : [];
   };
   const ns = tracker.namespace;
@@ -623,14 +707,15 @@ async function verify(cluster: Cluster, tracker: NamespaceTracker): Promise<void
 
 async function measureSize(size: number, options: RunOptions): Promise<SizeResult> {
   const namespace = `bench-${size}`;
-  progress(`${namespace}: starting a fresh API server and operator ...`);
+  progress(`${namespace}: starting a fresh control plane and operator ...`);
   const cluster = await startCluster({
     namespaces: [namespace],
     operatorLogLevel: options.operatorLogLevel,
     operatorArgs: options.operatorArgs,
     nodeArgs: options.nodeArgs,
     keep: options.keep,
-    progress,
+    signal: options.signal,
+    progress: (message) => progress(`${namespace}: ${message}`),
   });
   const failed = new AbortController();
   const fail = (error: Error) => {
@@ -639,17 +724,24 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
   const onAbort = () =>
     fail(options.signal.reason instanceof Error ? options.signal.reason : new Error("aborted"));
   options.signal.addEventListener("abort", onAbort, { once: true });
-  void cluster.operator.exited.then((reason) =>
-    fail(new BenchError("child_exited", `custody operator ${reason}\n${cluster.operator.tail()}`)),
-  );
-  void cluster.apiServer.exited.then((reason) =>
-    fail(new BenchError("child_exited", `the API server ${reason}\n${cluster.apiServer.tail()}`)),
-  );
+  // A Ctrl-C while the cluster was starting: startCluster saw it only if it came before its last step.
+  if (options.signal.aborted) onAbort();
+  for (const [name, watched] of [
+    ["custody operator", cluster.operator],
+    ["kube-apiserver", cluster.apiServer],
+    ["etcd", cluster.etcd],
+    ["kube-controller-manager", cluster.controllerManager],
+  ] as const) {
+    void watched.exited.then((reason) =>
+      fail(new BenchError("child_exited", `${name} ${reason}\n${watched.tail(30)}`)),
+    );
+  }
   const tracker = new NamespaceTracker(size, namespace);
   const base = `/namespaces/${namespace}`;
   const followers = [
     new Follower(
       cluster.kubeConfig,
+      cluster.getJson,
       `/apis/${GROUP}/${VERSION}${base}/${PLURAL}`,
       (type, object) => tracker.identity(type, object),
       (names) => tracker.forgetAllBut("identity", names),
@@ -657,6 +749,7 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     ),
     new Follower(
       cluster.kubeConfig,
+      cluster.getJson,
       `/api/v1${base}/secrets`,
       (type, object) => tracker.secret(type, object),
       (names) => tracker.forgetAllBut("secret", names),
@@ -664,6 +757,7 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     ),
     new Follower(
       cluster.kubeConfig,
+      cluster.getJson,
       `/api/v1${base}/configmaps`,
       (type, object) => tracker.configMap(type, object),
       (names) => tracker.forgetAllBut("configMap", names),
@@ -680,6 +774,8 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     const cpuBefore = {
       operator: cluster.operator.cpuSeconds(),
       apiServer: cluster.apiServer.cpuSeconds(),
+      etcd: cluster.etcd.cpuSeconds(),
+      controllerManager: cluster.controllerManager.cpuSeconds(),
       bench: process.cpuUsage(),
       machine: machine?.() ?? Number.NaN,
     };
@@ -699,6 +795,7 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
       );
     });
     const failure = new Promise<never>((_, reject) => {
+      if (failed.signal.aborted) reject(failed.signal.reason);
       failed.signal.addEventListener("abort", () => reject(failed.signal.reason), { once: true });
     });
     // Marked handled: whichever loses the race below may still settle later.
@@ -716,6 +813,8 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     const cpu = {
       operator: cluster.operator.cpuSeconds() - cpuBefore.operator,
       apiServer: cluster.apiServer.cpuSeconds() - cpuBefore.apiServer,
+      etcd: cluster.etcd.cpuSeconds() - cpuBefore.etcd,
+      controllerManager: cluster.controllerManager.cpuSeconds() - cpuBefore.controllerManager,
       bench: (() => {
         const used = process.cpuUsage(cpuBefore.bench);
         return (used.user + used.system) / 1e6;
@@ -724,7 +823,12 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     };
     const countsAtDone = await cluster.apiServer.counts();
     const metrics = parseMetrics(await cluster.operator.metrics());
-    const peakRssMb = { operator: cluster.operator.peakRssMb(), apiServer: cluster.apiServer.peakRssMb() };
+    const peakRssMb = {
+      operator: cluster.operator.peakRssMb(),
+      apiServer: cluster.apiServer.peakRssMb(),
+      etcd: cluster.etcd.peakRssMb(),
+      controllerManager: cluster.controllerManager.peakRssMb(),
+    };
     progress(`${tracker.line(created)}: done; watching ${SETTLE_MS / 1000} s for further writes`);
     await Promise.race([new Promise((resolve) => setTimeout(resolve, SETTLE_MS)), failure]);
     const countsAfterSettle = await cluster.apiServer.counts();
@@ -736,8 +840,9 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     const latencies = [...tracker.readyAt]
       .map(([name, at]) => at - (createdAt[Number(name.slice("svc-".length))] ?? 0))
       .sort((a, b) => a - b);
-    const byKind = countsBetween(countsBefore, countsAtDone);
-    const settle = countsBetween(countsAtDone, countsAfterSettle);
+    const requests = requestsBetween(countsBefore, countsAtDone);
+    const byKind = requests.byKind;
+    const settle = requestsBetween(countsAtDone, countsAfterSettle).byKind;
     const writesInSettle = Object.fromEntries(
       Object.entries(settle).filter(([key]) => isWrite(key.split(" ")[0] ?? "")),
     );
@@ -779,7 +884,7 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
         largestShardBytes: metricSum(metrics, "custody_operator_registry_largest_shard_bytes"),
       },
       apiRequests: {
-        total: countsAtDone.total - countsBefore.total,
+        total: requests.total,
         writes: requestsMatching(byKind, (method) => isWrite(method)),
         statusPatches: requestsMatching(
           byKind,
@@ -792,15 +897,29 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
         events: requestsMatching(byKind, (method, resource) => isWrite(method) && resource === "events"),
         conflicts: requestsMatching(byKind, (_method, _resource, status) => status === 409),
         byKind,
+        msByKind: requests.msByKind,
+        watchesOpenAtDone: countsAtDone.watchesOpen,
         writesInSettle,
       },
       cpuSeconds: {
         operator: round1(cpu.operator),
         apiServer: round1(cpu.apiServer),
+        etcd: round1(cpu.etcd),
+        controllerManager: round1(cpu.controllerManager),
         bench: round1(cpu.bench),
-        other: round1(Math.max(0, cpu.machine - cpu.operator - cpu.apiServer - cpu.bench)),
+        other: round1(
+          Math.max(
+            0,
+            cpu.machine - cpu.operator - cpu.apiServer - cpu.etcd - cpu.controllerManager - cpu.bench,
+          ),
+        ),
       },
-      peakRssMb: { operator: round1(peakRssMb.operator), apiServer: round1(peakRssMb.apiServer) },
+      peakRssMb: {
+        operator: round1(peakRssMb.operator),
+        apiServer: round1(peakRssMb.apiServer),
+        etcd: round1(peakRssMb.etcd),
+        controllerManager: round1(peakRssMb.controllerManager),
+      },
       operatorLog: logSummary(cluster.operator.logFile),
       withinTargetSeconds: done <= TARGET_SECONDS,
       objectsUnderLimit: largestObject < MAX_OBJECT_BYTES,
@@ -824,6 +943,9 @@ export interface OperatorBenchResult {
   readonly sizes: readonly SizeResult[];
   readonly operatorLogLevel: string;
   readonly operatorArgs: readonly string[];
+  /** kube-apiserver's and kube-controller-manager's version, e.g. v1.36.3. */
+  readonly kubernetesVersion: string;
+  readonly etcdVersion: string;
   readonly node: string;
   readonly cpus: string;
 }
@@ -855,11 +977,8 @@ function report(result: OperatorBenchResult): string {
       "shards",
       "registry writes",
       "API requests",
+      "writes",
       "409s",
-      "operator CPU s",
-      "API server CPU s",
-      "other CPU s",
-      "operator peak RSS",
     ],
     result.sizes.map((size) => [
       size.identities.toLocaleString("en-US"),
@@ -868,13 +987,53 @@ function report(result: OperatorBenchResult): string {
       String(size.registryShards),
       String(size.registryWrites),
       size.apiRequests.total.toLocaleString("en-US"),
+      size.apiRequests.writes.toLocaleString("en-US"),
       String(size.apiRequests.conflicts),
-      s(size.cpuSeconds.operator),
-      s(size.cpuSeconds.apiServer),
-      s(size.cpuSeconds.other),
-      `${s(size.peakRssMb.operator)} MB`,
     ]),
     { labels: false },
+  );
+  const mb = (value: number) => `${s(value)} MB`;
+  const processes = markdownTable(
+    [
+      "identities",
+      "operator CPU s",
+      "kube-apiserver CPU s",
+      "etcd CPU s",
+      "kube-controller-manager CPU s",
+      "other CPU s",
+      "operator peak RSS",
+      "kube-apiserver peak RSS",
+      "etcd peak RSS",
+    ],
+    result.sizes.map((size) => [
+      size.identities.toLocaleString("en-US"),
+      s(size.cpuSeconds.operator),
+      s(size.cpuSeconds.apiServer),
+      s(size.cpuSeconds.etcd),
+      s(size.cpuSeconds.controllerManager),
+      s(size.cpuSeconds.other),
+      mb(size.peakRssMb.operator),
+      mb(size.peakRssMb.apiServer),
+      mb(size.peakRssMb.etcd),
+    ]),
+    { labels: false },
+  );
+  // Every request kind that moved in some size, the busiest (in the largest size) first.
+  const largestSize = result.sizes.reduce((a, b) => (b.identities > a.identities ? b : a));
+  const kinds = [...new Set(result.sizes.flatMap((size) => Object.keys(size.apiRequests.byKind)))].sort(
+    (a, b) =>
+      (largestSize.apiRequests.byKind[b] ?? 0) - (largestSize.apiRequests.byKind[a] ?? 0) ||
+      a.localeCompare(b),
+  );
+  const requests = markdownTable(
+    [
+      "kube-apiserver requests t0 → done",
+      ...result.sizes.map((size) => `${size.identities.toLocaleString("en-US")} identities`),
+    ],
+    kinds.map((kind) => [
+      kind,
+      ...result.sizes.map((size) => (size.apiRequests.byKind[kind] ?? 0).toLocaleString("en-US")),
+    ]),
   );
   const atTarget = result.sizes.find((size) => size.identities === result.targetIdentities);
   const timeVerdict =
@@ -890,21 +1049,28 @@ function report(result: OperatorBenchResult): string {
     "",
     cost,
     "",
+    processes,
+    "",
+    requests,
+    "",
     `Target: ${result.targetIdentities.toLocaleString("en-US")} identities Ready and published in ≤ ${result.targetSeconds} s: ${timeVerdict}`,
     `Target: every object under ${result.maxObjectBytes.toLocaleString("en-US")} bytes: ${sizeVerdict}`,
-    `Seconds from before the first create; a fresh API server and operator per size; operator --log-level ${result.operatorLogLevel}` +
+    `Seconds from before the first create; a fresh control plane (Kubernetes ${result.kubernetesVersion}, etcd ${result.etcdVersion}) and operator per size; ` +
+      `request counts from kube-apiserver's apiserver_request_total, every client's, watches only once ended; operator --log-level ${result.operatorLogLevel}` +
       `${result.operatorArgs.length === 0 ? "" : ` ${result.operatorArgs.join(" ")}`}; ${result.node}, ${result.cpus}.`,
   ].join("\n");
 }
 
 function summarize(size: SizeResult): void {
-  const top = (counts: Readonly<Record<string, { count: number; ms: number }>>) =>
+  const top = (counts: Readonly<Record<string, number>>, limit = 12, unit = "×") =>
     Object.entries(counts)
-      .sort(([, a], [, b]) => b.count - a.count)
-      .slice(0, 12)
-      .map(([key, value]) => `${key} ×${value.count} (${value.ms} ms)`)
+      .sort(([, a], [, b]) => b - a)
+      .slice(0, limit)
+      .map(([key, value]) => (unit === "×" ? `${key} ×${value}` : `${key} ${value} ${unit}`))
       .join(", ");
   progress(`${size.namespace}: API requests t0→done: ${top(size.apiRequests.byKind)}`);
+  progress(`${size.namespace}: kube-apiserver ms spent t0→done: ${top(size.apiRequests.msByKind, 8, "ms")}`);
+  progress(`${size.namespace}: watches open at done: ${top(size.apiRequests.watchesOpenAtDone, 20)}`);
   const settle = top(size.apiRequests.writesInSettle);
   progress(
     `${size.namespace}: writes in the ${SETTLE_MS / 1000} s after done: ${settle === "" ? "none" : settle}`,
@@ -943,11 +1109,13 @@ async function main(): Promise<void> {
     },
   });
   const sizes = parseSizes(values.sizes);
+  const binaries = ControlPlane.binaries();
+  if (!binaries.available) throw new BenchError("no_control_plane", binaries.reason);
   const timeoutSeconds = Number(values.timeout);
   if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0)
     throw new BenchError("usage", "--timeout must be a number of seconds");
   const operatorArgs = values["operator-args"].split(/\s+/).filter((arg) => arg !== "");
-  // --cpu-prof: both children run under V8's sampling profiler, which slows them, so the numbers of
+  // --cpu-prof: the operator runs under V8's sampling profiler, which slows it, so the numbers of
   // such a run are not recorded; the profiles are left in a temp directory for DevTools or speedscope.
   const profileDirectory = values["cpu-prof"]
     ? await mkdtemp(join(tmpdir(), "custody-bench-operator-profile-"))
@@ -955,7 +1123,10 @@ async function main(): Promise<void> {
   const started = process.hrtime.bigint();
   const cpu = cpus();
   const cpuDescription = `${cpu.length} × ${cpu[0]?.model ?? "unknown CPU"}`;
-  progress(`bench:operator: node ${process.version}, ${cpuDescription}; sizes ${sizes.join(", ")}`);
+  progress(
+    `bench:operator: node ${process.version}, ${cpuDescription}; Kubernetes ${binaries.binaries.kubernetesVersion}, ` +
+      `etcd ${binaries.binaries.etcdVersion}; sizes ${sizes.join(", ")}`,
+  );
 
   const abort = new AbortController();
   const stopListening = abortOnSignals(abort);
@@ -981,6 +1152,8 @@ async function main(): Promise<void> {
       sizes: results,
       operatorLogLevel: values["log-level"],
       operatorArgs,
+      kubernetesVersion: binaries.binaries.kubernetesVersion,
+      etcdVersion: binaries.binaries.etcdVersion,
       node: process.version,
       cpus: cpuDescription,
     };
@@ -992,7 +1165,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${report(result)}\n`);
   } finally {
     if (profileDirectory !== undefined)
-      progress(`CPU profiles (operator and API server, per size): ${profiles(profileDirectory).join(", ")}`);
+      progress(`CPU profiles (the operator's, per size): ${profiles(profileDirectory).join(", ")}`);
     stopListening();
   }
 }

@@ -82,13 +82,15 @@ async function run(kubectl: Kubectl, args: readonly string[], input?: string): P
 
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
   const directory = await mkdtemp(join(tmpdir(), "custody-operator-k8s-"));
-  const controlPlane = await ControlPlane.start({
-    ...(options.apiserverFlags === undefined ? {} : { apiserverFlags: options.apiserverFlags }),
-    log: () => undefined,
-  });
+  let controlPlane: ControlPlane | undefined;
   let proxy: TcpProxy | undefined;
   try {
-    const kubectl = kubectlFor(controlPlane.kubeconfigPath, join(directory, "kubectl-cache"));
+    controlPlane = await ControlPlane.start({
+      ...(options.apiserverFlags === undefined ? {} : { apiserverFlags: options.apiserverFlags }),
+      log: () => undefined,
+    });
+    const plane = controlPlane;
+    const kubectl = kubectlFor(plane.kubeconfigPath, join(directory, "kubectl-cache"));
     await run(kubectl, ["apply", "-f", "crds/"]);
     for (const namespace of [OPERATOR_NAMESPACE, ...(options.namespaces ?? ["shop"])]) {
       await run(kubectl, ["create", "namespace", namespace]);
@@ -104,15 +106,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         "--duration=12h",
       ])
     ).trim();
-    proxy = await startTcpProxy(Number(new URL(controlPlane.server).port));
+    proxy = await startTcpProxy(Number(new URL(plane.server).port));
     const operatorProxy = proxy;
-    const operatorKubeconfigPath = await controlPlane.tokenKubeconfig(
+    const operatorKubeconfigPath = await plane.tokenKubeconfig(
       `system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SERVICE_ACCOUNT}`,
       token,
       `https://127.0.0.1:${operatorProxy.port}`,
     );
     const kubeConfig = new KubeConfig();
-    kubeConfig.loadFromFile(controlPlane.kubeconfigPath);
+    kubeConfig.loadFromFile(plane.kubeconfigPath);
     const operatorKubeConfig = new KubeConfig();
     operatorKubeConfig.loadFromFile(operatorKubeconfigPath);
     const caDirectory = join(directory, "ca");
@@ -122,9 +124,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       { force: false },
     );
     return {
-      controlPlane,
+      controlPlane: plane,
       kubeConfig,
-      kubeconfigPath: controlPlane.kubeconfigPath,
+      kubeconfigPath: plane.kubeconfigPath,
       kubectl,
       operatorKubeConfig,
       operatorKubeconfigPath,
@@ -135,7 +137,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         await operatorProxy.cut();
         await operatorProxy.restore();
       },
-      compact: () => controlPlane.compact(),
+      compact: () => plane.compact(),
       async applyWebhooks(port) {
         const documents = parseAllDocuments(await readFile("operator/manifests/webhooks.yaml", "utf8")).map(
           (document) => document.toJS() as { webhooks: { clientConfig: Record<string, unknown> }[] },
@@ -152,13 +154,13 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       },
       async close() {
         await operatorProxy.close();
-        await controlPlane.stop();
+        await plane.stop();
         await rm(directory, { recursive: true, force: true });
       },
     };
   } catch (error) {
     await proxy?.close();
-    await controlPlane.stop();
+    await controlPlane?.stop();
     await rm(directory, { recursive: true, force: true });
     throw error;
   }

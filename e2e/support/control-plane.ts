@@ -454,7 +454,9 @@ export class ControlPlane {
       if (response.status !== 200) throw new Error(`etcd ${path}: ${response.status} ${text}`);
       return JSON.parse(text) as { header?: { revision?: string } };
     };
-    const range = await post("/v3/kv/range", { key: Buffer.from("custody-compaction-probe").toString("base64") });
+    const range = await post("/v3/kv/range", {
+      key: Buffer.from("custody-compaction-probe").toString("base64"),
+    });
     const revision = Number(range.header?.revision ?? 0);
     await post("/v3/kv/compaction", { revision: String(revision), physical: true });
     return revision;
@@ -473,6 +475,15 @@ export class ControlPlane {
   /** Where each component's stdout and stderr go (inside `directory`). */
   logPath(component: ComponentName): string {
     return join(this.directory, "logs", `${component}.log`);
+  }
+
+  /**
+   * The process id of a running component (the binary itself: setpriv execs it), e.g. to read its
+   * CPU time and memory in /proc; undefined when it is not running.
+   */
+  pid(component: ComponentName): number | undefined {
+    const found = this.#components.findLast((c) => c.name === component && !exited(c.child));
+    return found?.child.pid;
   }
 
   /**
