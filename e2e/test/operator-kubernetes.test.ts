@@ -224,6 +224,47 @@ describe.skipIf(!HAS_CLUSTER)("operator on Kubernetes", () => {
       );
     });
 
+    it("shards a registry larger than one ConfigMap, and every namespace's shards merge into it", async () => {
+      // A second operator on its own control plane, with 3 KiB shards: a handful of identities fill
+      // several ConfigMaps, as ~1,800 would fill several of the default 900 KiB.
+      const sharded = await startCluster();
+      const operator = await startTestOperator(
+        new KubernetesStore({ kubeConfig: sharded.operatorKubeConfig, logger: quiet }),
+        sharded.caDirectory,
+        { registryShardBytes: 3 * 1024 },
+      );
+      try {
+        const names = Array.from({ length: 8 }, (_, index) => `svc-${index}`);
+        for (const name of names) await applyWithKubectl(sharded, identity(name));
+        await vi.waitFor(
+          async () => {
+            const texts = await registryTexts(sharded, "shop");
+            expect(texts.length).toBeGreaterThan(1);
+            const merged = mergeRegistryShards(texts.map(parseRegistry));
+            expect(merged.services.map((service) => service.id).sort()).toEqual(
+              names.map((name) => `${name}.shop`).sort(),
+            );
+          },
+          { timeout: 30_000, interval: 200 },
+        );
+        const configMaps = await sharded.kubectl([
+          "get",
+          "configmaps",
+          "-n",
+          "shop",
+          "-l",
+          "custody.dev/registry-shard",
+          "-o",
+          "name",
+        ]);
+        expect(configMaps.stdout).toContain("configmap/custody-registry\n");
+        expect(configMaps.stdout).toContain("configmap/custody-registry-1\n");
+      } finally {
+        await operator.close(0);
+        await sharded.close();
+      }
+    }, 120_000);
+
     it("records Events for issuance", async () => {
       const events = await cluster.kubectl(["get", "events", "-n", "shop", "-o", "json"]);
       const items = (

@@ -52,6 +52,8 @@ export interface OperatorConfig {
   readonly propagationDelayMs: number;
   readonly resyncIntervalMs: number;
   readonly concurrency: number;
+  /** Largest registry shard (one ConfigMap), in bytes; default 900 KiB, under the 1 MiB limit. */
+  readonly registryShardBytes?: number;
   readonly pollIntervalMs: number;
   readonly logger: Logger;
   readonly now?: () => number;
@@ -139,6 +141,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     propagationDelayMs: config.propagationDelayMs,
     resyncIntervalMs: config.resyncIntervalMs,
     concurrency: config.concurrency,
+    ...(config.registryShardBytes === undefined ? {} : { shardBytes: config.registryShardBytes }),
     metrics,
     logger,
     ...(config.now === undefined ? {} : { now: config.now }),

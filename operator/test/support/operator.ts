@@ -7,7 +7,7 @@ import type { Store } from "../../src/store/store.js";
 export function startTestOperator(
   store: Store,
   caDirectory: string,
-  options: { leadership?: Leadership; propagationDelayMs?: number } = {},
+  options: { leadership?: Leadership; propagationDelayMs?: number; registryShardBytes?: number } = {},
 ): Promise<RunningOperator> {
   const loopback = { host: "127.0.0.1", port: 0 };
   return startOperator({
@@ -32,6 +32,7 @@ export function startTestOperator(
     propagationDelayMs: options.propagationDelayMs ?? 1_000,
     resyncIntervalMs: 60_000,
     concurrency: 8,
+    ...(options.registryShardBytes === undefined ? {} : { registryShardBytes: options.registryShardBytes }),
     pollIntervalMs: 200,
     logger: pino({ level: process.env.LOG_LEVEL ?? "silent" }),
   });
