@@ -1220,7 +1220,9 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
     const evidence = `sidecar read ~${read} bytes; client handed over ${result.written}; answer ${result.status} ${String(result.reason)}`;
     console.log(evidence);
     expect(read, evidence).toBeLessThan(READ_BOUND);
-    expect(result.written, evidence).toBeLessThan(4 * 1024 * 1024);
+    // What the client handed its own socket includes the kernel's buffers on both ends (megabytes on
+    // loopback, more when the machine is slow): only that the upload never went through in full.
+    expect(result.written, evidence).toBeLessThan(total);
     expect(result.spooled).toEqual([]);
     expect(result.tmpFiles).toEqual([]);
     // The refusal, or (the server closes with bytes unread) a reset that arrived before it was read.
@@ -1246,7 +1248,9 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
     const evidence = `sidecar read ~${read} bytes; client handed over ${result.written}; answer ${result.status} ${String(result.reason)}`;
     console.log(evidence);
     expect(read, evidence).toBeLessThan(READ_BOUND);
-    expect(result.written, evidence).toBeLessThan(4 * 1024 * 1024);
+    // What the client handed its own socket includes the kernel's buffers on both ends (megabytes on
+    // loopback, more when the machine is slow): only that the upload never went through in full.
+    expect(result.written, evidence).toBeLessThan(total);
     expect(result.spooled).toEqual([]);
     expect(result.tmpFiles).toEqual([]);
     if (result.status !== 0)
@@ -1293,7 +1297,9 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
     // discards the rest of the body by reading it: an unauthenticated client has it read 16 MiB.
     const evidence = `token service read ~${read} bytes; client handed over ${result.written}; answer ${result.status}`;
     expect(read, evidence).toBeLessThan(READ_BOUND);
-    expect(result.written, evidence).toBeLessThan(4 * 1024 * 1024);
+    // What the client handed its own socket includes the kernel's buffers on both ends (megabytes on
+    // loopback, more when the machine is slow): only that the upload never went through in full.
+    expect(result.written, evidence).toBeLessThan(total);
   });
 
   it("7.5 a refused client with a small body, then a second request on the same connection (the discarded body is not parsed as a request)", async () => {
