@@ -6,7 +6,7 @@ SHELL := bash
 
 NPM ?= npm
 
-.PHONY: help install build typecheck lint format crds control-plane test test-clock-shift bench demo helm-lint images e2e-kind
+.PHONY: help install build typecheck lint format crds control-plane node test test-cluster test-clock-shift bench demo helm-lint images e2e-kind e2e-cluster e2e-cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,11 +42,18 @@ demo: build ## The talk's shop → cart → payments scenario, locally
 crds: install ## Regenerate crds/*.yaml from the zod schemas in crds/src
 	$(NPM) run --silent crds
 
-control-plane: ## Build etcd, kube-apiserver, kube-controller-manager from source (Go module proxy) into ~/.cache/custody; reused
+control-plane: ## Build etcd and Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy) from source into ~/.cache/custody; reused
 	bash e2e/control-plane/build.sh
 
-test: install typecheck lint build ## Typecheck, lint, build, then the whole test suite (Kubernetes suites need `make control-plane` first)
+node: control-plane ## Build the test node (containerd, runc, pause and base images) into ~/.cache/custody; reused; needs root
+	bash e2e/node/build.sh
+
+test: install typecheck lint build ## Typecheck, lint, build, the whole suite, then the one-node cluster suite (Kubernetes suites need `make node` first)
 	$(NPM) test
+	$(MAKE) --no-print-directory test-cluster
+
+test-cluster: build ## The one-node cluster suite alone (e2e/cluster): helm install, the shop example, day-2 operations, Prometheus
+	npx vitest run --config e2e/cluster/vitest.config.ts
 
 test-clock-shift: build ## The suite again with the clock 400 and 730 days ahead (libfaketime): no test may depend on the date
 	bash e2e/clock-shift.sh
@@ -63,3 +70,9 @@ images: ## Build the operator and sidecar images (needs Docker with BuildKit)
 
 e2e-kind: build ## End to end on a throw-away kind cluster (Docker, kind, kubectl, helm; KEEP_CLUSTER=1 keeps it)
 	bash e2e/kind/run.sh
+
+e2e-cluster: node build ## The one-node cluster suite on this machine (root); KEEP_CLUSTER=1 leaves the cluster up for kubectl
+	CUSTODY_REQUIRE_ALL=1 npx vitest run --config e2e/cluster/vitest.config.ts
+
+e2e-cluster-down: ## Stop a cluster left up by KEEP_CLUSTER=1 (and remove whatever a killed run left)
+	node --import tsx e2e/cluster/host.ts down

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds a real Kubernetes control plane for tests from source, through the Go module proxy:
-# etcd, kube-apiserver and kube-controller-manager. Release downloads are not reachable from the
-# development and CI machines; the Go module proxy is.
+# Builds a real Kubernetes for tests from source, through the Go module proxy: the control plane
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) and what a node runs of the same
+# release (kubelet, kube-proxy). Release downloads are not reachable from the development and CI
+# machines; the Go module proxy is. The node's container runtime is e2e/node/build.sh's.
 #
 #   bash e2e/control-plane/build.sh
 #
@@ -46,13 +47,33 @@ runs_as() {
   [[ "$output" == *"$expected"* ]]
 }
 
-if runs_as "$K8S_DIR/kube-apiserver" "Kubernetes $K8S_VERSION" &&
-  runs_as "$K8S_DIR/kube-controller-manager" "Kubernetes $K8S_VERSION" &&
-  runs_as "$ETCD_DIR/etcd" "etcd Version: ${ETCD_VERSION#v}"; then
-  say "reusing kube-apiserver, kube-controller-manager $K8S_VERSION and etcd $ETCD_VERSION (already built)"
-  say "  $K8S_DIR/kube-apiserver"
-  say "  $K8S_DIR/kube-controller-manager"
+# Every command of k8s.io/kubernetes the tests run, and how long each takes to build cold here.
+KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+declare -A KUBERNETES_ESTIMATES=(
+  [kube-apiserver]="~4 min"
+  [kube-controller-manager]="~1 min after kube-apiserver, ~3 min alone"
+  [kube-scheduler]="~10 s after kube-apiserver"
+  [kubelet]="~30 s after kube-apiserver"
+  [kube-proxy]="~10 s after kube-apiserver"
+)
+
+all_built() {
+  local command
+  for command in "${KUBERNETES_COMMANDS[@]}"; do
+    runs_as "$K8S_DIR/$command" "Kubernetes $K8S_VERSION" || return 1
+  done
+  runs_as "$ETCD_DIR/etcd" "etcd Version: ${ETCD_VERSION#v}"
+}
+
+list_binaries() {
+  local command
+  for command in "${KUBERNETES_COMMANDS[@]}"; do say "  $K8S_DIR/$command"; done
   say "  $ETCD_DIR/etcd"
+}
+
+if all_built; then
+  say "reusing ${KUBERNETES_COMMANDS[*]} $K8S_VERSION and etcd $ETCD_VERSION (already built)"
+  list_binaries
   exit 0
 fi
 
@@ -166,11 +187,12 @@ build_etcd() {
 # v0.0.0 and replaces them with ./staging/src paths, which only work inside its own repository.
 # The wrapper module replaces each of them with the matching published release (v0.X.Y).
 build_kubernetes() {
-  local need_apiserver=1 need_kcm=1
-  runs_as "$K8S_DIR/kube-apiserver" "Kubernetes $K8S_VERSION" && need_apiserver=0
-  runs_as "$K8S_DIR/kube-controller-manager" "Kubernetes $K8S_VERSION" && need_kcm=0
-  if ((need_apiserver == 0 && need_kcm == 0)); then
-    say "reusing kube-apiserver and kube-controller-manager $K8S_VERSION (already built)"
+  local command needed_commands=()
+  for command in "${KUBERNETES_COMMANDS[@]}"; do
+    runs_as "$K8S_DIR/$command" "Kubernetes $K8S_VERSION" || needed_commands+=("$command")
+  done
+  if ((${#needed_commands[@]} == 0)); then
+    say "reusing ${KUBERNETES_COMMANDS[*]} $K8S_VERSION (already built)"
     return
   fi
   local gomod dir needed staging
@@ -199,15 +221,16 @@ build_kubernetes() {
     local module
     for module in $staging; do
       # A staging module that is in the list but never published (k8s.io/sample-cli-plugin)
-      # is not needed by the two commands; replacing it anyway costs nothing, Go only
-      # fetches replacements of modules in the build graph.
+      # is not needed by these commands; replacing it anyway costs nothing, Go only fetches
+      # replacements of modules in the build graph.
       echo "	$module => $module $STAGING_VERSION"
     done
     echo ")"
     echo
     echo "tool ("
-    echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-    echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+    for command in "${KUBERNETES_COMMANDS[@]}"; do
+      echo "	k8s.io/kubernetes/cmd/$command"
+    done
     echo ")"
   } >"$dir/go.mod"
   say "resolving Kubernetes's dependencies (go mod tidy; the first run downloads ~1 GB of modules)"
@@ -228,14 +251,10 @@ build_kubernetes() {
     ldflags+=" -X $package.gitTreeState=clean"
     ldflags+=" -X $package.buildDate=${date:-1970-01-01T00:00:00Z}"
   done
-  if ((need_apiserver)); then
-    build_binary "$dir" k8s.io/kubernetes/cmd/kube-apiserver "$K8S_DIR/kube-apiserver" \
-      "$ldflags" "Kubernetes $K8S_VERSION" "~4 min"
-  fi
-  if ((need_kcm)); then
-    build_binary "$dir" k8s.io/kubernetes/cmd/kube-controller-manager \
-      "$K8S_DIR/kube-controller-manager" "$ldflags" "Kubernetes $K8S_VERSION" "~1 min after kube-apiserver, ~3 min alone"
-  fi
+  for command in "${needed_commands[@]}"; do
+    build_binary "$dir" "k8s.io/kubernetes/cmd/$command" "$K8S_DIR/$command" \
+      "$ldflags" "Kubernetes $K8S_VERSION" "${KUBERNETES_ESTIMATES[$command]}"
+  done
 }
 
 say "building the control plane: Kubernetes $K8S_VERSION (staging modules $STAGING_VERSION), etcd $ETCD_VERSION, with $(go version)"
@@ -244,6 +263,4 @@ total=$SECONDS
 build_etcd
 build_kubernetes
 say "done in $((SECONDS - total)) s:"
-say "  $K8S_DIR/kube-apiserver"
-say "  $K8S_DIR/kube-controller-manager"
-say "  $ETCD_DIR/etcd"
+list_binaries

@@ -288,7 +288,7 @@ async function writeIdp(directory: string): Promise<void> {
   progress(`identity provider ${idp.issuer}, key ${idp.kid}: ${directory}`);
 }
 
-async function readIdp(directory: string): Promise<DemoIdp> {
+export async function readIdp(directory: string): Promise<DemoIdp> {
   const saved = record(JSON.parse(await readFile(join(directory, IDP_FILE), "utf8")));
   const { issuer, kid, privateKeyPem } = saved;
   if (typeof issuer !== "string" || typeof kid !== "string" || typeof privateKeyPem !== "string") {

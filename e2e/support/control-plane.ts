@@ -1,7 +1,8 @@
 /**
- * A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager as
- * built from source by `e2e/control-plane/build.sh`, started on 127.0.0.1 with free ports in a
- * temporary directory and thrown away by `stop()`. No scheduler and no kubelet: Pods stay Pending.
+ * A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager and,
+ * when asked, kube-scheduler, as built from source by `e2e/control-plane/build.sh`, started with
+ * free ports in a temporary directory and thrown away by `stop()`. Without a node (support/node.ts)
+ * Pods stay Pending. kube-apiserver listens on 127.0.0.1 unless given the node's address.
  *
  * Everything secret is made at run time with the openssl CLI: a CA, the API server's serving
  * certificate, client certificates (an admin in `system:masters`, the controller manager as
@@ -12,22 +13,22 @@
  * versions `CUSTODY_K8S_VERSION` (default v1.36.3) and `CUSTODY_ETCD_VERSION` (default v3.6.17),
  * as build.sh puts them. `requireControlPlane()` skips a suite visibly when they are missing.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { accessSync, closeSync, constants, openSync } from "node:fs";
+import { accessSync, constants } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { TLSSocket } from "node:tls";
 import { stringify } from "yaml";
+import { Daemons, seconds } from "./daemons.js";
 import { freePort } from "./net.js";
 import { findTool, realClockEnv } from "./tools.js";
 
 export const DEFAULT_KUBERNETES_VERSION = "v1.36.3";
 export const DEFAULT_ETCD_VERSION = "v3.6.17";
-const HOST = "127.0.0.1";
+const LOOPBACK = "127.0.0.1";
 /** The Service network; its first address is the `kubernetes` Service's, named in the serving cert. */
 const SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24";
 const KUBERNETES_SERVICE_IP = "10.0.0.1";
@@ -35,10 +36,8 @@ const FRONT_PROXY_CLIENT = "front-proxy-client";
 export const SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local";
 /** Certificates are checked by the Go binaries on the real clock; a week outlives any test run. */
 const CERTIFICATE_DAYS = 7;
-const STOP_GRACE_MS = 5_000;
-const LOG_TAIL_LINES = 40;
 
-export type ComponentName = "etcd" | "kube-apiserver" | "kube-controller-manager";
+export type ComponentName = "etcd" | "kube-apiserver" | "kube-controller-manager" | "kube-scheduler";
 
 export interface ControlPlaneBinaries {
   /** e.g. v1.36.3, the version kube-apiserver reports on /version. */
@@ -48,6 +47,7 @@ export interface ControlPlaneBinaries {
   readonly etcd: string;
   readonly kubeApiserver: string;
   readonly kubeControllerManager: string;
+  readonly kubeScheduler: string;
 }
 
 export type BinariesCheck =
@@ -61,6 +61,14 @@ export interface ControlPlaneOptions {
   readonly controllers?: readonly string[];
   /** More kube-apiserver flags (`--name=value`), after the defaults. */
   readonly apiserverFlags?: readonly string[];
+  /**
+   * Where kube-apiserver listens and what it advertises as the `kubernetes` Service's endpoint.
+   * Default 127.0.0.1, where no Pod can reach it. For a cluster with a node, the node's address on
+   * the pod network (an address of this machine), so that Pods reach it through the Service.
+   */
+  readonly address?: string;
+  /** Starts kube-scheduler too (Pods get bound to a node). Default false: nothing schedules. */
+  readonly scheduler?: boolean;
   /** How long each component may take to become ready. Default 90 s. */
   readonly readyTimeoutMs?: number;
   /** Progress lines. Default: stderr. */
@@ -84,8 +92,15 @@ function findBinaries(): BinariesCheck {
     etcd: join(cache, `etcd-${etcdVersion}`, "etcd"),
     kubeApiserver: join(kubernetes, "kube-apiserver"),
     kubeControllerManager: join(kubernetes, "kube-controller-manager"),
+    kubeScheduler: join(kubernetes, "kube-scheduler"),
   };
-  const missing = [binaries.etcd, binaries.kubeApiserver, binaries.kubeControllerManager].filter((path) => {
+  const required = [
+    binaries.etcd,
+    binaries.kubeApiserver,
+    binaries.kubeControllerManager,
+    binaries.kubeScheduler,
+  ];
+  const missing = required.filter((path) => {
     try {
       accessSync(path, constants.X_OK);
       return false;
@@ -125,30 +140,6 @@ export function requireControlPlane(): boolean {
   if (process.env.CUSTODY_REQUIRE_ALL === "1") throw new Error(`CUSTODY_REQUIRE_ALL=1 but ${reason}`);
   process.stderr.write(`SKIP: ${reason}; tests that need it are skipped.\n`);
   return false;
-}
-
-/**
- * Processes started and not yet exited: killed should the test process exit without `stop()`.
- * When the test process is killed outright (no "exit" event), the kernel kills them: they run
- * under `setpriv --pdeathsig KILL` (util-linux), which execs the binary with a parent-death signal.
- */
-const running = new Set<ChildProcess>();
-const SETPRIV = findTool("setpriv");
-process.once("exit", () => {
-  for (const child of running) child.kill("SIGKILL");
-});
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-async function terminate(child: ChildProcess): Promise<void> {
-  if (exited(child)) return;
-  const gone = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const killer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
-  await gone;
-  clearTimeout(killer);
 }
 
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
@@ -347,22 +338,6 @@ async function httpsGet(url: string, options: ProbeOptions): Promise<HttpAnswer>
   });
 }
 
-/** The last lines of a log file, each cut to a readable length. */
-async function tail(path: string): Promise<string> {
-  try {
-    const lines = (await readFile(path, "utf8")).trimEnd().split("\n").slice(-LOG_TAIL_LINES);
-    return lines.map((line) => (line.length > 400 ? `${line.slice(0, 400)}…` : line)).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-interface Component {
-  readonly name: ComponentName;
-  readonly child: ChildProcess;
-  readonly logPath: string;
-}
-
 /** A throw-away Kubernetes control plane. Start with `ControlPlane.start()`, end with `stop()`. */
 export class ControlPlane {
   /** The binaries build.sh made for the versions the environment chooses, or why they are missing. */
@@ -409,7 +384,7 @@ export class ControlPlane {
   readonly #pki: Pki;
   /** The CA of the aggregation layer's front proxy (request-header authentication), kept apart. */
   readonly #frontProxyPki: Pki;
-  readonly #components: Component[] = [];
+  readonly #daemons: Daemons;
   #server = "";
   #etcdUrl = "";
   #version = "";
@@ -425,9 +400,14 @@ export class ControlPlane {
     this.#pki = new Pki(join(directory, "pki"), "ca");
     this.#frontProxyPki = new Pki(join(directory, "pki"), "front-proxy-ca");
     this.kubeconfigPath = join(directory, "admin.kubeconfig");
+    this.address = options.address ?? LOOPBACK;
+    this.#daemons = new Daemons(join(directory, "logs"), (line) => this.#log(line));
   }
 
-  /** https://127.0.0.1:<port> */
+  /** Where kube-apiserver listens (ControlPlaneOptions.address). */
+  readonly address: string;
+
+  /** https://<address>:<port> */
   get server(): string {
     return this.#server;
   }
@@ -474,7 +454,7 @@ export class ControlPlane {
 
   /** Where each component's stdout and stderr go (inside `directory`). */
   logPath(component: ComponentName): string {
-    return join(this.directory, "logs", `${component}.log`);
+    return this.#daemons.logPath(component);
   }
 
   /**
@@ -482,8 +462,7 @@ export class ControlPlane {
    * CPU time and memory in /proc; undefined when it is not running.
    */
   pid(component: ComponentName): number | undefined {
-    const found = this.#components.findLast((c) => c.name === component && !exited(c.child));
-    return found?.child.pid;
+    return this.#daemons.pid(component);
   }
 
   /**
@@ -532,12 +511,9 @@ export class ControlPlane {
   async stop(): Promise<void> {
     if (!this.#stopped) {
       this.#stopped = true;
-      const byName = (name: ComponentName) => this.#components.filter((component) => component.name === name);
       // The clients of etcd first, then etcd.
-      await Promise.all(
-        [...byName("kube-controller-manager"), ...byName("kube-apiserver")].map((c) => terminate(c.child)),
-      );
-      await Promise.all(byName("etcd").map((component) => terminate(component.child)));
+      await this.#daemons.stop(["kube-scheduler", "kube-controller-manager", "kube-apiserver"]);
+      await this.#daemons.stop(["etcd"]);
     }
     await rm(this.directory, { recursive: true, force: true });
   }
@@ -559,8 +535,9 @@ export class ControlPlane {
     const { kubernetesVersion, etcdVersion } = this.binaries;
     this.#log(`starting Kubernetes ${kubernetesVersion} (etcd ${etcdVersion}) in ${this.directory}`);
     await mkdir(join(this.directory, "logs"), { recursive: true });
-    const [etcdClientPort, etcdPeerPort, apiserverPort, controllerManagerPort] = await distinctFreePorts(4);
-    this.#server = `https://${HOST}:${apiserverPort}`;
+    const [etcdClientPort, etcdPeerPort, apiserverPort, controllerManagerPort, schedulerPort] =
+      await distinctFreePorts(5);
+    this.#server = `https://${this.address}:${apiserverPort}`;
 
     // PKI, made fresh on every start.
     const pki = this.#pki;
@@ -569,7 +546,7 @@ export class ControlPlane {
     const serving = await pki.issue("kube-apiserver", "/CN=kube-apiserver", [
       "extendedKeyUsage=serverAuth",
       `subjectAltName=${[
-        `IP:${HOST}`,
+        ...new Set([`IP:${LOOPBACK}`, `IP:${this.address}`]),
         `IP:${KUBERNETES_SERVICE_IP}`,
         "DNS:localhost",
         "DNS:kubernetes",
@@ -584,6 +561,12 @@ export class ControlPlane {
     const controllerManager = await pki.issue(
       "kube-controller-manager",
       subject("system:kube-controller-manager", []),
+      clientAuth,
+    );
+    const scheduler = await pki.issue("kube-scheduler", subject("system:kube-scheduler", []), clientAuth);
+    const kubeletClient = await pki.issue(
+      "kube-apiserver-kubelet-client",
+      subject("kube-apiserver-kubelet-client", ["system:masters"]),
       clientAuth,
     );
     const serviceAccountKey = await pki.keyPair("service-account");
@@ -605,12 +588,16 @@ export class ControlPlane {
       await this.#kubeconfig("system:kube-controller-manager", controllerManager),
       { mode: 0o600 },
     );
+    const schedulerKubeconfig = join(this.directory, "kube-scheduler.kubeconfig");
+    await writeFile(schedulerKubeconfig, await this.#kubeconfig("system:kube-scheduler", scheduler), {
+      mode: 0o600,
+    });
 
     // etcd: one member, data in the temporary directory, no fsync (throw-away data, faster).
-    const etcdUrl = `http://${HOST}:${etcdClientPort}`;
+    const etcdUrl = `http://${LOOPBACK}:${etcdClientPort}`;
     this.#etcdUrl = etcdUrl;
-    const peerUrl = `http://${HOST}:${etcdPeerPort}`;
-    this.#spawn("etcd", this.binaries.etcd, [
+    const peerUrl = `http://${LOOPBACK}:${etcdPeerPort}`;
+    this.#daemons.spawn("etcd", this.binaries.etcd, [
       "--name=custody",
       `--data-dir=${join(this.directory, "etcd")}`,
       `--listen-client-urls=${etcdUrl}`,
@@ -622,7 +609,7 @@ export class ControlPlane {
       "--unsafe-no-fsync",
       "--log-level=warn",
     ]);
-    await this.#waitFor("etcd /health", timeout, async () => {
+    await this.#daemons.waitFor("etcd /health", timeout, async () => {
       const response = await fetch(`${etcdUrl}/health`, { signal: AbortSignal.timeout(2_000) });
       const body = await response.text();
       return response.status === 200 && body.includes('"health":"true"') ? true : body;
@@ -636,10 +623,10 @@ export class ControlPlane {
       },
       fingerprint: this.#fingerprint,
     };
-    this.#spawn("kube-apiserver", this.binaries.kubeApiserver, [
+    this.#daemons.spawn("kube-apiserver", this.binaries.kubeApiserver, [
       `--etcd-servers=${etcdUrl}`,
-      `--bind-address=${HOST}`,
-      `--advertise-address=${HOST}`,
+      `--bind-address=${this.address}`,
+      `--advertise-address=${this.address}`,
       `--secure-port=${apiserverPort}`,
       `--cert-dir=${join(this.directory, "kube-apiserver")}`,
       `--tls-cert-file=${serving.certificate}`,
@@ -651,8 +638,15 @@ export class ControlPlane {
       `--service-account-signing-key-file=${serviceAccountKey.privateKey}`,
       `--service-cluster-ip-range=${SERVICE_CLUSTER_IP_RANGE}`,
       // The `kubernetes` Service's Endpoints would name 127.0.0.1, which validation refuses
-      // (loopback), every 10 s; nothing here runs in a Pod and needs them.
-      "--endpoint-reconciler-type=none",
+      // (loopback), every 10 s; on loopback no Pod could reach the API server anyway.
+      ...(this.address === LOOPBACK ? ["--endpoint-reconciler-type=none"] : []),
+      // What a kubelet may change is limited to its own Node and the Pods bound to it (kubeadm's
+      // default; the Node authorizer above limits what it may read).
+      "--enable-admission-plugins=NodeRestriction",
+      // Logs, exec and port-forward go to the kubelet at the address it reports, as this client.
+      `--kubelet-client-certificate=${kubeletClient.certificate}`,
+      `--kubelet-client-key=${kubeletClient.key}`,
+      "--kubelet-preferred-address-types=InternalIP",
       `--requestheader-client-ca-file=${this.#frontProxyPki.caCertificate}`,
       `--requestheader-allowed-names=${FRONT_PROXY_CLIENT}`,
       "--requestheader-username-headers=X-Remote-User",
@@ -664,7 +658,7 @@ export class ControlPlane {
       ...(this.#options.apiserverFlags ?? []),
     ]);
     for (const check of ["/readyz", "/livez"]) {
-      await this.#waitFor(`kube-apiserver ${check}`, timeout, async () => {
+      await this.#daemons.waitFor(`kube-apiserver ${check}`, timeout, async () => {
         const answer = await httpsGet(`${this.server}${check}?verbose`, adminProbe);
         if (answer.status === 200) return true;
         const failing = answer.body.split("\n").filter((line) => line.startsWith("[-]"));
@@ -679,11 +673,11 @@ export class ControlPlane {
 
     // kube-controller-manager, as system:kube-controller-manager, each controller with its own
     // service-account credentials (as kubeadm runs it).
-    this.#spawn("kube-controller-manager", this.binaries.kubeControllerManager, [
+    this.#daemons.spawn("kube-controller-manager", this.binaries.kubeControllerManager, [
       `--kubeconfig=${controllerManagerKubeconfig}`,
       `--authentication-kubeconfig=${controllerManagerKubeconfig}`,
       `--authorization-kubeconfig=${controllerManagerKubeconfig}`,
-      `--bind-address=${HOST}`,
+      `--bind-address=${LOOPBACK}`,
       `--secure-port=${controllerManagerPort}`,
       `--cert-dir=${join(this.directory, "kube-controller-manager")}`,
       `--controllers=${(this.#options.controllers ?? ["*"]).join(",")}`,
@@ -694,94 +688,34 @@ export class ControlPlane {
       `--cluster-signing-key-file=${pki.caKey}`,
       "--leader-elect=false",
     ]);
-    await this.#waitFor("kube-controller-manager /healthz", timeout, async () => {
-      const answer = await httpsGet(`https://${HOST}:${controllerManagerPort}/healthz`, {});
+    await this.#daemons.waitFor("kube-controller-manager /healthz", timeout, async () => {
+      const answer = await httpsGet(`https://${LOOPBACK}:${controllerManagerPort}/healthz`, {});
       return answer.status === 200 ? true : `${answer.status} ${answer.body.slice(0, 200)}`;
     });
     // The serviceaccount controller at work: Pods cannot be created in a namespace before it is.
-    await this.#waitFor("the default ServiceAccount", timeout, async () => {
+    await this.#daemons.waitFor("the default ServiceAccount", timeout, async () => {
       const answer = await httpsGet(
         `${this.server}/api/v1/namespaces/default/serviceaccounts/default`,
         adminProbe,
       );
       return answer.status === 200 ? true : `${answer.status}`;
     });
+    if (this.#options.scheduler === true) {
+      this.#daemons.spawn("kube-scheduler", this.binaries.kubeScheduler, [
+        `--kubeconfig=${schedulerKubeconfig}`,
+        `--authentication-kubeconfig=${schedulerKubeconfig}`,
+        `--authorization-kubeconfig=${schedulerKubeconfig}`,
+        `--bind-address=${LOOPBACK}`,
+        `--secure-port=${schedulerPort}`,
+        "--leader-elect=false",
+      ]);
+      await this.#daemons.waitFor("kube-scheduler /healthz", timeout, async () => {
+        const answer = await httpsGet(`https://${LOOPBACK}:${schedulerPort}/healthz`, {});
+        return answer.status === 200 ? true : `${answer.status} ${answer.body.slice(0, 200)}`;
+      });
+    }
     this.#log(`control plane ready after ${seconds(started)} s; kubeconfig ${this.kubeconfigPath}`);
   }
-
-  #spawn(name: ComponentName, binary: string, args: readonly string[]): ChildProcess {
-    const logPath = this.logPath(name);
-    const fd = openSync(logPath, "a");
-    this.#log(`starting ${name}`);
-    try {
-      const [command, commandArgs] = SETPRIV.available
-        ? [SETPRIV.detail, ["--pdeathsig", "KILL", "--", binary, ...args]]
-        : [binary, args];
-      const child = spawn(command, commandArgs, {
-        cwd: this.directory,
-        stdio: ["ignore", fd, fd],
-        env: realClockEnv(),
-      });
-      running.add(child);
-      child.once("exit", () => running.delete(child));
-      // A failed spawn (ENOENT, EACCES) is reported as the process having exited.
-      child.once("error", () => undefined);
-      this.#components.push({ name, child, logPath });
-      return child;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /**
-   * Polls `probe` until it returns true, printing its last answer every 10 s; fails as soon as a
-   * component exits, or after `timeoutMs`, with the tail of each component's log.
-   */
-  async #waitFor(what: string, timeoutMs: number, probe: () => Promise<true | string>): Promise<void> {
-    const started = Date.now();
-    let lastReport = started;
-    let last = "no answer yet";
-    for (;;) {
-      const dead = this.#components.find((component) => exited(component.child));
-      if (dead !== undefined) {
-        const status = dead.child.exitCode ?? dead.child.signalCode;
-        throw new Error(`${dead.name} exited (${status}) while waiting for ${what}${await this.#logTails()}`);
-      }
-      try {
-        const answer = await probe();
-        if (answer === true) return;
-        last = answer;
-      } catch (error) {
-        last = error instanceof Error ? error.message : String(error);
-      }
-      if (Date.now() - started > timeoutMs) {
-        throw new Error(
-          `${what} not ready within ${timeoutMs / 1000} s (last answer: ${last})${await this.#logTails()}`,
-        );
-      }
-      if (Date.now() - lastReport >= 10_000) {
-        lastReport = Date.now();
-        this.#log(`waiting for ${what} (${seconds(started)} s): ${last.slice(0, 300)}`);
-      }
-      await sleep(250);
-    }
-  }
-
-  async #logTails(): Promise<string> {
-    const parts = await Promise.all(
-      this.#components.map(async (component) => {
-        const status = exited(component.child)
-          ? `exited ${component.child.exitCode ?? component.child.signalCode}`
-          : "running";
-        return `\n--- ${component.name} (${status}), last lines of ${component.logPath}:\n${await tail(component.logPath)}`;
-      }),
-    );
-    return parts.join("");
-  }
-}
-
-function seconds(since: number): string {
-  return ((Date.now() - since) / 1000).toFixed(1);
 }
 
 async function distinctFreePorts(count: number): Promise<number[]> {

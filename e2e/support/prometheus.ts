@@ -80,16 +80,34 @@ const STOP_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 const STDERR_KEPT = 16 * 1024;
 
+/** A whole prometheus.yml, and files it names by relative path (rule files, credentials). */
+export interface PrometheusSetup {
+  readonly config: string;
+  readonly files?: Readonly<Record<string, string>>;
+  /** Default: `prometheus` and `promtool` on PATH (Debian's, which has no Kubernetes discovery). */
+  readonly binaries?: { readonly prometheus: string; readonly promtool: string };
+}
+
 /**
- * Writes the config, checks it with `promtool check config`, starts `prometheus` and resolves once
- * `/-/ready` answers 200; rejects (with its stderr) if it exits first or is not ready in time.
+ * Writes the config (static jobs, or a whole prometheus.yml and its files), checks it with
+ * `promtool check config` (rule files included), starts `prometheus` and resolves once `/-/ready`
+ * answers 200; rejects (with its stderr) if it exits first or is not ready in time.
  */
-export async function startPrometheus(jobs: readonly ScrapeJob[]): Promise<PrometheusServer> {
+export async function startPrometheus(
+  setup: readonly ScrapeJob[] | PrometheusSetup,
+): Promise<PrometheusServer> {
   const directory = await mkdtemp(join(tmpdir(), "custody-prometheus-"));
   const configPath = join(directory, "prometheus.yml");
-  await writeFile(configPath, scrapeConfig(jobs));
+  const { config, files, binaries } =
+    "config" in setup ? setup : { config: scrapeConfig(setup), files: {}, binaries: undefined };
+  const { prometheus, promtool } = binaries ?? { prometheus: "prometheus", promtool: "promtool" };
+  await writeFile(configPath, config);
+  for (const [name, content] of Object.entries(files ?? {})) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) throw new Error(`${name}: a plain file name, please`);
+    await writeFile(join(directory, name), content, { mode: 0o600 });
+  }
   try {
-    execFileSync("promtool", ["check", "config", configPath], { stdio: "pipe" });
+    execFileSync(promtool, ["check", "config", configPath], { stdio: "pipe" });
   } catch (error) {
     await rm(directory, { recursive: true, force: true });
     const failed = error as { stdout?: Buffer; stderr?: Buffer; message: string };
@@ -100,7 +118,7 @@ export async function startPrometheus(jobs: readonly ScrapeJob[]): Promise<Prome
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = spawn(
-    "prometheus",
+    prometheus,
     [
       `--config.file=${configPath}`,
       `--storage.tsdb.path=${join(directory, "data")}`,

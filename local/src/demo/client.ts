@@ -59,6 +59,8 @@ function withBody(init: CallInit): Record<string, string> {
 }
 
 export interface InboundTarget {
+  /** Default 127.0.0.1 (the demo's sidecars, a port-forward); a Service's address in a cluster. */
+  readonly host?: string | undefined;
   readonly port: number;
   /** PEM of Custody's CA (<caDirectory>/ca.crt). */
   readonly ca: string;
@@ -73,7 +75,7 @@ export function callInbound(target: InboundTarget, init: CallInit): Promise<Repl
   return new Promise((resolve, reject) => {
     const outgoing = httpsRequest(
       {
-        host: "127.0.0.1",
+        host: target.host ?? "127.0.0.1",
         port: target.port,
         method: init.method,
         path: init.path,

@@ -1,0 +1,818 @@
+/**
+ * Custody installed the way a user installs it, on a one-node Kubernetes cluster that really runs
+ * Pods (e2e/cluster/host.ts: the real control plane, kubelet, kube-proxy, containerd, runc, CNI):
+ *
+ * - `helm install` of the chart with the images built from this checkout; the operator's Pods run
+ *   from the chart's Deployment, with its arguments and ServiceAccount, and serve the webhooks;
+ * - the shop example (e2e/kind's manifests) applied with kubectl: the real webhook injects the
+ *   sidecar, the Pods get their identities, names resolve as in a cluster, and the demo's seven
+ *   scenarios pass through the same MeshAccess as on kind (e2e/kind/scenarios.ts);
+ * - day-2 operations: a rolling restart of the operator while Pods are admitted, the leader killed,
+ *   a workload's certificate rotated under traffic, a Deployment scaled up and down under traffic,
+ *   a namespace deleted;
+ * - a real Prometheus discovering the operator and the sidecars through kubernetes_sd_configs, as
+ *   the chart's ServiceMonitor and PodMonitor intend, and evaluating the chart's rules.
+ *
+ * The steps depend on each other and run in order. KEEP_CLUSTER=1 leaves the cluster running
+ * afterwards (see e2e/cluster/README.md).
+ */
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { connect } from "node:tls";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
+import { parseServiceId, spiffeIdFor } from "../../crds/src/names.js";
+import { loadRegistry } from "../../crds/src/registry.js";
+import type { Registry } from "../../crds/src/registry-schema.js";
+import { callInbound } from "../../local/src/demo/client.js";
+import { CUSTOMER_SCOPE, type DemoIdp, mintUserToken } from "../../local/src/demo/idp.js";
+import { readIdp, registryTextsOf } from "../kind/scenarios.js";
+import { type ClusterHost, startClusterHost } from "../support/cluster-host.js";
+import { requireControlPlane } from "../support/control-plane.js";
+import { type Helm, openHelm } from "../support/helm.js";
+import { type Kubectl, kubectlFor } from "../support/kubectl.js";
+import { nodeBinaries, requireNode } from "../support/node.js";
+import { type PrometheusServer, startPrometheus } from "../support/prometheus.js";
+import { translateMonitors } from "../support/prometheus-monitors.js";
+import { requireTool } from "../support/tools.js";
+
+const READY = requireTool("kubectl") && requireTool("unzip") && requireControlPlane() && requireNode();
+const KEEP = process.env.KEEP_CLUSTER === "1";
+const SYSTEM = "custody-system";
+const SHOP = "shop";
+const INBOUND_PORT = 15006;
+const MINUTE = 60_000;
+
+function progress(line: string): void {
+  process.stderr.write(`[cluster] ${line}\n`);
+}
+
+interface Meta {
+  readonly name: string;
+  readonly namespace?: string;
+  readonly labels?: Record<string, string>;
+  readonly annotations?: Record<string, string>;
+  readonly deletionTimestamp?: string;
+}
+
+interface Container {
+  readonly name: string;
+  readonly image: string;
+  readonly args?: string[];
+  readonly env?: { name: string; value?: string }[];
+}
+
+interface PodObject {
+  readonly metadata: Meta;
+  readonly spec: {
+    readonly nodeName?: string;
+    readonly serviceAccountName?: string;
+    readonly containers: Container[];
+  };
+  readonly status: {
+    readonly phase?: string;
+    readonly podIP?: string;
+    readonly conditions?: { type: string; status: string }[];
+    readonly containerStatuses?: {
+      name: string;
+      ready: boolean;
+      restartCount: number;
+      containerID?: string;
+    }[];
+  };
+}
+
+interface List<T> {
+  readonly items: T[];
+}
+
+/** Polls `probe` until it returns something other than a string; the string says what is awaited. */
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | string>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  for (;;) {
+    let answer: T | string;
+    try {
+      answer = await probe();
+    } catch (error) {
+      answer = error instanceof Error ? error.message : String(error);
+    }
+    if (typeof answer !== "string") return answer;
+    if (answer !== last) progress(`waiting for ${what}: ${answer}`);
+    last = answer;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s (${answer})`);
+    await sleep(1_000);
+  }
+}
+
+function ready(pod: PodObject): boolean {
+  return (
+    pod.metadata.deletionTimestamp === undefined &&
+    pod.status.phase === "Running" &&
+    pod.status.conditions?.some((condition) => condition.type === "Ready" && condition.status === "True") ===
+      true
+  );
+}
+
+function node(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [...args],
+      { env, maxBuffer: 16 * 1024 * 1024, timeout: 15 * MINUTE },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : 1;
+        resolve({ code, output: `${stdout}${stderr}` });
+      },
+    );
+  });
+}
+
+/** The serial number of the certificate a TLS server presents (no client certificate offered). */
+function servedCertificateSerial(host: string, port: number, ca: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port, ca, checkServerIdentity: () => undefined, timeout: 5_000 }, () => {
+      const serial = socket.getPeerCertificate().serialNumber;
+      socket.destroy();
+      resolve(serial.toLowerCase());
+    });
+    socket.once("error", reject);
+    socket.once("timeout", () => socket.destroy(new Error("TLS handshake timed out")));
+  });
+}
+
+/** Checkouts through shop's Service address, one after the other, until `stop()`. */
+class CheckoutTraffic {
+  readonly failures: string[] = [];
+  succeeded = 0;
+  #running = true;
+  readonly #done: Promise<void>;
+
+  constructor(target: { host: string; ca: string; spiffeId: string }, idp: DemoIdp) {
+    this.#done = (async () => {
+      for (let order = 0; this.#running; order++) {
+        const token = mintUserToken(idp, { subject: "customer-42", scopes: [CUSTOMER_SCOPE] });
+        try {
+          const reply = await callInbound(
+            { host: target.host, port: INBOUND_PORT, ca: target.ca, spiffeId: target.spiffeId },
+            {
+              method: "POST",
+              path: "/checkout",
+              headers: { authorization: `Bearer ${token}` },
+              body: JSON.stringify({ orderId: String(2000 + order), card: "4242 4242 4242 4242" }),
+            },
+          );
+          if (reply.status === 200 && reply.body.includes("paid")) this.succeeded++;
+          else this.failures.push(`${new Date().toISOString()} ${reply.status} ${reply.body.slice(0, 200)}`);
+        } catch (error) {
+          this.failures.push(
+            `${new Date().toISOString()} ${error instanceof Error ? error.message : String(error)}`,
+          );
+        }
+        await sleep(50);
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.#running = false;
+    await this.#done;
+  }
+}
+
+describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its Pods", () => {
+  let host: ClusterHost;
+  let work: string;
+  let kubectl: Kubectl;
+  let helm: Helm;
+  let prometheus: PrometheusServer | undefined;
+  let idp: DemoIdp;
+  let ca: string;
+  let failed = false;
+
+  const ok = async (args: readonly string[], input?: string): Promise<string> => {
+    const result = await kubectl(args, input);
+    if (result.code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${result.stderr.trim()}`);
+    return result.stdout;
+  };
+  const json = async <T>(args: readonly string[]): Promise<T> =>
+    JSON.parse(await ok([...args, "-o", "json"])) as T;
+  const pods = async (namespace: string, selector?: string) =>
+    (
+      await json<List<PodObject>>([
+        "-n",
+        namespace,
+        "get",
+        "pods",
+        ...(selector === undefined ? [] : ["-l", selector]),
+      ])
+    ).items;
+  const registryOf = async (namespace: string): Promise<Registry | undefined> => {
+    const texts = registryTextsOf(await json(["-n", namespace, "get", "configmaps"]));
+    return texts.length === 0 ? undefined : loadRegistry(texts);
+  };
+  /** Until the Deployment's Pods are exactly `replicas`, all Ready, none terminating. */
+  const rolledOut = (namespace: string, name: string, replicas: number, timeoutMs = 5 * MINUTE) =>
+    until(`${namespace}/${name} with ${replicas} Ready Pods`, timeoutMs, async () => {
+      const all = await pods(namespace, `app.kubernetes.io/name=${name}`);
+      const current = all.filter(ready);
+      return current.length === replicas && all.length === replicas
+        ? current
+        : `${current.length} Ready of ${all.length} Pods`;
+    });
+  const shopTarget = async () => {
+    const service = await json<{ spec: { clusterIP: string } }>(["-n", SHOP, "get", "service", "shop"]);
+    const registry = await registryOf(SHOP);
+    if (registry === undefined) throw new Error("no registry in shop");
+    return {
+      host: service.spec.clusterIP,
+      ca,
+      spiffeId: spiffeIdFor(registry.trustDomain, parseServiceId("shop.shop")),
+    };
+  };
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), "custody-cluster-"));
+    host = await startClusterHost({ keep: KEEP, log: (line) => process.stderr.write(`${line}\n`) });
+    kubectl = kubectlFor(host.state.kubeconfig, join(work, "kubectl-cache"));
+    helm = await openHelm();
+    progress(`cluster up: Kubernetes ${host.state.kubernetesVersion} at ${host.state.server}`);
+  }, 20 * MINUTE);
+
+  afterEach((context) => {
+    if (context.task.result?.state === "fail") failed = true;
+  });
+
+  afterAll(async () => {
+    if (failed && host !== undefined) {
+      for (const args of [
+        ["get", "nodes,pods", "-A", "-o", "wide"],
+        ["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        ["-n", SYSTEM, "logs", "-l", "app.kubernetes.io/component=operator", "--tail=80", "--prefix"],
+        [
+          "-n",
+          SHOP,
+          "logs",
+          "-l",
+          "app.kubernetes.io/part-of=custody-e2e",
+          "--all-containers",
+          "--tail=40",
+          "--prefix",
+        ],
+      ]) {
+        const result = await kubectl(args);
+        process.stderr.write(`\n---- kubectl ${args.join(" ")}\n${result.stdout}${result.stderr}`);
+      }
+    }
+    await prometheus?.stop();
+    await helm?.close();
+    await host?.stop();
+    if (host?.kept === true) {
+      progress(`the cluster stays up (KEEP_CLUSTER=1): export KUBECONFIG=${host.state.kubeconfig}`);
+      progress("when done: make e2e-cluster-down");
+    }
+    if (work !== undefined) await rm(work, { recursive: true, force: true });
+  }, 5 * MINUTE);
+
+  it(
+    "helm install: the operator runs from the chart's Deployment, as its ServiceAccount, and serves the webhooks",
+    async () => {
+      await ok(["apply", "-f", "crds/"]);
+      await ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/serviceidentities.custody.dev",
+        "crd/accesspolicies.custody.dev",
+      ]);
+      await ok(["create", "namespace", SYSTEM]);
+      const caDirectory = join(work, "ca");
+      const init = await node(["bin/custody.mjs", "pki", "init", "--out", caDirectory], process.env);
+      expect(init.code, init.output).toBe(0);
+      ca = await readFile(join(caDirectory, "ca.crt"), "utf8");
+      await ok([
+        "-n",
+        SYSTEM,
+        "create",
+        "secret",
+        "generic",
+        "custody-ca",
+        `--from-file=ca.crt=${join(caDirectory, "ca.crt")}`,
+        `--from-file=ca.key=${join(caDirectory, "ca.key")}`,
+      ]);
+      const idpDirectory = join(work, "idp");
+      const made = await node(
+        ["--import", "tsx", "e2e/kind/scenarios.ts", "idp", "--out", idpDirectory],
+        process.env,
+      );
+      expect(made.code, made.output).toBe(0);
+      idp = await readIdp(idpDirectory);
+      await ok([
+        "-n",
+        SYSTEM,
+        "create",
+        "configmap",
+        "custody-trusted-issuers",
+        `--from-file=trusted-issuers.json=${join(idpDirectory, "trusted-issuers.json")}`,
+      ]);
+      const [operatorRepository, operatorTag] = host.state.operatorImage.split(/:(?=[^:]+$)/);
+      const [sidecarRepository, sidecarTag] = host.state.sidecarImage.split(/:(?=[^:]+$)/);
+      const installed = await helm.run([
+        "install",
+        "custody",
+        "charts/custody",
+        "--namespace",
+        SYSTEM,
+        "--kubeconfig",
+        host.state.kubeconfig,
+        "--set",
+        `operator.image.repository=${operatorRepository}`,
+        "--set",
+        `operator.image.tag=${operatorTag}`,
+        "--set",
+        "operator.image.pullPolicy=IfNotPresent",
+        "--set",
+        `sidecar.image.repository=${sidecarRepository}`,
+        "--set",
+        `sidecar.image.tag=${sidecarTag}`,
+        "--set",
+        "operator.trustedIssuers.existingConfigMap=custody-trusted-issuers",
+        "--wait",
+        "--timeout",
+        "5m",
+      ]);
+      expect(installed.code, installed.stderr).toBe(0);
+
+      const operators = (await pods(SYSTEM, "app.kubernetes.io/component=operator")).filter(ready);
+      expect(operators).toHaveLength(2);
+      for (const pod of operators) {
+        expect(pod.spec.nodeName).toBe(host.state.node);
+        expect(pod.spec.serviceAccountName).toBe("custody-operator");
+        const [container] = pod.spec.containers;
+        expect(container?.image).toBe(host.state.operatorImage);
+        expect(container?.args?.[0]).toBe("operator");
+        expect(container?.args).toContain("--webhook-service");
+      }
+      // The keeper (one of these Pods) writes Custody's CA into the webhook configurations.
+      await until("the injection webhook's caBundle", MINUTE, async () => {
+        const configuration = await json<{ webhooks: { clientConfig: { caBundle?: string } }[] }>([
+          "get",
+          "mutatingwebhookconfiguration",
+          "custody-sidecar-injector",
+        ]);
+        return configuration.webhooks.every((webhook) => (webhook.clientConfig.caBundle ?? "") !== "")
+          ? true
+          : "no caBundle yet";
+      });
+    },
+    10 * MINUTE,
+  );
+
+  it(
+    "the shop example: injected Pods start with the sidecar the webhook wrote, and get their identities",
+    async () => {
+      await ok(["create", "namespace", SHOP]);
+      await ok([
+        "label",
+        "namespace",
+        SHOP,
+        "custody.dev/injection=enabled",
+        "pod-security.kubernetes.io/enforce=restricted",
+      ]);
+      await ok(["apply", "-f", "examples/shop/identities.yaml", "-f", "examples/shop/policies.yaml"]);
+      await ok(["-n", SHOP, "wait", "--for=condition=Ready", "--timeout=120s", "serviceidentities", "--all"]);
+      await ok(["-n", SHOP, "wait", "--for=condition=Ready", "--timeout=120s", "accesspolicies", "--all"]);
+      await ok([
+        "-n",
+        SHOP,
+        "create",
+        "configmap",
+        "shop-apps",
+        "--from-file=examples/shop/apps/",
+        "--from-file=e2e/kind/apps/",
+      ]);
+      await ok(["apply", "-f", "e2e/kind/shop.yaml"]);
+      for (const name of ["shop", "cart", "payments"]) {
+        const [pod] = await rolledOut(SHOP, name, 1);
+        const containers = pod?.spec.containers ?? [];
+        const sidecar = containers.find((container) => container.name === "custody-sidecar");
+        expect(sidecar?.image, `${name}'s Pod: ${containers.map((c) => c.name).join(", ")}`).toBe(
+          host.state.sidecarImage,
+        );
+        expect(pod?.status.containerStatuses?.every((status) => status.ready)).toBe(true);
+        // The sidecar has its identity: its /readyz (through the API server's pod proxy) answers.
+        const readyz = JSON.parse(
+          await ok([
+            "get",
+            "--raw",
+            `/api/v1/namespaces/${SHOP}/pods/${pod?.metadata.name}:15020/proxy/readyz`,
+          ]),
+        ) as Record<string, unknown>;
+        expect(typeof readyz.generation).toBe("number");
+      }
+    },
+    10 * MINUTE,
+  );
+
+  it(
+    "names resolve as in a cluster: <service>.<namespace>.svc from inside a Pod, as the registry's locations say",
+    async () => {
+      const registry = await registryOf(SHOP);
+      const payments = registry?.services.find((service) => service.id === "payments.shop");
+      expect(payments?.location).toBe("payments.shop.svc:15006");
+      const clusterIp = (
+        await json<{ spec: { clusterIP: string } }>(["-n", SHOP, "get", "service", "payments"])
+      ).spec.clusterIP;
+      const resolved = await ok([
+        "-n",
+        SHOP,
+        "exec",
+        "deploy/cart",
+        "-c",
+        "app",
+        "--",
+        "node",
+        "-e",
+        "require('node:dns').lookup('payments.shop.svc', { family: 4 }, (error, address) => console.log(error ? error.code : address))",
+      ]);
+      expect(resolved.trim()).toBe(clusterIp);
+    },
+    2 * MINUTE,
+  );
+
+  it(
+    "the demo's seven scenarios pass on it, through the same MeshAccess as on kind",
+    async () => {
+      // Prometheus from now on: the scenarios' allowed and denied calls are what it should see.
+      prometheus = await startMonitoring();
+      const played = await node(
+        [
+          "--import",
+          "tsx",
+          "e2e/kind/scenarios.ts",
+          "run",
+          "--ca",
+          join(work, "ca", "ca.crt"),
+          "--idp",
+          join(work, "idp"),
+          "--namespace",
+          SHOP,
+        ],
+        { ...process.env, KUBECONFIG: host.state.kubeconfig, TMPDIR: work },
+      );
+      process.stderr.write(played.output);
+      expect(played.output).toContain("PASS: 7 of 7 outcomes as expected");
+      expect(played.code).toBe(0);
+    },
+    12 * MINUTE,
+  );
+
+  it(
+    "day 2: a rolling restart of the operator while Pods are admitted: no admission fails",
+    async () => {
+      const before = (await pods(SYSTEM, "app.kubernetes.io/component=operator")).map(
+        (pod) => pod.metadata.name,
+      );
+      await ok(["-n", SYSTEM, "rollout", "restart", "deployment/custody-operator"]);
+      const cart = await json<Record<string, unknown>>(["-n", SHOP, "get", "deployment", "cart"]);
+      const template = (cart.spec as { template: { metadata: Meta; spec: unknown } }).template;
+      const outcomes: string[] = [];
+      let admitted = 0;
+      let finished = false;
+      const rollout = ok([
+        "-n",
+        SYSTEM,
+        "rollout",
+        "status",
+        "deployment/custody-operator",
+        "--timeout=5m",
+      ]).finally(() => {
+        finished = true;
+      });
+      // Pods as a ReplicaSet creates them, checked by the API server (webhooks included) without
+      // being stored: every creation during the rollout must pass admission and carry a sidecar.
+      for (let index = 0; !finished || index < 10; index++) {
+        const pod = {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { ...template.metadata, name: `admission-${index}`, namespace: SHOP },
+          spec: template.spec,
+        };
+        const result = await kubectl(
+          ["create", "--dry-run=server", "-o", "json", "-f", "-"],
+          JSON.stringify(pod),
+        );
+        if (result.code !== 0) {
+          outcomes.push(`admission-${index}: ${result.stderr.trim()}`);
+        } else {
+          const created = JSON.parse(result.stdout) as PodObject;
+          if (created.spec.containers.some((container) => container.name === "custody-sidecar")) admitted++;
+          else outcomes.push(`admission-${index}: admitted without a sidecar`);
+        }
+        await sleep(200);
+      }
+      await rollout;
+      const after = (await pods(SYSTEM, "app.kubernetes.io/component=operator")).filter(ready);
+      expect(after).toHaveLength(2);
+      expect(after.every((pod) => !before.includes(pod.metadata.name))).toBe(true);
+      expect(outcomes).toEqual([]);
+      expect(admitted).toBeGreaterThanOrEqual(10);
+      progress(`${admitted} Pods admitted during the operator's rolling restart`);
+    },
+    8 * MINUTE,
+  );
+
+  it(
+    "day 2: the leader killed, the other replica takes over and reconciles",
+    async () => {
+      const lease = async () =>
+        (
+          await json<{ spec: { holderIdentity?: string } }>([
+            "-n",
+            SYSTEM,
+            "get",
+            "lease",
+            "custody-operator",
+          ])
+        ).spec.holderIdentity ?? "";
+      const { leader } = await until("a leader", 2 * MINUTE, async () => {
+        const holder = await lease();
+        return holder === "" ? "no holder" : { leader: holder };
+      });
+      const operators = await pods(SYSTEM, "app.kubernetes.io/component=operator");
+      const leaderPod = operators.find((pod) => leader.includes(pod.metadata.name));
+      expect(leaderPod, `the Lease names ${leader}`).toBeDefined();
+      const containerId = leaderPod?.status.containerStatuses?.[0]?.containerID?.replace(
+        /^containerd:\/\//,
+        "",
+      );
+      expect(containerId).toBeDefined();
+      // SIGKILL to the container's process, as the kernel's OOM killer or a crash would end it.
+      const killed = await node(
+        ["--import", "tsx", "e2e/cluster/host.ts", "kill-container", String(containerId)],
+        process.env,
+      );
+      expect(killed.code, killed.output).toBe(0);
+      const { successor } = await until("another replica leading", 3 * MINUTE, async () => {
+        const holder = await lease();
+        return holder !== "" && holder !== leader ? { successor: holder } : `still ${holder}`;
+      });
+      progress(`leader ${leader} killed; ${successor} leads`);
+      // The new leader reconciles: a new identity becomes Ready.
+      await ok(
+        ["apply", "-f", "-"],
+        JSON.stringify({
+          apiVersion: "custody.dev/v1alpha1",
+          kind: "ServiceIdentity",
+          metadata: { name: "after-failover", namespace: SHOP },
+          spec: { environment: "dev", scopes: ["audit.read"] },
+        }),
+      );
+      await ok([
+        "-n",
+        SHOP,
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "serviceidentity/after-failover",
+      ]);
+      // And the killed container came back (the kubelet restarts it).
+      await until("the killed operator restarted", 3 * MINUTE, async () => {
+        const pod = (await pods(SYSTEM, "app.kubernetes.io/component=operator")).find(
+          (candidate) => candidate.metadata.name === leaderPod?.metadata.name,
+        );
+        const restarts = pod?.status.containerStatuses?.[0]?.restartCount ?? 0;
+        return pod !== undefined && ready(pod) && restarts >= 1 ? true : `restarts ${restarts}`;
+      });
+      await ok(["-n", SHOP, "delete", "serviceidentity", "after-failover"]);
+    },
+    8 * MINUTE,
+  );
+
+  it(
+    "day 2: cart's certificate rotated under traffic: no call fails",
+    async () => {
+      const secret = async () =>
+        (await json<{ data: Record<string, string> }>(["-n", SHOP, "get", "secret", "custody-identity-cart"]))
+          .data;
+      const serialOf = async (pem: string) => {
+        const { X509Certificate } = await import("node:crypto");
+        return new X509Certificate(pem).serialNumber.toLowerCase();
+      };
+      const oldSerial = await serialOf(Buffer.from((await secret())["tls.crt"] ?? "", "base64").toString());
+      const [cartPod] = await rolledOut(SHOP, "cart", 1);
+      const cartIp = cartPod?.status.podIP ?? "";
+      expect(await servedCertificateSerial(cartIp, INBOUND_PORT, ca)).toBe(oldSerial);
+
+      const traffic = new CheckoutTraffic(await shopTarget(), idp);
+      try {
+        // A new certificate profile is a normal rotation: next key published, the Secret switched
+        // after the propagation delay, the sidecar reloading it from its volume.
+        await ok([
+          "-n",
+          SHOP,
+          "patch",
+          "serviceidentity",
+          "cart",
+          "--type=merge",
+          "-p",
+          '{"spec":{"certificate":{"duration":"25h"}}}',
+        ]);
+        const { newSerial } = await until("cart's Secret with a new certificate", 6 * MINUTE, async () => {
+          const serial = await serialOf(Buffer.from((await secret())["tls.crt"] ?? "", "base64").toString());
+          return serial !== oldSerial ? { newSerial: serial } : "the old certificate";
+        });
+        await until("cart's sidecar serving the new certificate", 4 * MINUTE, async () => {
+          const served = await servedCertificateSerial(cartIp, INBOUND_PORT, ca);
+          return served === newSerial ? true : `serves ${served}`;
+        });
+        await sleep(10_000);
+      } finally {
+        await traffic.stop();
+      }
+      progress(`rotation under traffic: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`);
+      expect(traffic.failures).toEqual([]);
+      expect(traffic.succeeded).toBeGreaterThan(20);
+    },
+    15 * MINUTE,
+  );
+
+  it(
+    "day 2: payments scaled up and down under traffic: no call fails",
+    async () => {
+      const traffic = new CheckoutTraffic(await shopTarget(), idp);
+      try {
+        await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=3"]);
+        const scaled = await rolledOut(SHOP, "payments", 3);
+        for (const pod of scaled) {
+          expect(pod.spec.containers.map((container) => container.name)).toContain("custody-sidecar");
+        }
+        await sleep(15_000);
+        await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=1"]);
+        await rolledOut(SHOP, "payments", 1);
+        await sleep(10_000);
+      } finally {
+        await traffic.stop();
+      }
+      progress(
+        `scale 1 → 3 → 1 under traffic: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`,
+      );
+      expect(traffic.failures).toEqual([]);
+      expect(traffic.succeeded).toBeGreaterThan(20);
+    },
+    12 * MINUTE,
+  );
+
+  it(
+    "day 2: a namespace deleted: everything of Custody in it goes, and its identity leaves the other registries",
+    async () => {
+      await ok(["apply", "-f", "e2e/cluster/ledger.yaml"]);
+      await ok(["-n", "ledger", "wait", "--for=condition=Ready", "--timeout=120s", "serviceidentity/ledger"]);
+      await rolledOut("ledger", "ledger", 1);
+      await until("ledger in shop's registry", 2 * MINUTE, async () =>
+        (await registryOf(SHOP))?.services.some((service) => service.id === "ledger.ledger") === true
+          ? true
+          : "not yet",
+      );
+      await ok(["delete", "namespace", "ledger", "--wait=false"]);
+      await until("namespace ledger gone", 5 * MINUTE, async () => {
+        const result = await kubectl(["get", "namespace", "ledger", "-o", "json"]);
+        if (result.code !== 0 && result.stderr.includes("NotFound")) return true;
+        const namespace = JSON.parse(result.stdout || "{}") as {
+          status?: { conditions?: { message?: string }[] };
+        };
+        return `terminating: ${(namespace.status?.conditions ?? []).map((condition) => condition.message).join("; ")}`;
+      });
+      await until("ledger gone from shop's registry", 3 * MINUTE, async () =>
+        (await registryOf(SHOP))?.services.some((service) => service.id === "ledger.ledger") === false
+          ? true
+          : "still listed",
+      );
+      // Nothing of Custody's is left anywhere for that namespace.
+      const leftovers = await json<List<{ metadata: Meta }>>([
+        "get",
+        "serviceidentities,accesspolicies",
+        "-A",
+      ]);
+      expect(leftovers.items.filter((item) => item.metadata.namespace === "ledger")).toEqual([]);
+    },
+    12 * MINUTE,
+  );
+
+  it(
+    "Prometheus discovers the operator and the sidecars through kubernetes_sd_configs and evaluates the chart's rules",
+    async () => {
+      const server = prometheus;
+      expect(server).toBeDefined();
+      if (server === undefined) return;
+      const targets = await until("every target up", 3 * MINUTE, async () => {
+        const { activeTargets } = await server.api<{
+          activeTargets: { labels: Record<string, string>; health: string; lastError: string }[];
+        }>("targets", { state: "active" });
+        const operatorTargets = activeTargets.filter(
+          (target) => target.labels.job === "custody-operator-metrics",
+        );
+        const sidecarTargets = activeTargets.filter(
+          (target) => target.labels.job === `${SYSTEM}/custody-sidecars`,
+        );
+        const down = [...operatorTargets, ...sidecarTargets].filter((target) => target.health !== "up");
+        if (operatorTargets.length !== 4 || sidecarTargets.length < 3 || down.length > 0) {
+          return `${operatorTargets.length} operator and ${sidecarTargets.length} sidecar targets, down: ${down
+            .map((target) => `${target.labels.pod} ${target.lastError}`)
+            .join("; ")}`;
+        }
+        return { operatorTargets, sidecarTargets };
+      });
+      // The labels the alert rules use come from discovery.
+      for (const target of targets.sidecarTargets) {
+        expect(target.labels.namespace).toBe(SHOP);
+        expect(target.labels.pod).toMatch(/^(shop|cart|payments)-/);
+      }
+      await until("denials counted per namespace by the recording rules", 3 * MINUTE, async () => {
+        const denials = await server.query(
+          'namespace_reason:custody_sidecar_inbound_denials:rate5m{namespace="shop"}',
+        );
+        return denials.length > 0 ? true : "no series yet";
+      });
+      const registryGeneration = await server.query("custody:operator_registry_generation:max");
+      expect(registryGeneration[0]?.value ?? 0).toBeGreaterThan(0);
+      const { groups } = await server.api<{
+        groups: {
+          name: string;
+          rules: { name: string; health: string; lastError?: string; type: string }[];
+        }[];
+      }>("rules");
+      expect(groups.map((group) => group.name).sort()).toEqual(["custody.alerts", "custody.rules"]);
+      const unhealthy = groups
+        .flatMap((group) => group.rules)
+        .filter((rule) => rule.health !== "ok")
+        .map((rule) => `${rule.name}: ${rule.health} ${rule.lastError ?? ""}`);
+      expect(unhealthy).toEqual([]);
+    },
+    8 * MINUTE,
+  );
+
+  /** A Prometheus outside the cluster, as its ServiceAccount, configured from the chart's monitors. */
+  async function startMonitoring(): Promise<PrometheusServer> {
+    await ok(["create", "namespace", "monitoring"]);
+    await ok(["-n", "monitoring", "create", "serviceaccount", "prometheus"]);
+    await ok([
+      "create",
+      "clusterrole",
+      "prometheus-discovery",
+      "--verb=get,list,watch",
+      "--resource=pods,services,endpoints,endpointslices.discovery.k8s.io,nodes",
+    ]);
+    await ok([
+      "create",
+      "clusterrolebinding",
+      "prometheus-discovery",
+      "--clusterrole=prometheus-discovery",
+      "--serviceaccount=monitoring:prometheus",
+    ]);
+    const token = (await ok(["-n", "monitoring", "create", "token", "prometheus", "--duration=2h"])).trim();
+    const rendered = await helm.run([
+      "template",
+      "custody",
+      "charts/custody",
+      "--namespace",
+      SYSTEM,
+      "--set",
+      "monitoring.serviceMonitor.enabled=true",
+      "--set",
+      "monitoring.serviceMonitor.interval=5s",
+      "--set",
+      "monitoring.podMonitor.enabled=true",
+      "--set",
+      "monitoring.podMonitor.interval=5s",
+      "--set",
+      "monitoring.prometheusRule.enabled=true",
+      "--show-only",
+      "templates/monitoring.yaml",
+    ]);
+    expect(rendered.code, rendered.stderr).toBe(0);
+    const objects = parseAllDocuments(rendered.stdout).map((document) => document.toJS() as unknown);
+    const kubeconfig = await readFile(host.state.kubeconfig, "utf8");
+    const caData = /certificate-authority-data: (\S+)/.exec(kubeconfig)?.[1] ?? "";
+    const translated = translateMonitors(
+      objects,
+      { apiServer: host.state.server, caFile: "kubernetes-ca.crt", tokenFile: "token" },
+      { scrapeInterval: "5s", evaluationInterval: "5s" },
+    );
+    const files: Record<string, string> = {
+      "kubernetes-ca.crt": Buffer.from(caData, "base64").toString(),
+      token,
+      ...(translated.rules === undefined ? {} : { "rules.yaml": translated.rules }),
+    };
+    await writeFile(join(work, "prometheus.yml"), translated.config);
+    const { prometheus: prometheusBinary, promtool } = nodeBinaries();
+    return startPrometheus({
+      config: translated.config,
+      files,
+      binaries: { prometheus: prometheusBinary, promtool },
+    });
+  }
+});

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds the operator and sidecar images from this checkout, with the Dockerfiles unchanged, over
+# the base images e2e/node/build.sh made (buildah, no registry: --pull=never), and writes each as
+# an OCI archive that the test node's containerd imports.
+#
+#   bash e2e/node/images.sh OUT_DIR [TAG]
+#
+# Writes OUT_DIR/custody-operator.tar and OUT_DIR/custody-sidecar.tar, images
+# custody.local/custody-operator:TAG and custody.local/custody-sidecar:TAG (TAG default e2e).
+# buildah's layer cache lives in the node cache: a second build with the same package-lock.json
+# reuses the npm ci layers, and the sidecar reuses the operator's build and deps stages.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="${1:?usage: e2e/node/images.sh OUT_DIR [TAG]}"
+TAG="${2:-e2e}"
+CACHE="${CUSTODY_CACHE_DIR:-$HOME/.cache/custody}/node"
+BUILDAH=(buildah --root "$CACHE/buildah" --runroot /run/custody-buildah --storage-driver overlay)
+
+say() { printf 'images: %s\n' "$*"; }
+die() {
+  printf 'images: error: %s\n' "$*" >&2
+  exit 1
+}
+
+[[ $(id -u) -eq 0 ]] || die "run as root (buildah stores the images as root)"
+[[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "TAG=$TAG is not an image tag"
+"${BUILDAH[@]}" inspect --type image gcr.io/distroless/nodejs24-debian12:nonroot >/dev/null 2>&1 ||
+  die "the base images are not built: run bash e2e/node/build.sh first"
+mkdir -p "$OUT"
+cd "$ROOT"
+
+# RUN steps run chrooted (no OCI runtime needed) with the host's network: npm ci reaches the
+# npm registry the way it does outside.
+export BUILDAH_ISOLATION=chroot
+build_args=(--quiet --pull=never --layers --network host)
+# A machine whose way out is a TLS-intercepting proxy trusts its CA through NODE_EXTRA_CA_CERTS;
+# npm inside the build stages must trust it too. It is lent to the RUN steps as a read-only
+# volume with an npm config naming it, never copied into a layer (what a Docker user does with a
+# secret mount).
+if [[ -n "${NODE_EXTRA_CA_CERTS:-}" && -f "$NODE_EXTRA_CA_CERTS" ]]; then
+  npmrc="$(mktemp)"
+  trap 'rm -f "$npmrc"' EXIT
+  printf 'cafile=/run/custody-build/ca.crt\n' >"$npmrc"
+  build_args+=(--volume "$NODE_EXTRA_CA_CERTS:/run/custody-build/ca.crt:ro" --volume "$npmrc:/usr/local/etc/npmrc:ro")
+  say "the build stages trust $NODE_EXTRA_CA_CERTS (NODE_EXTRA_CA_CERTS) for the npm registry"
+fi
+for component in operator sidecar; do
+  image="custody.local/custody-$component:$TAG"
+  say "building $image from Dockerfile.$component (cold: ~2 min; cached layers: seconds)"
+  start=$SECONDS
+  "${BUILDAH[@]}" build "${build_args[@]}" -f "Dockerfile.$component" -t "$image" . >/dev/null
+  rm -f "$OUT/custody-$component.tar"
+  "${BUILDAH[@]}" push --quiet "$image" "oci-archive:$OUT/custody-$component.tar:$image" >/dev/null
+  say "built $image in $((SECONDS - start)) s: $OUT/custody-$component.tar"
+done
+# Layers of earlier builds that no tag names any more (each build of a changed checkout leaves
+# its old dist/ layer): without this the cache grows by one image per run.
+"${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
