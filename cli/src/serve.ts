@@ -50,7 +50,7 @@ export function closeGracefully(server: HttpLikeServer, graceMs: number): Promis
     const lastOnConnection = (_request: unknown, response: { shouldKeepAlive: boolean }) => {
       response.shouldKeepAlive = false;
     };
-    server.on("request", lastOnConnection);
+    server.prependListener("request", lastOnConnection);
     const sweep = setInterval(() => server.closeIdleConnections(), 100);
     sweep.unref();
     server.close(() => {
@@ -61,6 +61,22 @@ export function closeGracefully(server: HttpLikeServer, graceMs: number): Promis
     });
     server.closeIdleConnections();
   });
+}
+
+/**
+ * The start of a shutdown in a cluster: the server keeps accepting and answering, but every
+ * response from now on closes its connection and idle keep-alive connections are closed now, so
+ * that clients reconnect, and their new connections go where the Service's endpoints now point.
+ * Endpoints drop a terminating pod only a moment after it got SIGTERM (the EndpointSlice update,
+ * then every node's kube-proxy); a server that stopped listening at once would refuse the
+ * connections made in that moment.
+ */
+export function drain(server: HttpLikeServer): void {
+  // Before the handler, which may answer at once.
+  server.prependListener("request", (_request: unknown, response: { shouldKeepAlive: boolean }) => {
+    response.shouldKeepAlive = false;
+  });
+  server.closeIdleConnections();
 }
 
 /**

@@ -14,7 +14,7 @@ import { stringify } from "yaml";
 import { type Cluster, startCluster } from "../support/cluster.js";
 import { requireControlPlane } from "../support/control-plane.js";
 import { freePort } from "../support/net.js";
-import { type CliProcess, killAll, startCliProcess } from "../support/process.js";
+import { type CliProcess, killAll, parseLogLines, startCliProcess } from "../support/process.js";
 import { requireTool } from "../support/tools.js";
 
 const HAS_CLUSTER = requireTool("kubectl") && requireControlPlane();
@@ -229,8 +229,26 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
     }
   }, 120_000);
 
-  it("stops cleanly on SIGTERM", async () => {
+  it("on SIGTERM keeps admitting, not ready, for --shutdown-delay (endpoints still route to it), then stops cleanly", async () => {
+    const started = parseLogLines(operator.lines).find((line) => line.event === "operator_started");
+    const adminUrl = String(started?.adminUrl);
     process.kill(operator.pid, "SIGTERM");
+    await vi.waitFor(
+      () => expect(operator.lines.some((line) => line.includes('"event":"draining"'))).toBe(true),
+      {
+        timeout: 5_000,
+      },
+    );
+    const readyz = await fetch(`${adminUrl}/readyz`);
+    expect(readyz.status).toBe(503);
+    expect(readyz.headers.get("connection")).toBe("close");
+    expect(((await readyz.json()) as { status: string }).status).toBe("draining");
+    // The API server's webhook call still gets an answer: a Pod is admitted, with its sidecar.
+    const file = join(cluster.directory, "during-drain.yaml");
+    await writeFile(file, stringify(pod("during-drain", "cart")));
+    const admitted = await cluster.kubectl(["create", "--dry-run=server", "-f", file, "-o", "json"]);
+    expect(admitted.code, admitted.stderr).toBe(0);
+    expect(admitted.stdout).toContain("custody-sidecar");
     expect(await operator.exited).toEqual({ code: 0, signal: null });
   });
 });

@@ -3,8 +3,12 @@
  *   --local DIR --state DIR   manifests from a directory, Secrets/ConfigMaps/statuses as files
  *   (default)                 Kubernetes: in-cluster config or --kubeconfig, leader election on a
  *                             Lease, admission webhooks
- * Runs until SIGTERM or SIGINT, then drains in-flight requests.
+ * Runs until SIGTERM or SIGINT. On Kubernetes it then keeps serving for --shutdown-delay, not ready
+ * and closing each connection after its request, while the pod leaves its Services' endpoints;
+ * then it stops accepting and lets requests in flight finish.
  */
+
+import { setTimeout as sleep } from "node:timers/promises";
 import { KubeConfig } from "@kubernetes/client-node";
 import { type Command, EXIT_OK, integerOption, parseCommandArgs, requireOption } from "../../cli/src/kit.js";
 import { createLogger, LOG_LEVELS } from "../../cli/src/log.js";
@@ -66,6 +70,8 @@ Options:
   --leader-elect-renew-deadline D   a leader that could not renew this long stops leading (default 10s)
   --leader-elect-retry-period D     between attempts to acquire or renew (default 2s)
   --poll-interval D           re-read local manifests at least this often (default 2s)
+  --shutdown-delay D          on SIGTERM, keep serving (not ready) this long before closing, while
+                              endpoints drop the pod (default 5s; Kubernetes only; 0s: none)
   --log-level L               ${LOG_LEVELS.join(" | ")} (default info)
   -h, --help                  show this help
 `;
@@ -96,6 +102,7 @@ export const operatorCommand: Command = async (args, io) => {
     "sidecar-image": { type: "string" },
     "sidecar-token-url": { type: "string" },
     "poll-interval": { type: "string" },
+    "shutdown-delay": { type: "string" },
     "leader-elect-lease-duration": { type: "string" },
     "leader-elect-renew-deadline": { type: "string" },
     "leader-elect-retry-period": { type: "string" },
@@ -195,6 +202,7 @@ export const operatorCommand: Command = async (args, io) => {
   });
 
   const closers: (() => Promise<void> | void)[] = [];
+  const drainers: (() => void)[] = [];
   if (kubeConfig !== undefined) {
     const serviceName = values["webhook-service"] ?? "custody-webhook";
     if (!isDnsLabel(serviceName)) throw new UsageError(`${COMMAND}: --webhook-service must be a DNS label.`);
@@ -212,6 +220,7 @@ export const operatorCommand: Command = async (args, io) => {
       logger: logger.child({ component: "webhook" }),
       metrics: running.metrics,
     });
+    drainers.push(() => webhook.drain());
     closers.push(() => webhook.close(SHUTDOWN_GRACE_MS));
     const keeper = keepCaBundleCurrent({
       kubeConfig,
@@ -224,7 +233,18 @@ export const operatorCommand: Command = async (args, io) => {
     closers.push(() => keeper.close());
   }
 
+  // Only on Kubernetes do Services route to this process through endpoints that lag behind it.
+  const shutdownDelayMs = kubeConfig === undefined ? 0 : duration("shutdown-delay", "5s", 0, 120_000);
   await runUntilSignal(async (signal) => {
+    if (shutdownDelayMs > 0) {
+      logger.info(
+        { event: "draining", signal, delayMs: shutdownDelayMs },
+        "draining: not ready, still serving while the pod leaves its Services' endpoints",
+      );
+      for (const drain of drainers) drain();
+      running.drain();
+      await sleep(shutdownDelayMs);
+    }
     logger.info({ event: "shutting_down", signal }, "shutting down: draining requests in flight");
     for (const close of closers) await close();
     await running.close(SHUTDOWN_GRACE_MS);

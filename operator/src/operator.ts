@@ -6,7 +6,7 @@
 import type { Logger } from "pino";
 import type { Registry as MetricsRegistry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../cli/src/admin.js";
-import { closeGracefully, type ListenAddress, listen } from "../../cli/src/serve.js";
+import { closeGracefully, drain, type ListenAddress, listen } from "../../cli/src/serve.js";
 import { type CertificateAuthority, loadCertificateAuthority } from "../../pki/src/ca.js";
 import { CaError } from "../../pki/src/errors.js";
 import { Catalog } from "./controllers/catalog.js";
@@ -68,6 +68,12 @@ export interface RunningOperator {
   readonly issuer: RunningIssuer;
   readonly manager: ControllerManager;
   readonly adminUrl: string;
+  /**
+   * The start of a shutdown: /readyz answers 503 (draining), so the pod leaves its Services'
+   * endpoints, while the token service and the admin port keep answering, each connection closed
+   * after its request (serve.ts `drain`). Reconciling goes on until `close`.
+   */
+  drain(): void;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -166,10 +172,11 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     });
   }
 
+  let draining = false;
   const adminServer = createAdminServer(metrics, () => ({
-    status: 200,
+    status: draining ? 503 : 200,
     body: {
-      status: "ready",
+      status: draining ? "draining" : "ready",
       leader: config.leadership?.isLeader ?? true,
       registryGeneration: manager.lastPublication.generation,
     },
@@ -188,6 +195,11 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     issuer,
     manager,
     adminUrl,
+    drain() {
+      draining = true;
+      issuer.drain();
+      drain(adminServer);
+    },
     async close(graceMs = 10_000) {
       clearInterval(headerCheck);
       locations?.close();

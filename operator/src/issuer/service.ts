@@ -13,7 +13,7 @@ import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
-import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import { closeGracefully, drain, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import type { PublicJwk } from "../../../crds/src/jwk.js";
 import { SERVICE_IDENTITY_KIND } from "../../../crds/src/service-identity.js";
@@ -96,6 +96,8 @@ export interface RunningIssuer {
   jwks(): { readonly keys: readonly PublicJwk[] };
   /** Custody's CA (the only anchor of mesh identities) and the configured partner CAs, with their roles. */
   anchors(): TrustAnchors;
+  /** Keeps answering, but closes each connection after its request (see serve.ts `drain`). */
+  drain(): void;
   /** Stops accepting, lets requests in flight finish (at most `graceMs`), then closes everything. */
   close(graceMs?: number): Promise<void>;
 }
@@ -421,6 +423,10 @@ export async function startIssuer(config: IssuerConfig): Promise<RunningIssuer> 
     metrics: registry,
     jwks: () => keys.jwks,
     anchors: () => state.anchors,
+    drain() {
+      drain(server);
+      drain(adminServer);
+    },
     async close(graceMs = 10_000) {
       watcher.close();
       clearTimeout(reindex);

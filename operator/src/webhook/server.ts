@@ -7,7 +7,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
-import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import { closeGracefully, drain, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import { serviceId } from "../../../crds/src/names.js";
 import type { CertificateAuthority } from "../../../pki/src/ca.js";
@@ -49,6 +49,8 @@ export interface WebhookServerOptions {
 
 export interface RunningWebhookServer {
   readonly port: number;
+  /** Keeps answering, but closes each connection after its review (see serve.ts `drain`). */
+  drain(): void;
   /** Stops accepting, lets reviews in flight finish (at most `graceMs`), then closes. */
   close(graceMs?: number): Promise<void>;
 }
@@ -223,6 +225,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   );
   return {
     port,
+    drain: () => drain(server),
     async close(graceMs = 10_000) {
       renewal.close();
       await closeGracefully(server, graceMs);
