@@ -32,6 +32,7 @@ import { CUSTOMER_SCOPE, type DemoIdp, mintUserToken } from "../../local/src/dem
 import { readIdp, registryTextsOf } from "../kind/scenarios.js";
 import { type ClusterHost, startClusterHost } from "../support/cluster-host.js";
 import { requireControlPlane } from "../support/control-plane.js";
+import { tail } from "../support/daemons.js";
 import { type Helm, openHelm } from "../support/helm.js";
 import { type Kubectl, kubectlFor } from "../support/kubectl.js";
 import { nodeBinaries, requireNode } from "../support/node.js";
@@ -266,6 +267,10 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         const result = await kubectl(args);
         process.stderr.write(`\n---- kubectl ${args.join(" ")}\n${result.stdout}${result.stderr}`);
       }
+      for (const component of ["kubelet", "containerd", "kube-proxy"]) {
+        const path = join(host.state.logs.node, `${component}.log`);
+        process.stderr.write(`\n---- ${path}\n${await tail(path, 60)}\n`);
+      }
     }
     await prometheus?.stop();
     await helm?.close();
@@ -494,29 +499,37 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       });
       // Pods as a ReplicaSet creates them, checked by the API server (webhooks included) without
       // being stored: every creation during the rollout must pass admission and carry a sidecar.
-      for (let index = 0; !finished || index < 10; index++) {
-        const pod = {
-          apiVersion: "v1",
-          kind: "Pod",
-          metadata: { ...template.metadata, name: `admission-${index}`, namespace: SHOP },
-          spec: template.spec,
-        };
-        const result = await kubectl(
-          ["create", "--dry-run=server", "-o", "json", "-f", "-"],
-          JSON.stringify(pod),
-        );
-        if (result.code !== 0) {
-          outcomes.push(`admission-${index}: ${result.stderr.trim()}`);
-        } else {
-          const created = JSON.parse(result.stdout) as PodObject;
-          if (created.spec.containers.some((container) => container.name === "custody-sidecar")) admitted++;
-          else outcomes.push(`admission-${index}: admitted without a sidecar`);
+      // Two clients, so that admissions overlap the moments replicas come and go.
+      const admit = async (client: number) => {
+        for (let index = 0; !finished || index < 5; index++) {
+          const name = `admission-${client}-${index}`;
+          const pod = {
+            apiVersion: "v1",
+            kind: "Pod",
+            metadata: { ...template.metadata, name, namespace: SHOP },
+            spec: template.spec,
+          };
+          const result = await kubectl(
+            ["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            JSON.stringify(pod),
+          );
+          if (result.code !== 0) {
+            outcomes.push(`${name}: ${result.stderr.trim()}`);
+          } else {
+            const created = JSON.parse(result.stdout) as PodObject;
+            if (created.spec.containers.some((container) => container.name === "custody-sidecar")) admitted++;
+            else outcomes.push(`${name}: admitted without a sidecar`);
+          }
+          await sleep(100);
         }
-        await sleep(200);
-      }
+      };
+      await Promise.all([admit(1), admit(2)]);
       await rollout;
-      const after = (await pods(SYSTEM, "app.kubernetes.io/component=operator")).filter(ready);
-      expect(after).toHaveLength(2);
+      // The replaced replicas drain (--shutdown-delay) and stop; until they have, one may still lead.
+      const after = await until("only the new operator replicas", 2 * MINUTE, async () => {
+        const all = await pods(SYSTEM, "app.kubernetes.io/component=operator");
+        return all.length === 2 && all.every(ready) ? all : `${all.length} operator Pods`;
+      });
       expect(after.every((pod) => !before.includes(pod.metadata.name))).toBe(true);
       expect(outcomes).toEqual([]);
       expect(admitted).toBeGreaterThanOrEqual(10);
@@ -545,6 +558,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       const operators = await pods(SYSTEM, "app.kubernetes.io/component=operator");
       const leaderPod = operators.find((pod) => leader.includes(pod.metadata.name));
       expect(leaderPod, `the Lease names ${leader}`).toBeDefined();
+      expect(leaderPod?.metadata.deletionTimestamp).toBeUndefined();
       const containerId = leaderPod?.status.containerStatuses?.[0]?.containerID?.replace(
         /^containerd:\/\//,
         "",

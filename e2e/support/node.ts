@@ -160,6 +160,13 @@ function findNode(): NodeCheck {
       return { available: false, reason: `${tool} is not installed (apt-get install -y ${apt})` };
     }
   }
+  const foreign = foreignKubernetesNode();
+  if (foreign !== undefined) {
+    return {
+      available: false,
+      reason: `this machine is a Kubernetes node already (${foreign}): a test node here would clash with its iptables chains, cgroups and ports`,
+    };
+  }
   if (!existsSync(BRIDGE_NF_CALL_IPTABLES)) {
     return {
       available: false,
@@ -168,6 +175,24 @@ function findNode(): NodeCheck {
     };
   }
   return { available: true, binaries };
+}
+
+/** A kubelet or kube-proxy of someone else's running here ("kubelet, process 123"), if any. */
+function foreignKubernetesNode(): string | undefined {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const commandLine = readFileSync(join("/proc", entry, "cmdline"), "utf8").split("\0");
+      const program = (commandLine[0] ?? "").split("/").at(-1);
+      const ours = commandLine.some(
+        (argument) => argument.includes(STATE_DIRECTORY) || argument.includes(DATA_DIRECTORY),
+      );
+      if ((program === "kubelet" || program === "kube-proxy") && !ours) return `${program}, process ${entry}`;
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return undefined;
 }
 
 /**
