@@ -88,6 +88,10 @@ fi
 
 # buildah's store, shared with e2e/node/images.sh: a layer cache that outlives the checkout.
 BUILDAH=(buildah --root "$CACHE/buildah" --runroot /run/custody-buildah --storage-driver overlay)
+# The overlay driver bind-mounts its directory onto itself and leaves it mounted when buildah
+# exits; release it, or the cache cannot be deleted (rm: Device or resource busy).
+release_store() { ! mountpoint -q "$CACHE/buildah/overlay" || umount "$CACHE/buildah/overlay" || true; }
+trap release_store EXIT
 
 runs_as() {
   local binary="$1" expected="$2" output

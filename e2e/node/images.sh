@@ -16,6 +16,10 @@ OUT="${1:?usage: e2e/node/images.sh OUT_DIR [TAG]}"
 TAG="${2:-e2e}"
 CACHE="${CUSTODY_CACHE_DIR:-$HOME/.cache/custody}/node"
 BUILDAH=(buildah --root "$CACHE/buildah" --runroot /run/custody-buildah --storage-driver overlay)
+# The overlay driver bind-mounts its directory onto itself and leaves it mounted when buildah
+# exits; release it, or the cache cannot be deleted (rm: Device or resource busy).
+release_store() { ! mountpoint -q "$CACHE/buildah/overlay" || umount "$CACHE/buildah/overlay" || true; }
+trap release_store EXIT
 
 say() { printf 'images: %s\n' "$*"; }
 die() {
@@ -40,7 +44,7 @@ build_args=(--quiet --pull=never --layers --network host)
 # secret mount).
 if [[ -n "${NODE_EXTRA_CA_CERTS:-}" && -f "$NODE_EXTRA_CA_CERTS" ]]; then
   npmrc="$(mktemp)"
-  trap 'rm -f "$npmrc"' EXIT
+  trap 'rm -f "$npmrc"; release_store' EXIT
   printf 'cafile=/run/custody-build/ca.crt\n' >"$npmrc"
   build_args+=(--volume "$NODE_EXTRA_CA_CERTS:/run/custody-build/ca.crt:ro" --volume "$npmrc:/usr/local/etc/npmrc:ro")
   say "the build stages trust $NODE_EXTRA_CA_CERTS (NODE_EXTRA_CA_CERTS) for the npm registry"

@@ -89,13 +89,14 @@ export interface CliProcess {
 
 /**
  * Starts `custody <args>` (from source, through tsx) and resolves once it logged `readyEvent` (or
- * printed a line containing `readyLine`); rejects if it exits first or takes over 30 s.
+ * printed a line containing `readyLine`); rejects if it exits first or takes over `readyTimeoutMs`
+ * (30 s unless given: a command that starts other processes needs more on a loaded 2-core machine).
  */
 export async function startCliProcess(
   args: readonly string[],
   readyEvent: string,
   what: string,
-  options: { readonly readyLine?: string } = {},
+  options: { readonly readyLine?: string; readonly readyTimeoutMs?: number } = {},
 ): Promise<CliProcess> {
   // Settings come only from the arguments, never from a CUSTODY_* variable of the test run.
   const env = Object.fromEntries(
@@ -151,7 +152,9 @@ export async function startCliProcess(
       ready = () => resolve("ready");
     }),
     exited.then(() => "exited" as const),
-    new Promise<"timeout">((resolve) => setTimeout(resolve, 30_000, "timeout").unref()),
+    new Promise<"timeout">((resolve) =>
+      setTimeout(resolve, options.readyTimeoutMs ?? 30_000, "timeout").unref(),
+    ),
   ]);
   if (outcome !== "ready") {
     await started.kill();

@@ -17,9 +17,12 @@ describe("custody local up, the command", () => {
   let manifests: string;
   let state: string;
 
+  // It starts the operator, the token service and a sidecar and an app per workload, each loading
+  // TypeScript through tsx: seconds alone, far more while the rest of the suite runs beside it.
   const up = (...extra: string[]) =>
     startCliProcess(["local", "up", "--dir", manifests, "--state", state, ...extra], "", "local up", {
       readyLine: "Ctrl-C stops everything.",
+      readyTimeoutMs: 90_000,
     });
   const ca = () => readFile(join(state, "ca", "ca.crt"), "utf8");
   const cartCertificate = () =>
@@ -53,7 +56,7 @@ describe("custody local up, the command", () => {
     expect(table).toMatch(/token service\s+https:\/\/127\.0\.0\.1:\d+\/oauth2\/token/);
     expect(await stop(run)).toEqual({ code: 0, signal: null });
     expect(await leftovers()).toEqual([]);
-  }, 60_000);
+  }, 120_000);
 
   it("reuses its state when run again, and starts afresh with --reset", async () => {
     const before = { ca: await ca(), cart: await cartCertificate() };
@@ -64,5 +67,5 @@ describe("custody local up, the command", () => {
     const reset = await up("--reset");
     expect(await ca()).not.toBe(before.ca);
     await stop(reset);
-  }, 90_000);
+  }, 300_000);
 });
