@@ -44,6 +44,7 @@ const READY = requireTool("kubectl") && requireTool("unzip") && requireControlPl
 const KEEP = process.env.KEEP_CLUSTER === "1";
 const SYSTEM = "custody-system";
 const SHOP = "shop";
+const BATCH = "batch";
 const INBOUND_PORT = 15006;
 const MINUTE = 60_000;
 
@@ -64,6 +65,8 @@ interface Container {
   readonly image: string;
   readonly args?: string[];
   readonly env?: { name: string; value?: string }[];
+  readonly restartPolicy?: string;
+  readonly resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
 }
 
 interface PodObject {
@@ -72,6 +75,7 @@ interface PodObject {
     readonly nodeName?: string;
     readonly serviceAccountName?: string;
     readonly containers: Container[];
+    readonly initContainers?: Container[];
   };
   readonly status: {
     readonly phase?: string;
@@ -107,6 +111,13 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
     if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s (${answer})`);
     await sleep(1_000);
   }
+}
+
+/** The injected sidecar: a native sidecar (an init container that keeps running) on this server. */
+function sidecarOf(pod: PodObject | undefined): Container | undefined {
+  return pod?.spec.initContainers?.find(
+    (container) => container.name === "custody-sidecar" && container.restartPolicy === "Always",
+  );
 }
 
 function ready(pod: PodObject): boolean {
@@ -361,6 +372,30 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         expect(container?.args?.[0]).toBe("operator");
         expect(container?.args).toContain("--webhook-service");
       }
+      // The chart shipped the caBundle itself (read from the CA Secret at install), so the webhooks
+      // work before any operator runs, and after a replace of the configurations.
+      const manifest = await helm.run([
+        "get",
+        "manifest",
+        "custody",
+        "-n",
+        SYSTEM,
+        "--kubeconfig",
+        host.state.kubeconfig,
+      ]);
+      expect(manifest.code, manifest.stderr).toBe(0);
+      const shipped = parseAllDocuments(manifest.stdout)
+        .map(
+          (document) =>
+            document.toJS() as { kind?: string; webhooks?: { clientConfig: { caBundle?: string } }[] },
+        )
+        .filter((object) => object?.kind?.endsWith("WebhookConfiguration"));
+      expect(shipped).toHaveLength(2);
+      for (const configuration of shipped) {
+        for (const webhook of configuration.webhooks ?? []) {
+          expect(webhook.clientConfig.caBundle).toBe(Buffer.from(ca).toString("base64"));
+        }
+      }
       // The keeper (one of these Pods) writes Custody's CA into the webhook configurations.
       await until("the injection webhook's caBundle", MINUTE, async () => {
         const configuration = await json<{ webhooks: { clientConfig: { caBundle?: string } }[] }>([
@@ -402,9 +437,8 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       await ok(["apply", "-f", "e2e/kind/shop.yaml"]);
       for (const name of ["shop", "cart", "payments"]) {
         const [pod] = await rolledOut(SHOP, name, 1);
-        const containers = pod?.spec.containers ?? [];
-        const sidecar = containers.find((container) => container.name === "custody-sidecar");
-        expect(sidecar?.image, `${name}'s Pod: ${containers.map((c) => c.name).join(", ")}`).toBe(
+        const containers = [...(pod?.spec.initContainers ?? []), ...(pod?.spec.containers ?? [])];
+        expect(sidecarOf(pod)?.image, `${name}'s Pod: ${containers.map((c) => c.name).join(", ")}`).toBe(
           host.state.sidecarImage,
         );
         expect(pod?.status.containerStatuses?.every((status) => status.ready)).toBe(true);
@@ -517,7 +551,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
             outcomes.push(`${name}: ${result.stderr.trim()}`);
           } else {
             const created = JSON.parse(result.stdout) as PodObject;
-            if (created.spec.containers.some((container) => container.name === "custody-sidecar")) admitted++;
+            if (sidecarOf(created) !== undefined) admitted++;
             else outcomes.push(`${name}: admitted without a sidecar`);
           }
           await sleep(100);
@@ -662,7 +696,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=3"]);
         const scaled = await rolledOut(SHOP, "payments", 3);
         for (const pod of scaled) {
-          expect(pod.spec.containers.map((container) => container.name)).toContain("custody-sidecar");
+          expect(sidecarOf(pod)).toBeDefined();
         }
         await sleep(15_000);
         await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=1"]);
@@ -678,6 +712,148 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       expect(traffic.succeeded).toBeGreaterThan(20);
     },
     12 * MINUTE,
+  );
+
+  it(
+    "native sidecars in a namespace under a ResourceQuota: a Job completes, its first call goes through, the app stops before its sidecar",
+    async () => {
+      // The apps' ConfigMap first, in the namespace made first: the Deployments mount it.
+      await ok(["apply", "-f", "e2e/cluster/batch.yaml", "--selector", "kubernetes.io/metadata.name=batch"]);
+      await ok(["-n", BATCH, "create", "configmap", "batch-apps", "--from-file=e2e/cluster/apps/"]);
+      await ok(["apply", "-f", "e2e/cluster/batch.yaml"]);
+      await ok([
+        "-n",
+        BATCH,
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "serviceidentities",
+        "--all",
+      ]);
+      await ok(["-n", BATCH, "wait", "--for=condition=Ready", "--timeout=120s", "accesspolicies", "--all"]);
+      // The Pods exist at all: the quota admitted them, so every container declared requests and
+      // limits of cpu and memory, the sidecar's from the chart's defaults.
+      const [sink] = await rolledOut(BATCH, "sink", 1);
+      expect(sidecarOf(sink)?.resources).toEqual({
+        requests: { cpu: "50m", memory: "64Mi" },
+        limits: { cpu: "1", memory: "256Mi" },
+      });
+      const quota = await json<{ status: { used: Record<string, string> } }>([
+        "-n",
+        BATCH,
+        "get",
+        "resourcequota",
+        "compute",
+      ]);
+      expect(quota.status.used["limits.cpu"]).toBeDefined();
+
+      // The Job: its app's first call, made at its first instant without a retry, went through,
+      // and the Job completed although its sidecar is a long-running process.
+      await until("Job batch/report Complete", 3 * MINUTE, async () => {
+        const job = await json<{
+          status: { conditions?: { type: string; status: string }[]; failed?: number };
+        }>(["-n", BATCH, "get", "job", "report"]);
+        if ((job.status.failed ?? 0) > 0) {
+          const logs = await kubectl(["-n", BATCH, "logs", "job/report", "-c", "app"]);
+          throw new Error(`Job report failed: ${logs.stdout}${logs.stderr}`);
+        }
+        const complete = job.status.conditions?.some(
+          (condition) => condition.type === "Complete" && condition.status === "True",
+        );
+        return complete === true ? true : "not complete";
+      });
+      const [jobPod] = await pods(BATCH, "app.kubernetes.io/name=report");
+      // The pod's own annotation set the sidecar's CPU limit.
+      expect(sidecarOf(jobPod)?.resources?.limits).toEqual({ cpu: "500m", memory: "256Mi" });
+      expect(jobPod?.status.phase).toBe("Succeeded");
+      const reports = async () =>
+        (await ok(["-n", BATCH, "logs", "deploy/sink", "-c", "app"]))
+          .split("\n")
+          .filter((line) => line.startsWith("{"))
+          .map((line) => JSON.parse(JSON.parse(line).body as string) as { from: string; what: string });
+      expect(await reports()).toContainEqual({ from: jobPod?.metadata.name, what: "first-instant" });
+
+      // Deletion: the app calls out a second after its SIGTERM; that goes through only if the
+      // kubelet stops the app before the sidecar.
+      const [emitter] = await rolledOut(BATCH, "emitter", 1);
+      const name = emitter?.metadata.name ?? "";
+      expect(await reports()).toContainEqual({ from: name, what: "started" });
+      await ok(["-n", BATCH, "delete", "pod", name, "--wait=true", "--timeout=90s"]);
+      expect(await reports()).toContainEqual({ from: name, what: "stopping" });
+    },
+    10 * MINUTE,
+  );
+
+  it(
+    "the webhook's reach: while it cannot be called, only Pods that ask for a sidecar are refused",
+    async () => {
+      const configuration = "custody-sidecar-injector";
+      const service = (name: string) =>
+        JSON.stringify([{ op: "replace", path: "/webhooks/0/clientConfig/service/name", value: name }]);
+      const plain = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: "plain", namespace: BATCH },
+        spec: {
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: 1000,
+            seccompProfile: { type: "RuntimeDefault" },
+          },
+          containers: [
+            {
+              name: "app",
+              image: "node:24-bookworm-slim",
+              resources: {
+                requests: { cpu: "10m", memory: "32Mi" },
+                limits: { cpu: "100m", memory: "64Mi" },
+              },
+              securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
+            },
+          ],
+        },
+      };
+      const asking = {
+        ...plain,
+        metadata: {
+          ...plain.metadata,
+          name: "asking",
+          annotations: { "custody.dev/inject": "true", "custody.dev/app-port": "8080" },
+        },
+        spec: { ...plain.spec, serviceAccountName: "reporter" },
+      };
+      const create = (pod: unknown) =>
+        kubectl(["create", "--dry-run=server", "-o", "json", "-f", "-"], JSON.stringify(pod));
+      await ok([
+        "patch",
+        "mutatingwebhookconfiguration",
+        configuration,
+        "--type=json",
+        "-p",
+        service("custody-webhook-gone"),
+      ]);
+      try {
+        // matchConditions: the API server does not call the webhook for a Pod that does not ask.
+        const created = await create(plain);
+        expect(created.code, created.stderr).toBe(0);
+        const refused = await create(asking);
+        expect(refused.code).not.toBe(0);
+        expect(refused.stderr).toContain("inject.custody.dev");
+      } finally {
+        await ok([
+          "patch",
+          "mutatingwebhookconfiguration",
+          configuration,
+          "--type=json",
+          "-p",
+          service("custody-webhook"),
+        ]);
+      }
+      const admitted = await create(asking);
+      expect(admitted.code, admitted.stderr).toBe(0);
+      expect(sidecarOf(JSON.parse(admitted.stdout) as PodObject)).toBeDefined();
+    },
+    3 * MINUTE,
   );
 
   it(

@@ -645,6 +645,7 @@ interface PodTemplate {
     serviceAccountName: string;
     securityContext?: Record<string, unknown>;
     containers: Record<string, unknown>[];
+    initContainers?: Record<string, unknown>[];
     volumes?: Record<string, unknown>[];
   };
 }
@@ -686,7 +687,10 @@ function injectedPod(name: string): PodTemplate {
 }
 
 function injectedSidecar(name: string): Record<string, unknown> {
-  const container = injectedPod(name).spec.containers.find((entry) => entry.name === SIDECAR_CONTAINER_NAME);
+  const pod = injectedPod(name);
+  const container = [...(pod.spec.initContainers ?? []), ...pod.spec.containers].find(
+    (entry) => entry.name === SIDECAR_CONTAINER_NAME,
+  );
   if (container === undefined) throw new Error("no sidecar injected");
   return container;
 }
@@ -788,7 +792,8 @@ describe("e2e/kind", () => {
       expect(read(`examples/shop/apps/${name}.mjs`)).toContain("serve(");
 
       const pod = injectedPod(name);
-      expect(pod.spec.containers.map((container) => container.name)).toEqual(["app", SIDECAR_CONTAINER_NAME]);
+      expect(pod.spec.containers.map((container) => container.name)).toEqual(["app"]);
+      expect(pod.spec.initContainers?.map((container) => container.name)).toEqual([SIDECAR_CONTAINER_NAME]);
       const sidecar = injectedSidecar(name);
       expect((sidecar.ports as { containerPort: number }[]).map((port) => port.containerPort)).toContain(
         INBOUND_PORT,

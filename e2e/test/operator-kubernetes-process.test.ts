@@ -138,10 +138,12 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
       metadata: { annotations: Record<string, string> };
       spec: {
         containers: { name: string; image: string; env?: { name: string; value?: string }[] }[];
+        initContainers?: { name: string; image: string; env?: { name: string; value?: string }[] }[];
         volumes: { name: string; secret?: { secretName: string } }[];
       };
     };
-    const sidecar = injected.spec.containers.find((container) => container.name === "custody-sidecar");
+    // A native sidecar: the real API server keeps an init container with restartPolicy Always.
+    const sidecar = injected.spec.initContainers?.find((container) => container.name === "custody-sidecar");
     expect(sidecar?.image).toBe("registry.example/custody-sidecar:test");
     expect(sidecar?.env).toContainEqual({
       name: "CUSTODY_TOKEN_URL",

@@ -163,6 +163,49 @@ describe("custody sidecar as a process", () => {
     }
   }, 45_000);
 
+  it("with shutdown-delay, keeps serving after SIGTERM, not ready and closing connections, then stops", async () => {
+    const app = mesh.service("cart.shop");
+    const cart = await startCart({ flags: ["--shutdown-delay", "3s"] });
+    try {
+      expect((await fetch(`${cart.adminUrl}/readyz`)).status).toBe(200);
+      const sent = Date.now();
+      signal(cart, "SIGTERM");
+      const readyz = await waitFor(
+        "/readyz to say draining",
+        async () => {
+          const answer = await fetch(`${cart.adminUrl}/readyz`);
+          return answer.status === 503 ? answer : undefined;
+        },
+        5_000,
+        20,
+      );
+      expect(readyz.headers.get("connection")).toBe("close");
+      expect(await readyz.json()).toMatchObject({ status: "not_ready", reason: "draining: shutting down" });
+      // Calls still go through, both ways: a caller's call to it, and its app's call out.
+      const inbound = await callThrough(shop, "http://cart.shop/cart/confirm", {
+        method: "POST",
+        body: "{}",
+      });
+      expect(inbound.status).toBe(200);
+      const shopApp = mesh.service("shop.shop");
+      const shopSeen = shopApp.received.length;
+      const outbound = await callThrough(
+        { outboundUrl: `http://127.0.0.1:${cart.outboundPort}` } as RunningSidecar,
+        "http://shop.shop/last-words",
+        { method: "POST", body: "{}" },
+      );
+      expect(outbound.status).toBe(200);
+      expect(shopApp.received.slice(shopSeen).map((request) => request.url)).toEqual(["/last-words"]);
+      expect(await within("the process exit", cart.exited, 20_000)).toEqual({ code: 0, signal: null });
+      expect(Date.now() - sent).toBeGreaterThanOrEqual(3_000);
+      const events = parseLogLines(cart.lines).map((entry) => entry.event);
+      expect(events.indexOf("draining")).toBeLessThan(events.indexOf("shutting_down"));
+      expect(app.received.length).toBeGreaterThan(0);
+    } finally {
+      await cart.kill();
+    }
+  }, 45_000);
+
   it("cuts a request that outlives shutdown-grace, and still exits 0", async () => {
     const app = mesh.service("cart.shop");
     const { promise: never, resolve: release } = deferred();

@@ -41,6 +41,7 @@ interface PodJson {
   metadata: { name: string; annotations?: Record<string, string> };
   spec: {
     containers: { name: string; env?: { name: string; value?: string }[]; [key: string]: unknown }[];
+    initContainers?: { name: string; env?: { name: string; value?: string }[]; [key: string]: unknown }[];
     volumes?: { name: string; [key: string]: unknown }[];
   };
 }
@@ -269,11 +270,14 @@ describe("the admission webhooks", () => {
       );
       expect(created.stderr).toBe("");
       const result = JSON.parse(created.stdout) as PodJson;
-      expect(result.spec.containers.map((container) => container.name)).toEqual(["app", "custody-sidecar"]);
-      const [app, sidecar] = result.spec.containers;
+      expect(result.spec.containers.map((container) => container.name)).toEqual(["app"]);
+      expect(result.spec.initContainers?.map((container) => container.name)).toEqual(["custody-sidecar"]);
+      const [app] = result.spec.containers;
+      const [sidecar] = result.spec.initContainers ?? [];
       expect(sidecar).toMatchObject({
         image: DEFAULT_INJECTION_SETTINGS.image,
         args: ["sidecar"],
+        restartPolicy: "Always",
         securityContext: { runAsNonRoot: true, runAsUser: 65532, readOnlyRootFilesystem: true },
         readinessProbe: { httpGet: { path: "/readyz", port: 15020 } },
       });
@@ -341,11 +345,23 @@ describe("the admission webhooks", () => {
       );
     });
 
-    it("leaves other pods alone, and never sees opted-out pods or other namespaces", async () => {
-      const plain = await createPod(pod("plain", {}));
+    it("refuses a pod in which another mesh's proxy would take the sidecar's ports", async () => {
+      // As if Istio's injector had run first: its proxy listens on 15001, 15006, 15020 undeclared.
+      const manifest = `${pod("with-istio", { annotations: '"custody.dev/inject": "true"' })}    - name: istio-proxy
+      image: istio/proxyv2:1.24
+`;
+      const refused = await createPod(manifest);
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toContain('container "istio-proxy" (another mesh\'s proxy) listens on port');
+      expect(refused.stderr).toContain("mesh_port_conflict");
+    });
+
+    it("is not even called for pods that do not ask for a sidecar, nor for opted-out pods or other namespaces", async () => {
+      const plain = await createPod(pod("not-asking", {}));
       expect(plain.stderr).toBe("");
       expect((JSON.parse(plain.stdout) as PodJson).spec.containers.map((c) => c.name)).toEqual(["app"]);
-      expect(webhookLogs).toContainEqual(expect.objectContaining({ name: "plain", reason: "not_requested" }));
+      // matchConditions: the API server decided without calling the webhook.
+      expect(webhookLogs.map((line) => line.name)).not.toContain("not-asking");
 
       const optedOut = await createPod(
         pod("opted-out", {

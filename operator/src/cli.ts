@@ -29,7 +29,15 @@ import { LeaderElector } from "./store/leader.js";
 import { LocalStore } from "./store/local.js";
 import type { Store } from "./store/store.js";
 import { keepCaBundleCurrent } from "./webhook/ca-bundle.js";
-import { DEFAULT_INJECTION_SETTINGS } from "./webhook/inject.js";
+import {
+  ADMIN_PORT,
+  DEFAULT_INJECTION_SETTINGS,
+  INBOUND_PORT,
+  type InjectionSettings,
+  OUTBOUND_PORT,
+  SIDECAR_MODES,
+  type SidecarMode,
+} from "./webhook/inject.js";
 import { startWebhookServer } from "./webhook/server.js";
 
 const COMMAND = "operator";
@@ -54,7 +62,8 @@ Options:
   --token-admin HOST:PORT     token service /metrics (default 127.0.0.1:15021)
   --issuer URL                iss of issued tokens (default https://localhost:PORT)
   --admin HOST:PORT           operator /metrics, /healthz, /readyz (default 0.0.0.0:15022; local 127.0.0.1:15022)
-  --location-template T       where sidecars of an identity listen (default ${DEFAULT_LOCATION_TEMPLATE});
+  --location-template T       where sidecars of an identity listen (default ${DEFAULT_LOCATION_TEMPLATE},
+                              with --sidecar-inbound-port in place of ${INBOUND_PORT});
                               an identity's custody.dev/location annotation overrides it
   --locations FILE            service id → host:port map overriding the template (re-read on change)
   --propagation-delay D       how long a new key is published before the workload uses it (default 2m)
@@ -66,6 +75,16 @@ Options:
   --webhook-service NAME      Service in front of the webhooks (default custody-webhook)
   --sidecar-image IMAGE       image of injected sidecars (default ${DEFAULT_INJECTION_SETTINGS.image})
   --sidecar-token-url URL     token endpoint injected sidecars use (default https://custody-issuer.<namespace>.svc:8443/oauth2/token)
+  --sidecar-mode M            native (an init container with restartPolicy Always, Kubernetes 1.29+;
+                              default) | container (an ordinary container, for older servers)
+  --sidecar-outbound-port P   the sidecars' ports (default ${OUTBOUND_PORT}, ${INBOUND_PORT}, ${ADMIN_PORT}); move them
+  --sidecar-inbound-port P    where Istio's proxy (15000-15090) shares the pod
+  --sidecar-admin-port P
+  --sidecar-cpu-request Q     sidecar resources (default ${DEFAULT_INJECTION_SETTINGS.resources.requests.cpu}, ${DEFAULT_INJECTION_SETTINGS.resources.limits.cpu}, ${DEFAULT_INJECTION_SETTINGS.resources.requests.memory}, ${DEFAULT_INJECTION_SETTINGS.resources.limits.memory}); a pod's
+  --sidecar-cpu-limit Q       custody.dev/sidecar-{cpu,memory}-{request,limit} annotations override
+  --sidecar-memory-request Q  them; an empty value leaves that one out
+  --sidecar-memory-limit Q
+  --sidecar-shutdown-delay D  container mode: the sidecar keeps serving this long after SIGTERM (default 5s)
   --leader-elect-lease-duration D   how long a leader's Lease holds without renewal (default 15s)
   --leader-elect-renew-deadline D   a leader that could not renew this long stops leading (default 10s)
   --leader-elect-retry-period D     between attempts to acquire or renew (default 2s)
@@ -101,6 +120,15 @@ export const operatorCommand: Command = async (args, io) => {
     "webhook-service": { type: "string" },
     "sidecar-image": { type: "string" },
     "sidecar-token-url": { type: "string" },
+    "sidecar-mode": { type: "string" },
+    "sidecar-outbound-port": { type: "string" },
+    "sidecar-inbound-port": { type: "string" },
+    "sidecar-admin-port": { type: "string" },
+    "sidecar-cpu-request": { type: "string" },
+    "sidecar-cpu-limit": { type: "string" },
+    "sidecar-memory-request": { type: "string" },
+    "sidecar-memory-limit": { type: "string" },
+    "sidecar-shutdown-delay": { type: "string" },
     "poll-interval": { type: "string" },
     "shutdown-delay": { type: "string" },
     "leader-elect-lease-duration": { type: "string" },
@@ -129,7 +157,10 @@ export const operatorCommand: Command = async (args, io) => {
     if (!isDnsLabel(watched))
       throw new UsageError(`${COMMAND}: --watch-namespaces: "${watched}" is not a namespace.`);
   }
-  const locationTemplate = values["location-template"] ?? DEFAULT_LOCATION_TEMPLATE;
+  const injection = injectionSettingsOf(values, namespace);
+  const locationTemplate =
+    values["location-template"] ??
+    DEFAULT_LOCATION_TEMPLATE.replace(`:${INBOUND_PORT}`, `:${injection.ports.inbound}`);
   if (!/^[A-Za-z0-9.{}[\]:-]{1,200}:([0-9]{1,5}|\{port\})$/.test(locationTemplate)) {
     throw new UsageError(
       `${COMMAND}: --location-template must be HOST:PORT, with {name} and {namespace} allowed in HOST.`,
@@ -212,11 +243,7 @@ export const operatorCommand: Command = async (args, io) => {
       serviceName,
       namespace,
       lookup: running.identities,
-      settings: {
-        ...DEFAULT_INJECTION_SETTINGS,
-        image: values["sidecar-image"] ?? DEFAULT_INJECTION_SETTINGS.image,
-        tokenUrl: values["sidecar-token-url"] ?? `https://custody-issuer.${namespace}.svc:8443/oauth2/token`,
-      },
+      settings: injection,
       logger: logger.child({ component: "webhook" }),
       metrics: running.metrics,
     });
@@ -269,4 +296,53 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
     );
   }
   return kubeConfig;
+}
+
+/** What the webhook injects, from the --sidecar-* flags; checkInjectionSettings refuses bad values. */
+function injectionSettingsOf(
+  values: Readonly<Record<string, string | boolean | undefined>>,
+  namespace: string,
+): InjectionSettings {
+  const text = (name: string) => {
+    const value = values[name];
+    return typeof value === "string" ? value : undefined;
+  };
+  const defaults = DEFAULT_INJECTION_SETTINGS;
+  const port = (name: string, fallback: number) =>
+    integerOption(COMMAND, name, text(name), fallback, { min: 1, max: 65_535 });
+  const mode = text("sidecar-mode") ?? defaults.mode;
+  if (!(SIDECAR_MODES as readonly string[]).includes(mode)) {
+    throw new UsageError(`${COMMAND}: --sidecar-mode must be one of ${SIDECAR_MODES.join(", ")}.`);
+  }
+  // An empty value leaves that request or limit out (a cluster that runs without CPU limits).
+  const resource = (name: string, fallback: string | undefined) => {
+    const value = text(name);
+    return value === undefined ? fallback : value === "" ? undefined : value;
+  };
+  const pick = (entries: Record<string, string | undefined>) =>
+    Object.fromEntries(
+      Object.entries(entries).filter((entry): entry is [string, string] => entry[1] !== undefined),
+    );
+  return {
+    ...defaults,
+    image: text("sidecar-image") ?? defaults.image,
+    tokenUrl: text("sidecar-token-url") ?? `https://custody-issuer.${namespace}.svc:8443/oauth2/token`,
+    mode: mode as SidecarMode,
+    ports: {
+      outbound: port("sidecar-outbound-port", defaults.ports.outbound),
+      inbound: port("sidecar-inbound-port", defaults.ports.inbound),
+      admin: port("sidecar-admin-port", defaults.ports.admin),
+    },
+    resources: {
+      requests: pick({
+        cpu: resource("sidecar-cpu-request", defaults.resources.requests.cpu),
+        memory: resource("sidecar-memory-request", defaults.resources.requests.memory),
+      }),
+      limits: pick({
+        cpu: resource("sidecar-cpu-limit", defaults.resources.limits.cpu),
+        memory: resource("sidecar-memory-limit", defaults.resources.limits.memory),
+      }),
+    },
+    shutdownDelay: text("sidecar-shutdown-delay") ?? defaults.shutdownDelay,
+  };
 }

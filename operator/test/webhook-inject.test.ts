@@ -45,6 +45,7 @@ interface Pod {
   spec: {
     serviceAccountName?: string;
     containers: Container[];
+    initContainers?: Container[];
     volumes?: Record<string, unknown>[];
     [key: string]: unknown;
   };
@@ -89,7 +90,9 @@ function injected(input: Pod, settings = DEFAULT_INJECTION_SETTINGS): Pod {
 }
 
 function sidecarOf(result: Pod): Container {
-  const sidecar = result.spec.containers.find((container) => container.name === SIDECAR_CONTAINER_NAME);
+  const sidecar = [...(result.spec.initContainers ?? []), ...result.spec.containers].find(
+    (container) => container.name === SIDECAR_CONTAINER_NAME,
+  );
   if (sidecar === undefined) throw new Error("no sidecar");
   return sidecar;
 }
@@ -104,25 +107,24 @@ function refusal(decision: AdmissionDecision) {
 }
 
 describe("injectionPatch", () => {
-  it("adds the sidecar, its volumes, the proxy variables and the annotations", () => {
+  it("adds the sidecar as a native sidecar, its volumes, the proxy variables and the annotations", () => {
     const result = injected(pod());
-    expect(result.spec.containers.map((container) => container.name)).toEqual([
-      "app",
-      "helper",
-      SIDECAR_CONTAINER_NAME,
-    ]);
+    expect(result.spec.containers.map((container) => container.name)).toEqual(["app", "helper"]);
+    expect(result.spec.initContainers?.map((container) => container.name)).toEqual([SIDECAR_CONTAINER_NAME]);
     const sidecar = sidecarOf(result);
     expect(sidecar).toMatchObject({
       image: "ghcr.io/custody-dev/custody-sidecar:0.1.0",
       imagePullPolicy: "IfNotPresent",
       args: ["sidecar"],
+      restartPolicy: "Always",
       ports: [
         { name: "custody-inbound", containerPort: 15006, protocol: "TCP" },
         { name: "custody-admin", containerPort: 15020, protocol: "TCP" },
       ],
+      startupProbe: { httpGet: { path: "/readyz", port: 15020 }, periodSeconds: 1 },
       readinessProbe: { httpGet: { path: "/readyz", port: 15020 } },
       livenessProbe: { httpGet: { path: "/healthz", port: 15020 } },
-      resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { memory: "256Mi" } },
+      resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { cpu: "1", memory: "256Mi" } },
       securityContext: {
         runAsNonRoot: true,
         runAsUser: 65532,
@@ -142,6 +144,11 @@ describe("injectionPatch", () => {
       CUSTODY_IDENTITY: "/var/run/custody/identity",
       CUSTODY_REGISTRY: "/var/run/custody/registry",
       CUSTODY_APP_PORT: "8080",
+      CUSTODY_OUTBOUND: "127.0.0.1:15001",
+      CUSTODY_INBOUND: "0.0.0.0:15006",
+      CUSTODY_ADMIN: "0.0.0.0:15020",
+      // A native sidecar is stopped after the app has exited: nothing is left to drain for.
+      CUSTODY_SHUTDOWN_DELAY: "0s",
       CUSTODY_LOG_LEVEL: "info",
     });
 
@@ -156,14 +163,15 @@ describe("injectionPatch", () => {
     });
     const sources = (registryVolume as { projected: { sources: { configMap: Record<string, unknown> }[] } })
       .projected.sources;
-    expect(sources).toHaveLength(8);
+    // Every shard the publisher may write (64), the first required, the others optional.
+    expect(sources).toHaveLength(64);
     expect(sources[0]?.configMap).toEqual({
       name: "custody-registry",
       items: [{ key: "registry-0.json", path: "registry-0.json" }],
     });
-    expect(sources[7]?.configMap).toEqual({
-      name: "custody-registry-7",
-      items: [{ key: "registry-7.json", path: "registry-7.json" }],
+    expect(sources[63]?.configMap).toEqual({
+      name: "custody-registry-63",
+      items: [{ key: "registry-63.json", path: "registry-63.json" }],
       optional: true,
     });
     expect(sources.slice(1).every((source) => source.configMap.optional === true)).toBe(true);
@@ -211,6 +219,133 @@ describe("injectionPatch", () => {
     const crowded = { ...once, spec: { ...once.spec, containers: [...once.spec.containers] } };
     for (let index = 0; index < 70; index++) crowded.spec.containers.push({ name: `c${index}` });
     expect(inject(crowded)).toMatchObject({ allowed: true, patch: [] });
+    const asContainer = injected(pod(), { ...DEFAULT_INJECTION_SETTINGS, mode: "container" });
+    expect(inject(asContainer)).toEqual({ allowed: true, patch: [], reason: "already_injected" });
+  });
+
+  it("reinvoked after another mesh's injector, refuses a proxy that takes the sidecar's ports", () => {
+    const once = injected(pod());
+    // What Istio's injector adds: istio-init, then istio-proxy, which binds 15001, 15006, 15020, ...
+    // without declaring them.
+    const withIstio = {
+      ...once,
+      spec: {
+        ...once.spec,
+        initContainers: [...(once.spec.initContainers ?? []), { name: "istio-init" }],
+        containers: [...once.spec.containers, { name: "istio-proxy", ports: [{ containerPort: 15090 }] }],
+      },
+    };
+    const denied = refusal(inject(withIstio));
+    expect(denied).toMatchObject({ code: 400, reason: "mesh_port_conflict" });
+    expect(denied.message).toContain('container "istio-proxy"');
+    expect(denied.message).toContain("sidecar.ports");
+    // With Custody's ports moved away from Istio's, both fit in one pod.
+    const moved = { ...DEFAULT_INJECTION_SETTINGS, ports: { outbound: 16001, inbound: 16006, admin: 16020 } };
+    const movedOnce = injected(pod(), moved);
+    const movedWithIstio = {
+      ...movedOnce,
+      spec: { ...movedOnce.spec, containers: [...movedOnce.spec.containers, { name: "istio-proxy" }] },
+    };
+    expect(inject(movedWithIstio, moved)).toEqual({ allowed: true, patch: [], reason: "already_injected" });
+    // And a container added later that declares one of the sidecar's ports.
+    const declared = {
+      ...once,
+      spec: {
+        ...once.spec,
+        containers: [...once.spec.containers, { name: "late", ports: [{ containerPort: 15006 }] }],
+      },
+    };
+    expect(refusal(inject(declared)).reason).toBe("port_conflict");
+  });
+
+  it("puts the sidecar before the pod's own init containers, which get the proxy variables too", () => {
+    const result = injected(
+      pod(undefined, {
+        initContainers: [{ name: "migrate", image: "migrate:1", env: [{ name: "A", value: "1" }] }],
+      }),
+    );
+    expect(result.spec.initContainers?.map((container) => container.name)).toEqual([
+      SIDECAR_CONTAINER_NAME,
+      "migrate",
+    ]);
+    expect(envOf(result.spec.initContainers?.[1] as Container)).toMatchObject({
+      A: "1",
+      HTTP_PROXY: "http://127.0.0.1:15001",
+    });
+  });
+
+  it("in container mode, appends an ordinary container that drains after SIGTERM", () => {
+    const settings = { ...DEFAULT_INJECTION_SETTINGS, mode: "container" as const };
+    const result = injected(pod(undefined, { initContainers: [{ name: "migrate" }] }), settings);
+    expect(result.spec.containers.map((container) => container.name)).toEqual([
+      "app",
+      "helper",
+      SIDECAR_CONTAINER_NAME,
+    ]);
+    // Init containers run before the sidecar exists: a proxy variable would break their calls.
+    expect(result.spec.initContainers).toEqual([{ name: "migrate" }]);
+    const sidecar = sidecarOf(result);
+    expect(sidecar.restartPolicy).toBeUndefined();
+    expect(envOf(sidecar).CUSTODY_SHUTDOWN_DELAY).toBe("5s");
+  });
+
+  it("moves every port with the settings: sidecar, proxy variables, scrape annotation", () => {
+    const settings = {
+      ...DEFAULT_INJECTION_SETTINGS,
+      ports: { outbound: 16001, inbound: 16006, admin: 16020 },
+    };
+    const result = injected(pod(), settings);
+    const sidecar = sidecarOf(result);
+    expect(sidecar.ports).toEqual([
+      { name: "custody-inbound", containerPort: 16006, protocol: "TCP" },
+      { name: "custody-admin", containerPort: 16020, protocol: "TCP" },
+    ]);
+    expect(envOf(sidecar)).toMatchObject({
+      CUSTODY_OUTBOUND: "127.0.0.1:16001",
+      CUSTODY_INBOUND: "0.0.0.0:16006",
+      CUSTODY_ADMIN: "0.0.0.0:16020",
+    });
+    expect(sidecar).toMatchObject({ startupProbe: { httpGet: { port: 16020 } } });
+    expect(envOf(result.spec.containers[0] as Container).HTTP_PROXY).toBe("http://127.0.0.1:16001");
+    expect(result.metadata.annotations?.["prometheus.io/port"]).toBe("16020");
+    // The defaults are free for the app then.
+    expect(
+      injected(pod({ "custody.dev/inject": "true", "custody.dev/app-port": "15006" }), settings),
+    ).toBeDefined();
+    expect(
+      refusal(inject(pod({ "custody.dev/inject": "true", "custody.dev/app-port": "16006" }), settings))
+        .reason,
+    ).toBe("app_port_conflict");
+  });
+
+  it("takes the sidecar's resources from the pod's annotations over the settings", () => {
+    const annotations = {
+      "custody.dev/inject": "true",
+      "custody.dev/sidecar-cpu-request": "200m",
+      "custody.dev/sidecar-cpu-limit": "2",
+      "custody.dev/sidecar-memory-limit": "1Gi",
+    };
+    expect(sidecarOf(injected(pod(annotations))).resources).toEqual({
+      requests: { cpu: "200m", memory: "64Mi" },
+      limits: { cpu: "2", memory: "1Gi" },
+    });
+    const notQuantity = refusal(
+      inject(pod({ ...annotations, "custody.dev/sidecar-memory-request": "lots" })),
+    );
+    expect(notQuantity).toMatchObject({ code: 400, reason: "invalid_sidecar_resources" });
+    expect(notQuantity.message).toContain("custody.dev/sidecar-memory-request");
+    const aboveLimit = refusal(
+      inject(pod({ "custody.dev/inject": "true", "custody.dev/sidecar-cpu-request": "1500m" })),
+    );
+    expect(aboveLimit).toMatchObject({ code: 400, reason: "invalid_sidecar_resources" });
+    expect(aboveLimit.message).toContain("cpu request (1500m) exceeds its limit (1)");
+    // Units are compared, not strings: 512Mi is below 1Gi.
+    const units = {
+      "custody.dev/inject": "true",
+      "custody.dev/sidecar-memory-request": "512Mi",
+      "custody.dev/sidecar-memory-limit": "1Gi",
+    };
+    expect(sidecarOf(injected(pod(units))).resources).toMatchObject({ requests: { memory: "512Mi" } });
   });
 
   it("leaves pods alone that did not ask for a sidecar", () => {
@@ -433,6 +568,15 @@ describe("checkInjectionSettings", () => {
     };
     expect(() => checkInjectionSettings(bad)).toThrow(InjectionSettingsError);
     expect(() => checkInjectionSettings(bad)).toThrow(/tokenUrl.*registryShards.*tmpSizeLimit/);
+    const more = {
+      ...DEFAULT_INJECTION_SETTINGS,
+      resources: { requests: { memory: "2Gi" }, limits: { memory: "1Gi" } },
+      ports: { outbound: 15001, inbound: 15001, admin: 15020 },
+      shutdownDelay: "soon",
+    };
+    expect(() => checkInjectionSettings(more)).toThrow(
+      /requests.memory must not exceed.*ports.outbound, ports.inbound and ports.admin must differ.*shutdownDelay/,
+    );
   });
 });
 

@@ -4,6 +4,13 @@
  * the `custody-sidecar` container, the volumes it reads (identity Secret, registry shards, a
  * writable /tmp), proxy variables for its app containers, and scrape annotations.
  *
+ * On Kubernetes 1.29 and later the sidecar is a native sidecar: the first init container, with
+ * `restartPolicy: Always` and a startup probe that passes once the identity, the registry (and the
+ * identity token, when a token service is set) are loaded. The kubelet then starts the app only
+ * after that, stops the sidecar only after the app has exited, and does not wait for it to finish
+ * a Job. On older servers it is an ordinary container that starts and stops with the app, and
+ * drains for a while after SIGTERM so that the app's last outgoing calls still go through.
+ *
  * The refusals are the security point: a pod may only carry an identity that exists in its
  * namespace and was made for the service account it runs as. Anyone who can create pods in a
  * namespace could otherwise pick any identity there, and with it that identity's certificate.
@@ -38,11 +45,27 @@ export const ANNOTATION_INJECTED = "custody.dev/injected";
 /** Extra NO_PROXY entries for the app containers, comma-separated (e.g. `.svc.cluster.local,10.0.0.0/8`). */
 export const ANNOTATION_NO_PROXY = "custody.dev/no-proxy";
 
+/** Per-pod overrides of the sidecar's resources, each a Kubernetes quantity. */
+export const ANNOTATION_SIDECAR_CPU_REQUEST = "custody.dev/sidecar-cpu-request";
+export const ANNOTATION_SIDECAR_CPU_LIMIT = "custody.dev/sidecar-cpu-limit";
+export const ANNOTATION_SIDECAR_MEMORY_REQUEST = "custody.dev/sidecar-memory-request";
+export const ANNOTATION_SIDECAR_MEMORY_LIMIT = "custody.dev/sidecar-memory-limit";
+
+/** The defaults; a cluster that also runs Istio (whose proxy uses 15000-15090) moves them. */
 export const OUTBOUND_PORT = 15001;
 export const INBOUND_PORT = 15006;
 export const ADMIN_PORT = 15020;
-const SIDECAR_PORTS: readonly number[] = [OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT];
 export const SIDECAR_USER = 65532;
+
+/**
+ * Ports that other meshes' proxies listen on in the pod's network namespace without declaring
+ * them as containerPorts: a pod that also carries one of these containers and shares a port with
+ * the Custody sidecar would have one of the two fail to bind at runtime.
+ */
+const KNOWN_PROXY_PORTS: Readonly<Record<string, readonly number[]>> = {
+  "istio-proxy": [15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090],
+  "linkerd-proxy": [4140, 4143, 4190, 4191],
+};
 
 export const IDENTITY_MOUNT_PATH = "/var/run/custody/identity";
 export const REGISTRY_MOUNT_PATH = "/var/run/custody/registry";
@@ -50,7 +73,6 @@ export const VOLUME_IDENTITY = "custody-identity";
 export const VOLUME_REGISTRY = "custody-registry";
 export const VOLUME_TMP = "custody-tmp";
 
-export const PROXY_URL = `http://127.0.0.1:${OUTBOUND_PORT}`;
 const BASE_NO_PROXY = ["localhost", "127.0.0.1", "::1"];
 const MAX_NO_PROXY_ENTRIES = 32;
 const MAX_NO_PROXY_LENGTH = 2048;
@@ -63,11 +85,13 @@ const MAX_ENV_PER_CONTAINER = 1024;
 const MAX_PORTS_PER_CONTAINER = 128;
 const MAX_VOLUMES = 512;
 
-const PROMETHEUS_ANNOTATIONS = {
-  "prometheus.io/scrape": "true",
-  "prometheus.io/port": String(ADMIN_PORT),
-  "prometheus.io/path": "/metrics",
-} as const;
+function prometheusAnnotations(adminPort: number): Record<string, string> {
+  return {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": String(adminPort),
+    "prometheus.io/path": "/metrics",
+  };
+}
 
 export const IMAGE_PULL_POLICIES = ["Always", "IfNotPresent", "Never"] as const;
 export type ImagePullPolicy = (typeof IMAGE_PULL_POLICIES)[number];
@@ -75,6 +99,19 @@ export type ImagePullPolicy = (typeof IMAGE_PULL_POLICIES)[number];
 export interface ResourceRequirements {
   readonly requests: Readonly<Record<string, string>>;
   readonly limits: Readonly<Record<string, string>>;
+}
+
+/** native: a restartable init container (Kubernetes 1.29+); container: an ordinary container. */
+export const SIDECAR_MODES = ["native", "container"] as const;
+export type SidecarMode = (typeof SIDECAR_MODES)[number];
+
+export interface SidecarPorts {
+  /** The app's HTTP proxy, on 127.0.0.1. */
+  readonly outbound: number;
+  /** Mutual TLS from other sidecars, on every address of the pod. */
+  readonly inbound: number;
+  /** /metrics, /healthz, /readyz. */
+  readonly admin: number;
 }
 
 export interface InjectionSettings {
@@ -88,17 +125,36 @@ export interface InjectionSettings {
   readonly resources: ResourceRequirements;
   /** Size limit of the /tmp emptyDir where the sidecar spools large bodies. */
   readonly tmpSizeLimit: string;
+  readonly mode: SidecarMode;
+  readonly ports: SidecarPorts;
+  /**
+   * In container mode, how long the sidecar keeps serving after SIGTERM (which it gets together
+   * with the app), so the app's own shutdown can still call out. A native sidecar is stopped only
+   * after the app has exited and needs none.
+   */
+  readonly shutdownDelay: string;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   image: "ghcr.io/custody-dev/custody-sidecar:0.1.0",
   imagePullPolicy: "IfNotPresent",
   tokenUrl: undefined,
-  registryShards: 8,
+  // Every shard the publisher can write: a registry that outgrows the mounted ones would reach
+  // sidecars only in part, and a pod's volumes cannot change after it starts.
+  registryShards: MAX_REGISTRY_SHARDS,
   logLevel: "info",
-  resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { memory: "256Mi" } },
+  // A CPU and a memory limit: namespaces whose ResourceQuota covers limits.cpu or limits.memory
+  // refuse pods with a container that has none.
+  resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { cpu: "1", memory: "256Mi" } },
   tmpSizeLimit: "1Gi",
+  mode: "native",
+  ports: { outbound: OUTBOUND_PORT, inbound: INBOUND_PORT, admin: ADMIN_PORT },
+  shutdownDelay: "5s",
 };
+
+function sidecarPortList(ports: SidecarPorts): number[] {
+  return [ports.outbound, ports.inbound, ports.admin];
+}
 
 export interface IdentityLookup {
   /** The validated ServiceIdentity `name` in `namespace`, or undefined when there is none. */
@@ -111,7 +167,40 @@ export class InjectionSettingsError extends CustodyError {
   }
 }
 
-const QUANTITY = /^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
+const QUANTITY = /^[0-9]{1,15}(\.[0-9]{1,9})?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
+const QUANTITY_SCALE: Readonly<Record<string, number>> = {
+  "": 1,
+  m: 1e-3,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
+};
+
+/** The value of a quantity that matched QUANTITY, precise enough to compare a request with a limit. */
+function quantityValue(quantity: string): number {
+  const match = /^([0-9.]+)([A-Za-z]*)$/.exec(quantity);
+  return Number(match?.[1] ?? Number.NaN) * (QUANTITY_SCALE[match?.[2] ?? ""] ?? Number.NaN);
+}
+
+/** Requests above their limit: the API server would refuse the pod after admission, less clearly. */
+function requestsAboveLimits(resources: ResourceRequirements): string[] {
+  return Object.entries(resources.requests)
+    .filter(([resource, request]) => {
+      const limit = resources.limits[resource];
+      return limit !== undefined && quantityValue(request) > quantityValue(limit);
+    })
+    .map(([resource]) => resource);
+}
+const DURATION = /^[0-9]{1,4}(ms|s|m)$/;
 
 /** Throws InjectionSettingsError when a setting would produce a pod the API server or kubelet refuses. */
 export function checkInjectionSettings(settings: InjectionSettings): void {
@@ -135,7 +224,19 @@ export function checkInjectionSettings(settings: InjectionSettings): void {
         problems.push(`resources.${kind}.${resource} must be a quantity (50m, 64Mi)`);
     }
   }
+  for (const resource of requestsAboveLimits(settings.resources)) {
+    problems.push(`resources.requests.${resource} must not exceed resources.limits.${resource}`);
+  }
   if (!QUANTITY.test(settings.tmpSizeLimit)) problems.push("tmpSizeLimit must be a quantity (1Gi)");
+  if (!SIDECAR_MODES.includes(settings.mode))
+    problems.push(`mode must be one of ${SIDECAR_MODES.join(", ")}`);
+  const ports = sidecarPortList(settings.ports);
+  if (ports.some((port) => !Number.isInteger(port) || port < 1 || port > 65_535)) {
+    problems.push("ports must be from 1 to 65535");
+  } else if (new Set(ports).size !== ports.length) {
+    problems.push("ports.outbound, ports.inbound and ports.admin must differ");
+  }
+  if (!DURATION.test(settings.shutdownDelay)) problems.push("shutdownDelay must be a duration (5s)");
   if (problems.length > 0) throw new InjectionSettingsError(`injection settings: ${problems.join("; ")}.`);
 }
 
@@ -170,6 +271,7 @@ const podSchema = z.looseObject({
     serviceAccount: z.string().max(253).nullish(),
     hostNetwork: z.boolean().nullish(),
     containers: z.array(containerSchema).min(1).max(MAX_CONTAINERS),
+    initContainers: z.array(containerSchema).max(MAX_CONTAINERS).nullish(),
     volumes: z
       .array(z.looseObject({ name: nameSchema }))
       .max(MAX_VOLUMES)
@@ -189,11 +291,10 @@ function injectionWanted(pod: unknown): "wanted" | "not_requested" | "already_in
   const object = recordOf(pod);
   const annotations = recordOf(recordOf(object?.metadata)?.annotations);
   if (annotations?.[ANNOTATION_INJECT] !== "true") return "not_requested";
-  const containers = recordOf(object?.spec)?.containers;
-  if (Array.isArray(containers) && containers.some((c) => recordOf(c)?.name === SIDECAR_CONTAINER_NAME)) {
-    return "already_injected";
-  }
-  return "wanted";
+  const spec = recordOf(object?.spec);
+  const named = (list: unknown) =>
+    Array.isArray(list) && list.some((c) => recordOf(c)?.name === SIDECAR_CONTAINER_NAME);
+  return named(spec?.containers) || named(spec?.initContainers) ? "already_injected" : "wanted";
 }
 
 function refuse(code: number, reason: string, message: string, identity?: string): AdmissionDenied {
@@ -264,7 +365,12 @@ function resolveIdentity(
   return { ok: true, value: identity };
 }
 
-function resolveAppPort(pod: Pod, appContainers: readonly Container[], label: string): Resolved<number> {
+function resolveAppPort(
+  pod: Pod,
+  appContainers: readonly Container[],
+  sidecarPorts: readonly number[],
+  label: string,
+): Resolved<number> {
   const annotated = pod.metadata.annotations?.[ANNOTATION_APP_PORT];
   let port: number;
   if (annotated !== undefined) {
@@ -296,32 +402,96 @@ function resolveAppPort(pod: Pod, appContainers: readonly Container[], label: st
     }
     port = declared.containerPort;
   }
-  if (SIDECAR_PORTS.includes(port)) {
+  if (sidecarPorts.includes(port)) {
     return {
       ok: false,
       denied: refuse(
         400,
         "app_port_conflict",
-        `${label}: app port ${port} is one of the Custody sidecar's own ports (${SIDECAR_PORTS.join(", ")}): the app must listen elsewhere.`,
+        `${label}: app port ${port} is one of the Custody sidecar's own ports (${sidecarPorts.join(", ")}): the app must listen elsewhere.`,
       ),
     };
   }
   return { ok: true, value: port };
 }
 
-/** App containers share the pod's network namespace with the sidecar: a clash fails at runtime. */
-function portConflict(appContainers: readonly Container[], label: string): AdmissionDenied | undefined {
-  for (const container of appContainers) {
-    const clash = container.ports?.find((entry) => SIDECAR_PORTS.includes(entry.containerPort));
-    if (clash !== undefined) {
+/**
+ * Every container of a pod, init containers included, shares its network namespace with the
+ * sidecar: a port declared twice, or one that another mesh's proxy is known to take, fails at
+ * runtime. Run again when the API server reinvokes the webhook after another one (Istio's
+ * injector, say) added its containers.
+ */
+function portConflict(
+  containers: readonly Container[],
+  sidecarPorts: readonly number[],
+  label: string,
+): AdmissionDenied | undefined {
+  const shown = sidecarPorts.join(", ");
+  for (const container of containers) {
+    if (container.name === SIDECAR_CONTAINER_NAME) continue;
+    const declared = container.ports?.find((entry) => sidecarPorts.includes(entry.containerPort));
+    if (declared !== undefined) {
       return refuse(
         400,
         "port_conflict",
-        `${label}: container "${container.name}" declares port ${clash.containerPort}, which the Custody sidecar uses (${SIDECAR_PORTS.join(", ")}) in the pod's shared network namespace: move it to another port.`,
+        `${label}: container "${container.name}" declares port ${declared.containerPort}, which the Custody sidecar uses (${shown}) in the pod's shared network namespace: move it to another port.`,
+      );
+    }
+    const proxyPort = KNOWN_PROXY_PORTS[container.name]?.find((port) => sidecarPorts.includes(port));
+    if (proxyPort !== undefined) {
+      return refuse(
+        400,
+        "mesh_port_conflict",
+        `${label}: container "${container.name}" (another mesh's proxy) listens on port ${proxyPort}, which the Custody sidecar uses (${shown}): give Custody's sidecar other ports (chart values sidecar.ports), or do not inject both into one pod.`,
       );
     }
   }
   return undefined;
+}
+
+/** The chart's resources with the pod's annotations over them, or a refusal naming the bad one. */
+function resolveResources(
+  pod: Pod,
+  settings: InjectionSettings,
+  label: string,
+): Resolved<ResourceRequirements> {
+  const annotations = pod.metadata.annotations ?? {};
+  const overrides = [
+    [ANNOTATION_SIDECAR_CPU_REQUEST, "requests", "cpu"],
+    [ANNOTATION_SIDECAR_CPU_LIMIT, "limits", "cpu"],
+    [ANNOTATION_SIDECAR_MEMORY_REQUEST, "requests", "memory"],
+    [ANNOTATION_SIDECAR_MEMORY_LIMIT, "limits", "memory"],
+  ] as const;
+  const requests: Record<string, string> = { ...settings.resources.requests };
+  const limits: Record<string, string> = { ...settings.resources.limits };
+  for (const [annotation, kind, resource] of overrides) {
+    const value = annotations[annotation];
+    if (value === undefined) continue;
+    if (!QUANTITY.test(value)) {
+      return {
+        ok: false,
+        denied: refuse(
+          400,
+          "invalid_sidecar_resources",
+          `annotation ${annotation}: "${value.slice(0, 64)}" is not a Kubernetes quantity (${resource === "cpu" ? "250m, 1" : "128Mi, 1Gi"}).`,
+        ),
+      };
+    }
+    (kind === "requests" ? requests : limits)[resource] = value;
+  }
+  const resources = { requests, limits };
+  const above = requestsAboveLimits(resources);
+  if (above.length > 0) {
+    return {
+      ok: false,
+      denied: refuse(
+        400,
+        "invalid_sidecar_resources",
+        `${label}: the Custody sidecar's ${above.map((resource) => `${resource} request (${requests[resource]}) exceeds its limit (${limits[resource]})`).join(" and ")}: change the custody.dev/sidecar-* annotations so that each request is at most its limit.`,
+      ),
+    };
+  }
+  return { ok: true, value: resources };
 }
 
 function resolveNoProxy(pod: Pod): Resolved<string> {
@@ -350,11 +520,12 @@ function resolveNoProxy(pod: Pod): Resolved<string> {
 
 // --- what is added ------------------------------------------------------------------------------
 
-function proxyEnv(noProxy: string): { name: string; value: string }[] {
+function proxyEnv(noProxy: string, outboundPort: number): { name: string; value: string }[] {
+  const proxyUrl = `http://127.0.0.1:${outboundPort}`;
   // Both spellings: curl and Go read the upper case, many tools (wget, Python's requests) the lower.
   return [
-    { name: "HTTP_PROXY", value: PROXY_URL },
-    { name: "http_proxy", value: PROXY_URL },
+    { name: "HTTP_PROXY", value: proxyUrl },
+    { name: "http_proxy", value: proxyUrl },
     { name: "NO_PROXY", value: noProxy },
     { name: "no_proxy", value: noProxy },
   ];
@@ -389,12 +560,21 @@ function volumes(identity: ServiceIdentity, settings: InjectionSettings): Record
   ];
 }
 
-function sidecarContainer(appPort: number, settings: InjectionSettings): Record<string, unknown> {
+function sidecarContainer(
+  appPort: number,
+  resources: ResourceRequirements,
+  settings: InjectionSettings,
+): Record<string, unknown> {
+  const { ports } = settings;
   const env = [
     { name: "CUSTODY_IDENTITY", value: IDENTITY_MOUNT_PATH },
     { name: "CUSTODY_REGISTRY", value: REGISTRY_MOUNT_PATH },
     { name: "CUSTODY_APP_PORT", value: String(appPort) },
+    { name: "CUSTODY_OUTBOUND", value: `127.0.0.1:${ports.outbound}` },
+    { name: "CUSTODY_INBOUND", value: `0.0.0.0:${ports.inbound}` },
+    { name: "CUSTODY_ADMIN", value: `0.0.0.0:${ports.admin}` },
     ...(settings.tokenUrl === undefined ? [] : [{ name: "CUSTODY_TOKEN_URL", value: settings.tokenUrl }]),
+    { name: "CUSTODY_SHUTDOWN_DELAY", value: settings.mode === "native" ? "0s" : settings.shutdownDelay },
     { name: "CUSTODY_LOG_LEVEL", value: settings.logLevel },
   ];
   return {
@@ -403,24 +583,34 @@ function sidecarContainer(appPort: number, settings: InjectionSettings): Record<
     imagePullPolicy: settings.imagePullPolicy,
     args: ["sidecar"],
     env,
+    // An init container with restartPolicy Always is a native sidecar: it runs beside the app
+    // containers, which the kubelet starts only once its startup probe has passed.
+    ...(settings.mode === "native" ? { restartPolicy: "Always" } : {}),
     ports: [
-      { name: "custody-inbound", containerPort: INBOUND_PORT, protocol: "TCP" },
-      { name: "custody-admin", containerPort: ADMIN_PORT, protocol: "TCP" },
+      { name: "custody-inbound", containerPort: ports.inbound, protocol: "TCP" },
+      { name: "custody-admin", containerPort: ports.admin, protocol: "TCP" },
     ],
+    // /readyz answers 200 once the identity, the registry and (with a token service) the
+    // identity token are loaded: what the app's first outgoing call needs.
+    startupProbe: {
+      httpGet: { path: "/readyz", port: ports.admin },
+      periodSeconds: 1,
+      timeoutSeconds: 2,
+      failureThreshold: 120,
+    },
     readinessProbe: {
-      httpGet: { path: "/readyz", port: ADMIN_PORT },
+      httpGet: { path: "/readyz", port: ports.admin },
       periodSeconds: 5,
       timeoutSeconds: 2,
       failureThreshold: 3,
     },
     livenessProbe: {
-      httpGet: { path: "/healthz", port: ADMIN_PORT },
-      initialDelaySeconds: 5,
+      httpGet: { path: "/healthz", port: ports.admin },
       periodSeconds: 10,
       timeoutSeconds: 2,
       failureThreshold: 3,
     },
-    resources: { requests: { ...settings.resources.requests }, limits: { ...settings.resources.limits } },
+    resources: { requests: { ...resources.requests }, limits: { ...resources.limits } },
     securityContext: {
       runAsNonRoot: true,
       runAsUser: SIDECAR_USER,
@@ -482,7 +672,16 @@ export function injectionPatch(
   settings: InjectionSettings,
 ): AdmissionDecision {
   const wanted = injectionWanted(pod);
-  if (wanted !== "wanted") return allowUnchanged(wanted);
+  if (wanted === "not_requested") return allowUnchanged(wanted);
+  const sidecarPorts = sidecarPortList(settings.ports);
+  if (wanted === "already_injected") {
+    // Reinvoked after another webhook (Istio's injector, say) changed the pod, or admitted again:
+    // the pod was judged when the sidecar went in; only what was added since may take its ports.
+    const read = podSchema.safeParse(pod);
+    if (!read.success) return allowUnchanged(wanted);
+    const containers = [...(read.data.spec.initContainers ?? []), ...read.data.spec.containers];
+    return portConflict(containers, sidecarPorts, podLabel(pod, namespace)) ?? allowUnchanged(wanted);
+  }
   const objectNamespace = recordOf(recordOf(pod)?.metadata)?.namespace;
   const podNamespace =
     namespace !== "" ? namespace : typeof objectNamespace === "string" ? objectNamespace : "";
@@ -494,6 +693,8 @@ export function injectionPatch(
     if (error instanceof ValidationError) return refuse(400, "malformed_pod", error.message);
     throw error;
   }
+  const initContainers = parsed.spec.initContainers ?? [];
+  const everyContainer = [...initContainers, ...parsed.spec.containers];
   if (!isDnsLabel(podNamespace)) {
     return refuse(400, "malformed_pod", `${label}: the pod has no namespace; identities are namespaced.`);
   }
@@ -501,19 +702,21 @@ export function injectionPatch(
     return refuse(
       400,
       "host_network",
-      `${label} uses hostNetwork: the sidecar's ports (${SIDECAR_PORTS.join(", ")}) would be the node's, shared with every other such pod; remove ${ANNOTATION_INJECT} or hostNetwork.`,
+      `${label} uses hostNetwork: the sidecar's ports (${sidecarPorts.join(", ")}) would be the node's, shared with every other such pod; remove ${ANNOTATION_INJECT} or hostNetwork.`,
     );
   }
   const identity = resolveIdentity(parsed, podNamespace, lookup, label);
   if (!identity.ok) return identity.denied;
   const identityName = identity.value.metadata.name;
   const appContainers = parsed.spec.containers;
-  const appPort = resolveAppPort(parsed, appContainers, label);
+  const appPort = resolveAppPort(parsed, appContainers, sidecarPorts, label);
   if (!appPort.ok) return { ...appPort.denied, identity: identityName };
-  const conflict = portConflict(appContainers, label);
+  const conflict = portConflict(everyContainer, sidecarPorts, label);
   if (conflict !== undefined) return { ...conflict, identity: identityName };
   const noProxy = resolveNoProxy(parsed);
   if (!noProxy.ok) return { ...noProxy.denied, identity: identityName };
+  const resources = resolveResources(parsed, settings, label);
+  if (!resources.ok) return { ...resources.denied, identity: identityName };
   const added = volumes(identity.value, settings);
   const taken = new Set((parsed.spec.volumes ?? []).map((volume) => volume.name));
   const clash = added.find((volume) => taken.has(String(volume.name)));
@@ -530,19 +733,31 @@ export function injectionPatch(
   const annotations = parsed.metadata.annotations;
   // The three prometheus.io annotations describe one scrape target: when the app already names its
   // own, changing any of them would break the app's scraping, so the user's choice wins.
-  const appScraped = Object.keys(PROMETHEUS_ANNOTATIONS).some((key) => annotations?.[key] !== undefined);
+  const scrape = prometheusAnnotations(settings.ports.admin);
+  const appScraped = Object.keys(scrape).some((key) => annotations?.[key] !== undefined);
   addToMap(ops, "/metadata/annotations", annotations, {
-    ...(appScraped ? {} : PROMETHEUS_ANNOTATIONS),
+    ...(appScraped ? {} : scrape),
     [ANNOTATION_INJECTED]: identityName,
   });
   addToList(ops, "/spec/volumes", parsed.spec.volumes, added);
-  const env = proxyEnv(noProxy.value);
-  appContainers.forEach((container, index) => {
-    const defined = new Set((container.env ?? []).map((variable) => variable.name));
-    // A variable the container already defines is the user's choice (a corporate proxy, say).
-    const missing = env.filter((variable) => !defined.has(variable.name));
-    addToList(ops, `/spec/containers/${index}/env`, container.env, missing);
-  });
-  ops.push({ op: "add", path: "/spec/containers/-", value: sidecarContainer(appPort.value, settings) });
+  const env = proxyEnv(noProxy.value, settings.ports.outbound);
+  const addProxyEnv = (list: "containers" | "initContainers", containers: readonly Container[]) =>
+    containers.forEach((container, index) => {
+      const defined = new Set((container.env ?? []).map((variable) => variable.name));
+      // A variable the container already defines is the user's choice (a corporate proxy, say).
+      const missing = env.filter((variable) => !defined.has(variable.name));
+      addToList(ops, `/spec/${list}/${index}/env`, container.env, missing);
+    });
+  addProxyEnv("containers", appContainers);
+  const sidecar = sidecarContainer(appPort.value, resources.value, settings);
+  if (settings.mode === "native") {
+    // The user's init containers run after the sidecar has started, so they can call out too.
+    addProxyEnv("initContainers", initContainers);
+    if (parsed.spec.initContainers == null)
+      ops.push({ op: "add", path: "/spec/initContainers", value: [sidecar] });
+    else ops.push({ op: "add", path: "/spec/initContainers/0", value: sidecar });
+  } else {
+    ops.push({ op: "add", path: "/spec/containers/-", value: sidecar });
+  }
   return { allowed: true, patch: ops, reason: "injected", identity: identityName };
 }

@@ -4,6 +4,7 @@
  * one before; every setting is checked before anything starts.
  */
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
 import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
 import { createLogger, LOG_LEVELS } from "../../../cli/src/log.js";
@@ -35,7 +36,9 @@ const SETTINGS = {
   "when-no-policy": "deny (default) | allow: calls to a service no AccessPolicy targets",
   "max-body-bytes": `largest request body accepted (default ${DEFAULT_MAX_BODY_BYTES})`,
   "poll-interval": "re-read identity and registry at least this often (default 5s)",
-  "shutdown-grace": "on SIGTERM, let requests in flight finish this long, then cut them (default 10s)",
+  "shutdown-delay":
+    "on SIGTERM, keep serving this long (not ready) before stopping, for an app that stops at the same time and still calls out (default 0s)",
+  "shutdown-grace": "then let requests in flight finish this long, and cut them (default 10s)",
   "log-level": "fatal | error | warn | info | debug (default info)",
 } as const;
 type Setting = keyof typeof SETTINGS;
@@ -74,6 +77,7 @@ const settingsSchema = z.strictObject({
     .max(1024 * 1024 * 1024)
     .default(DEFAULT_MAX_BODY_BYTES),
   "poll-interval": z.string().default("5s"),
+  "shutdown-delay": z.string().default("0s"),
   "shutdown-grace": z.string().default("10s"),
   "log-level": z.enum(LOG_LEVELS).default("info"),
 });
@@ -159,6 +163,8 @@ export const sidecarCommand: Command = async (args, io) => {
   }
   const settings = parsed.data;
   const pollIntervalMs = durationSetting("poll-interval", settings["poll-interval"]);
+  const shutdownDelayMs = durationSetting("shutdown-delay", settings["shutdown-delay"]);
+  if (shutdownDelayMs > 120_000) throw new UsageError(`${COMMAND}: shutdown-delay must be at most 2m.`);
   const shutdownGraceMs = durationSetting("shutdown-grace", settings["shutdown-grace"]);
   const logger = createLogger("sidecar", settings["log-level"]);
   const clientSecret = await secretSetting("client-secret-file", settings["client-secret-file"]);
@@ -181,6 +187,14 @@ export const sidecarCommand: Command = async (args, io) => {
     logger,
   });
   await runUntilSignal(async (signal) => {
+    if (shutdownDelayMs > 0) {
+      logger.info(
+        { event: "draining", signal, delayMs: shutdownDelayMs },
+        "draining: not ready, still serving while the app stops and the pod leaves its Services' endpoints",
+      );
+      running.drain();
+      await sleep(shutdownDelayMs);
+    }
     logger.info({ event: "shutting_down", signal }, "shutting down: finishing requests in flight");
     await running.close(shutdownGraceMs);
   });

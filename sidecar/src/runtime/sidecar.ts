@@ -8,7 +8,7 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
-import { closeGracefully, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import { closeGracefully, drain, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
@@ -60,6 +60,11 @@ export interface RunningSidecar {
   readonly inboundPort: number;
   readonly adminUrl: string;
   readonly metrics: Registry;
+  /**
+   * The start of a shutdown: /readyz answers 503 (draining) and inbound connections close after
+   * their request, so callers reconnect to the pod's replacements, while everything still works.
+   */
+  drain(): void;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -196,7 +201,9 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     now,
   });
 
+  let draining = false;
   const readiness = (): { ready: boolean; why: string } => {
+    if (draining) return { ready: false, why: "draining: shutting down" };
     if (identity.notAfterMs <= now()) return { ready: false, why: "the workload certificate has expired" };
     if (source.snapshot === undefined) return { ready: false, why: "no registry loaded" };
     if (keeper !== undefined && keeper.token === undefined)
@@ -281,6 +288,11 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     inboundPort,
     adminUrl,
     metrics: registry,
+    drain() {
+      draining = true;
+      drain(inbound);
+      drain(admin);
+    },
     async close(graceMs = 10_000) {
       identityWatcher.close();
       registryWatcher.close();
