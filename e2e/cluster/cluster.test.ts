@@ -17,7 +17,7 @@
  * afterwards (see e2e/cluster/README.md).
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -40,11 +40,17 @@ import { type PrometheusServer, startPrometheus } from "../support/prometheus.js
 import { translateMonitors } from "../support/prometheus-monitors.js";
 import { requireTool } from "../support/tools.js";
 
-const READY = requireTool("kubectl") && requireTool("unzip") && requireControlPlane() && requireNode();
+const READY =
+  requireTool("kubectl") &&
+  requireTool("unzip") &&
+  requireTool("openssl") &&
+  requireControlPlane() &&
+  requireNode();
 const KEEP = process.env.KEEP_CLUSTER === "1";
 const SYSTEM = "custody-system";
 const SHOP = "shop";
 const BATCH = "batch";
+const OUTSIDE = "outside";
 const INBOUND_PORT = 15006;
 const MINUTE = 60_000;
 
@@ -130,9 +136,17 @@ function ready(pod: PodObject): boolean {
 }
 
 function node(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ code: number; output: string }> {
+  return run(process.execPath, args, env);
+}
+
+function run(
+  command: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
     execFile(
-      process.execPath,
+      command,
       [...args],
       { env, maxBuffer: 16 * 1024 * 1024, timeout: 15 * MINUTE },
       (error, stdout, stderr) => {
@@ -717,9 +731,59 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
   it(
     "native sidecars in a namespace under a ResourceQuota: a Job completes, its first call goes through, the app stops before its sidecar",
     async () => {
-      // The apps' ConfigMap first, in the namespace made first: the Deployments mount it.
+      // A service outside the mesh, with a certificate made now, for the outbound-policy step.
+      const tls = join(work, "outside-tls");
+      await mkdir(tls, { recursive: true });
+      const made = await run("openssl", [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        join(tls, "tls.key"),
+        "-out",
+        join(tls, "tls.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=outside.outside.svc",
+        "-addext",
+        "subjectAltName=DNS:outside.outside.svc",
+      ]);
+      expect(made.code, made.output).toBe(0);
+      await ok([
+        "apply",
+        "-f",
+        "e2e/cluster/outside.yaml",
+        "--selector",
+        "kubernetes.io/metadata.name=outside",
+      ]);
+      await ok([
+        "-n",
+        OUTSIDE,
+        "create",
+        "secret",
+        "tls",
+        "outside-tls",
+        `--cert=${join(tls, "tls.crt")}`,
+        `--key=${join(tls, "tls.key")}`,
+      ]);
+      await ok(["-n", OUTSIDE, "create", "configmap", "outside-apps", "--from-file=e2e/cluster/apps/"]);
+      await ok(["apply", "-f", "e2e/cluster/outside.yaml"]);
+      // The apps' ConfigMaps first, in the namespace made first: the Deployments mount them.
       await ok(["apply", "-f", "e2e/cluster/batch.yaml", "--selector", "kubernetes.io/metadata.name=batch"]);
       await ok(["-n", BATCH, "create", "configmap", "batch-apps", "--from-file=e2e/cluster/apps/"]);
+      await ok([
+        "-n",
+        BATCH,
+        "create",
+        "configmap",
+        "outside-ca",
+        `--from-file=ca.crt=${join(tls, "tls.crt")}`,
+      ]);
       await ok(["apply", "-f", "e2e/cluster/batch.yaml"]);
       await ok([
         "-n",
@@ -782,6 +846,43 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       expect(await reports()).toContainEqual({ from: name, what: "stopping" });
     },
     10 * MINUTE,
+  );
+
+  it(
+    "outbound traffic outside the mesh: passthrough reaches an HTTP and an HTTPS service, registry-only refuses both",
+    async () => {
+      await rolledOut(OUTSIDE, "outside", 1);
+      const egress = async (deployment: string) => {
+        const printed = await ok([
+          "-n",
+          BATCH,
+          "exec",
+          `deploy/${deployment}`,
+          "-c",
+          "app",
+          "--",
+          "node",
+          "/apps/egress.mjs",
+          "http://outside.outside.svc:8080/",
+          "https://outside.outside.svc:8443/",
+          "/ca/ca.crt",
+        ]);
+        return JSON.parse(printed.trim()) as Record<"http" | "https", { status: number; body: string }>;
+      };
+      await rolledOut(BATCH, "emitter", 1);
+      const open = await egress("emitter");
+      expect(open.http).toEqual({ status: 200, body: "outside over http" });
+      // TLS end to end: the app checked outside's certificate; the sidecar only carried bytes.
+      expect(open.https).toEqual({ status: 200, body: "outside over https" });
+
+      await rolledOut(BATCH, "closed", 1);
+      const closed = await egress("closed");
+      expect(closed.http.status).toBe(502);
+      expect(JSON.parse(closed.http.body)).toMatchObject({ reason: "unknown_service" });
+      expect(closed.https.status).toBe(403);
+      expect(JSON.parse(closed.https.body)).toMatchObject({ reason: "passthrough_disabled" });
+    },
+    5 * MINUTE,
   );
 
   it(

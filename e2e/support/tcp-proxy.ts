@@ -14,11 +14,18 @@ export interface TcpProxy {
   cut(): Promise<void>;
   /** Listens again on the same port. */
   restore(): Promise<void>;
+  /**
+   * Makes every open connection half-open, as a NAT or load balancer that forgot it does: the
+   * server's side is closed, the client's stays open and from now on gets nothing, not even a FIN.
+   * New connections work.
+   */
+  strand(): void;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
+  const pairs = new Set<{ client: Socket; upstream: Socket }>();
   const track = (socket: Socket): void => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
@@ -28,8 +35,14 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     const upstream = connect(targetPort, HOST);
     track(client);
     track(upstream);
-    client.on("close", () => upstream.destroy());
-    upstream.on("close", () => client.destroy());
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const closeClient = () => client.destroy();
+    client.on("close", () => {
+      pairs.delete(pair);
+      upstream.destroy();
+    });
+    upstream.on("close", closeClient);
     client.pipe(upstream);
     upstream.pipe(client);
   });
@@ -59,5 +72,16 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       listening = true;
     },
     close: cut,
+    strand: () => {
+      for (const { client, upstream } of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        upstream.removeAllListeners("close");
+        upstream.destroy();
+        // What the client sends from now on goes nowhere.
+        client.on("data", () => undefined);
+      }
+      pairs.clear();
+    },
   };
 }

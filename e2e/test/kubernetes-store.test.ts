@@ -524,6 +524,33 @@ describe.skipIf(!HAS_CLUSTER)("the Kubernetes store against a real control plane
     );
   });
 
+  it("notices a half-open watch (no FIN, no RST, nothing more) and watches again, missing nothing", async () => {
+    const ns = await namespace("half-open");
+    const { logger, lines } = capturingLogger();
+    // A short idle bound: the real default (150 s) is above the API server's bookmark interval.
+    const store = new KubernetesStore({
+      kubeConfig: kc,
+      logger,
+      watchBounds: { timeoutSeconds: 60, idleMs: 3_000 },
+    });
+    stores.push(store);
+    await store.start();
+    await createSecret(ns, "before", { v: "1" });
+    await vi.waitFor(() => expect(store.secret({ namespace: ns, name: "before" })).toBeDefined(), WAIT);
+
+    cluster.operatorProxy.strand();
+    // Made while the operator's watches hang on dead connections: only a new watch can see it.
+    await createSecret(ns, "during", { v: "2" });
+    await createIdentity(ns, "during");
+    await vi.waitFor(() => {
+      expect(store.secret({ namespace: ns, name: "during" })?.data).toEqual({ v: "2" });
+      expect(store.resource(IDENTITY, { namespace: ns, name: "during" })).toBeDefined();
+    }, WAIT);
+    expect(lines.some((line) => line.msg?.includes("half-open"))).toBe(true);
+    // Resumed, not re-listed from scratch into a failure: no informer reported an error.
+    expect(lines.filter((line) => line.msg === "informer failed; restarting it")).toEqual([]);
+  });
+
   it("rides out an API server outage and re-lists what changed meanwhile", async () => {
     const ns = await namespace("outage");
     const proxy = cluster.operatorProxy;

@@ -91,6 +91,7 @@ const OUTBOUND_SERVER_REASONS = [
   "invalid_target",
   "unsupported_scheme",
   "unknown_service",
+  "loopback_target",
   "chain_repeated",
   "registry_unavailable",
   "own_key_unpublished",
@@ -256,6 +257,7 @@ let stray: RunningSidecar; // stray.shop: a CA-issued identity the registry does
 let unregistered: RunningSidecar; // payments, with no registry loaded
 let tiny: RunningSidecar; // payments, 16-byte body limit, its app port closed
 let denying: RunningSidecar; // payments, whenNoPolicy: deny
+let open: RunningSidecar; // payments, outboundPolicy: passthrough
 let redisless: RunningSidecar; // payments, replay store on a closed Redis port
 let guarded: RunningSidecar; // cart, its outbound port wanting the workload's credential
 /**
@@ -291,6 +293,7 @@ async function startExtra(
     maxBodyBytes?: number;
     redisUrl?: string;
     clientSecret?: string;
+    outboundPolicy?: "passthrough" | "registry-only";
   } = {},
 ): Promise<RunningSidecar> {
   const sidecar = await startSidecar({
@@ -305,6 +308,7 @@ async function startExtra(
     admin: { host: "127.0.0.1", port: 0 },
     limits: DEFAULT_LIMITS,
     whenNoPolicy: overrides.whenNoPolicy ?? "allow",
+    ...(overrides.outboundPolicy === undefined ? {} : { outboundPolicy: overrides.outboundPolicy }),
     replay: { redisUrl: overrides.redisUrl, failureMode: "closed" },
     spool: overrides.maxBodyBytes === undefined ? {} : { maxBytes: overrides.maxBodyBytes },
     pollIntervalMs: 200,
@@ -428,7 +432,7 @@ beforeAll(async () => {
     response.end("not impostor.shop");
   });
   await new Promise<void>((resolve) => impostor.server.listen(impostorPort, "127.0.0.1", resolve));
-  [stray, unregistered, tiny, denying, redisless, guarded] = await Promise.all([
+  [stray, unregistered, tiny, denying, redisless, guarded, open] = await Promise.all([
     startExtra("stray", strayDirectory),
     startExtra("unregistered", payments, { registryPath: join(directory.path, "no-registry.json") }),
     startExtra("tiny", payments, { maxBodyBytes: 16, appPort: await freePort() }),
@@ -437,6 +441,7 @@ beforeAll(async () => {
     startExtra("guarded", mesh.service("cart.shop").identityDirectory, {
       clientSecret: "guarded-secret-0123456789abcdef",
     }),
+    startExtra("open", payments, { outboundPolicy: "passthrough" }),
   ]);
 }, 30_000);
 
@@ -1061,6 +1066,9 @@ const ROWS: Row[] = [
   ),
   row("outbound", "unknown_service", 502, "a host not in the registry", () =>
     callThrough(sidecarOf("shop.shop"), "http://evil.example/steal"),
+  ),
+  row("outbound", "loopback_target", 400, "a passthrough call to a loopback address", () =>
+    callThrough(open, "http://127.0.0.1:9/x"),
   ),
   row("outbound", "own_key_unpublished", 503, "a sidecar whose key the registry does not publish", () =>
     callThrough(stray, "http://cart.shop/x"),

@@ -285,8 +285,18 @@ describe("the admission webhooks", () => {
       expect(app?.env).toEqual([
         { name: "HTTP_PROXY", value: "http://127.0.0.1:15001" },
         { name: "http_proxy", value: "http://127.0.0.1:15001" },
-        { name: "NO_PROXY", value: "localhost,127.0.0.1,::1,.svc.cluster.local" },
-        { name: "no_proxy", value: "localhost,127.0.0.1,::1,.svc.cluster.local" },
+        { name: "HTTPS_PROXY", value: "http://127.0.0.1:15001" },
+        { name: "https_proxy", value: "http://127.0.0.1:15001" },
+        {
+          name: "NO_PROXY",
+          value:
+            "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default,.svc.cluster.local",
+        },
+        {
+          name: "no_proxy",
+          value:
+            "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default,.svc.cluster.local",
+        },
       ]);
       expect(result.spec.volumes?.map((volume) => volume.name)).toEqual(
         expect.arrayContaining(["custody-identity", "custody-registry", "custody-tmp"]),

@@ -34,7 +34,9 @@ import {
   DEFAULT_INJECTION_SETTINGS,
   INBOUND_PORT,
   type InjectionSettings,
+  OUTBOUND_POLICY_SETTINGS,
   OUTBOUND_PORT,
+  type OutboundPolicySetting,
   SIDECAR_MODES,
   type SidecarMode,
 } from "./webhook/inject.js";
@@ -85,6 +87,8 @@ Options:
   --sidecar-memory-request Q  them; an empty value leaves that one out
   --sidecar-memory-limit Q
   --sidecar-shutdown-delay D  container mode: the sidecar keeps serving this long after SIGTERM (default 5s)
+  --sidecar-outbound-policy P passthrough (default: calls to non-mesh hosts, HTTP and HTTPS through
+                              CONNECT, go out as they are) | registry-only (refused)
   --leader-elect-lease-duration D   how long a leader's Lease holds without renewal (default 15s)
   --leader-elect-renew-deadline D   a leader that could not renew this long stops leading (default 10s)
   --leader-elect-retry-period D     between attempts to acquire or renew (default 2s)
@@ -129,6 +133,7 @@ export const operatorCommand: Command = async (args, io) => {
     "sidecar-memory-request": { type: "string" },
     "sidecar-memory-limit": { type: "string" },
     "sidecar-shutdown-delay": { type: "string" },
+    "sidecar-outbound-policy": { type: "string" },
     "poll-interval": { type: "string" },
     "shutdown-delay": { type: "string" },
     "leader-elect-lease-duration": { type: "string" },
@@ -315,6 +320,12 @@ function injectionSettingsOf(
     throw new UsageError(`${COMMAND}: --sidecar-mode must be one of ${SIDECAR_MODES.join(", ")}.`);
   }
   // An empty value leaves that request or limit out (a cluster that runs without CPU limits).
+  const outboundPolicy = text("sidecar-outbound-policy") ?? defaults.outboundPolicy;
+  if (!(OUTBOUND_POLICY_SETTINGS as readonly string[]).includes(outboundPolicy)) {
+    throw new UsageError(
+      `${COMMAND}: --sidecar-outbound-policy must be one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}.`,
+    );
+  }
   const resource = (name: string, fallback: string | undefined) => {
     const value = text(name);
     return value === undefined ? fallback : value === "" ? undefined : value;
@@ -344,5 +355,9 @@ function injectionSettingsOf(
       }),
     },
     shutdownDelay: text("sidecar-shutdown-delay") ?? defaults.shutdownDelay,
+    outboundPolicy: outboundPolicy as OutboundPolicySetting,
+    // In a pod, in-cluster clients reach the API server at this address: never through the sidecar.
+    apiServerHosts:
+      process.env.KUBERNETES_SERVICE_HOST === undefined ? [] : [process.env.KUBERNETES_SERVICE_HOST],
   };
 }

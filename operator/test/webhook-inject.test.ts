@@ -149,6 +149,7 @@ describe("injectionPatch", () => {
       CUSTODY_ADMIN: "0.0.0.0:15020",
       // A native sidecar is stopped after the app has exited: nothing is left to drain for.
       CUSTODY_SHUTDOWN_DELAY: "0s",
+      CUSTODY_OUTBOUND_POLICY: "passthrough",
       CUSTODY_LOG_LEVEL: "info",
     });
 
@@ -180,8 +181,13 @@ describe("injectionPatch", () => {
     const proxy = {
       HTTP_PROXY: "http://127.0.0.1:15001",
       http_proxy: "http://127.0.0.1:15001",
-      NO_PROXY: "localhost,127.0.0.1,::1",
-      no_proxy: "localhost,127.0.0.1,::1",
+      HTTPS_PROXY: "http://127.0.0.1:15001",
+      https_proxy: "http://127.0.0.1:15001",
+      // Loopback, the cloud metadata endpoint and the Kubernetes API never go through the sidecar.
+      NO_PROXY:
+        "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default",
+      no_proxy:
+        "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default",
     };
     const [app, helper] = result.spec.containers;
     expect(envOf(app as Container)).toEqual({ MODE: "a", ...proxy });
@@ -318,6 +324,19 @@ describe("injectionPatch", () => {
     ).toBe("app_port_conflict");
   });
 
+  it("takes the outbound policy from the pod's annotation over the settings", () => {
+    const closed = injected(
+      pod({ "custody.dev/inject": "true", "custody.dev/outbound-policy": "registry-only" }),
+    );
+    expect(envOf(sidecarOf(closed)).CUSTODY_OUTBOUND_POLICY).toBe("registry-only");
+    const settings = { ...DEFAULT_INJECTION_SETTINGS, outboundPolicy: "registry-only" as const };
+    expect(envOf(sidecarOf(injected(pod(), settings))).CUSTODY_OUTBOUND_POLICY).toBe("registry-only");
+    const denied = refusal(
+      inject(pod({ "custody.dev/inject": "true", "custody.dev/outbound-policy": "open" })),
+    );
+    expect(denied).toMatchObject({ code: 400, reason: "invalid_outbound_policy" });
+  });
+
   it("takes the sidecar's resources from the pod's annotations over the settings", () => {
     const annotations = {
       "custody.dev/inject": "true",
@@ -433,7 +452,10 @@ describe("injectionPatch", () => {
       HTTP_PROXY: "http://corp-proxy:3128",
       no_proxy: "internal",
       http_proxy: "http://127.0.0.1:15001",
-      NO_PROXY: "localhost,127.0.0.1,::1",
+      HTTPS_PROXY: "http://127.0.0.1:15001",
+      https_proxy: "http://127.0.0.1:15001",
+      NO_PROXY:
+        "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default",
     });
   });
 
@@ -443,7 +465,14 @@ describe("injectionPatch", () => {
       "custody.dev/no-proxy": " .svc.cluster.local, 10.0.0.0/8,,localhost",
     };
     const app = injected(pod(annotations)).spec.containers[0] as Container;
-    expect(envOf(app).NO_PROXY).toBe("localhost,127.0.0.1,::1,.svc.cluster.local,10.0.0.0/8");
+    expect(envOf(app).NO_PROXY).toBe(
+      "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default,.svc.cluster.local,10.0.0.0/8",
+    );
+    // The API server's address as pods see it, from the operator's own KUBERNETES_SERVICE_HOST.
+    const withApi = { ...DEFAULT_INJECTION_SETTINGS, apiServerHosts: ["10.0.0.1"] };
+    expect(envOf(injected(pod(), withApi).spec.containers[0] as Container).NO_PROXY).toBe(
+      `localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal,kubernetes.default.svc,kubernetes.default,10.0.0.1`,
+    );
     for (const bad of ["a b", "x;y", "$(evil)", "a,".repeat(40), "x".repeat(3000)]) {
       const denied = refusal(inject(pod({ "custody.dev/inject": "true", "custody.dev/no-proxy": bad })));
       expect(denied).toMatchObject({ code: 400, reason: "invalid_no_proxy" });

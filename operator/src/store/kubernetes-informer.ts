@@ -8,10 +8,11 @@ import {
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
-  makeInformer,
+  ListWatch,
 } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import { describeFailure, statusOf } from "./kubernetes-api.js";
+import { BoundedWatch, DEFAULT_WATCH_BOUNDS, type WatchBounds } from "./kubernetes-watch.js";
 
 export interface Backoff {
   readonly initialMs: number;
@@ -37,6 +38,8 @@ export interface SupervisedInformerOptions<T extends KubernetesObject> {
   /** Every complete list, before the informer applies it: the authoritative state at its resourceVersion. */
   readonly onListed: (list: KubernetesListObject<T>) => void;
   readonly backoff?: Backoff;
+  /** Each watch's server timeout and the silence after which it is given up (kubernetes-watch.ts). */
+  readonly watchBounds?: WatchBounds;
   readonly random?: () => number;
 }
 
@@ -71,7 +74,7 @@ export interface RunningInformer {
 
 export class SupervisedInformer<T extends KubernetesObject> implements RunningInformer {
   readonly #options: SupervisedInformerOptions<T>;
-  readonly #informer: ReturnType<typeof makeInformer<T>>;
+  readonly #informer: ListWatch<T>;
   readonly #synced: Promise<void>;
   #markSynced: () => void = () => undefined;
   #isSynced = false;
@@ -87,14 +90,23 @@ export class SupervisedInformer<T extends KubernetesObject> implements RunningIn
     this.#synced = new Promise((resolve) => {
       this.#markSynced = resolve;
     });
-    this.#informer = makeInformer<T>(
-      options.kubeConfig,
+    const watch = new BoundedWatch(options.kubeConfig, options.watchBounds ?? DEFAULT_WATCH_BOUNDS, {
+      ...(options.random === undefined ? {} : { random: options.random }),
+      onStalled: () =>
+        options.logger.warn(
+          { informer: options.description },
+          "watch silent for too long (a half-open connection): opening a new one",
+        ),
+    });
+    this.#informer = new ListWatch<T>(
       options.path,
+      watch,
       async () => {
         const list = await options.list();
         options.onListed(list);
         return list;
       },
+      false,
       options.labelSelector,
     );
     this.#informer.on("add", options.onUpsert);

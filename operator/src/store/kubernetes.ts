@@ -32,6 +32,7 @@ import {
 } from "./kubernetes-convert.js";
 import { EventRecorder } from "./kubernetes-events.js";
 import { type Backoff, type RunningInformer, SupervisedInformer } from "./kubernetes-informer.js";
+import type { WatchBounds } from "./kubernetes-watch.js";
 import {
   IDENTITY,
   keyOf,
@@ -67,6 +68,8 @@ export interface KubernetesStoreOptions {
   readonly requestTimeoutMs?: number;
   /** Restart delays of a failed informer (default 1 s doubling to 30 s, jittered). */
   readonly informerBackoff?: Backoff;
+  /** Each watch's server timeout and the silence after which it is given up (default 300 s, 150 s). */
+  readonly watchBounds?: WatchBounds;
   readonly maxEventsInFlight?: number;
   readonly eventDedupeWindowMs?: number;
 }
@@ -370,6 +373,7 @@ export class KubernetesStore implements Store {
       onRemove,
       onListed,
       ...(this.#options.informerBackoff === undefined ? {} : { backoff: this.#options.informerBackoff }),
+      ...(this.#options.watchBounds === undefined ? {} : { watchBounds: this.#options.watchBounds }),
     });
   }
 

@@ -44,6 +44,8 @@ export const SIDECAR_CONTAINER_NAME = "custody-sidecar";
 export const ANNOTATION_INJECTED = "custody.dev/injected";
 /** Extra NO_PROXY entries for the app containers, comma-separated (e.g. `.svc.cluster.local,10.0.0.0/8`). */
 export const ANNOTATION_NO_PROXY = "custody.dev/no-proxy";
+/** Per-pod outbound policy, over the operator's setting: `passthrough` or `registry-only`. */
+export const ANNOTATION_OUTBOUND_POLICY = "custody.dev/outbound-policy";
 
 /** Per-pod overrides of the sidecar's resources, each a Kubernetes quantity. */
 export const ANNOTATION_SIDECAR_CPU_REQUEST = "custody.dev/sidecar-cpu-request";
@@ -73,7 +75,20 @@ export const VOLUME_IDENTITY = "custody-identity";
 export const VOLUME_REGISTRY = "custody-registry";
 export const VOLUME_TMP = "custody-tmp";
 
-const BASE_NO_PROXY = ["localhost", "127.0.0.1", "::1"];
+/**
+ * Never through the sidecar: loopback (its own ports are there), the cloud metadata endpoint (a
+ * link-local address every cloud SDK calls at start) and the Kubernetes API by name (in-cluster
+ * clients use the address in KUBERNETES_SERVICE_HOST, which the operator adds: `apiServerHosts`).
+ */
+const BASE_NO_PROXY = [
+  "localhost",
+  "127.0.0.1",
+  "::1",
+  "169.254.169.254",
+  "metadata.google.internal",
+  "kubernetes.default.svc",
+  "kubernetes.default",
+];
 const MAX_NO_PROXY_ENTRIES = 32;
 const MAX_NO_PROXY_LENGTH = 2048;
 /** Host names, IPs, CIDRs, `.domain` and `*.domain` suffixes, optional `:port`; nothing that could smuggle a second variable. */
@@ -133,7 +148,14 @@ export interface InjectionSettings {
    * after the app has exited and needs none.
    */
   readonly shutdownDelay: string;
+  /** What the sidecars do with calls for hosts that are not mesh services (passthrough.ts). */
+  readonly outboundPolicy: OutboundPolicySetting;
+  /** The API server's addresses as pods see them (KUBERNETES_SERVICE_HOST): added to NO_PROXY. */
+  readonly apiServerHosts: readonly string[];
 }
+
+export const OUTBOUND_POLICY_SETTINGS = ["passthrough", "registry-only"] as const;
+export type OutboundPolicySetting = (typeof OUTBOUND_POLICY_SETTINGS)[number];
 
 export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   image: "ghcr.io/custody-dev/custody-sidecar:0.1.0",
@@ -150,6 +172,9 @@ export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   mode: "native",
   ports: { outbound: OUTBOUND_PORT, inbound: INBOUND_PORT, admin: ADMIN_PORT },
   shutdownDelay: "5s",
+  // As Istio's default (ALLOW_ANY): calls to the cloud, telemetry and non-mesh Services work.
+  outboundPolicy: "passthrough",
+  apiServerHosts: [],
 };
 
 function sidecarPortList(ports: SidecarPorts): number[] {
@@ -237,6 +262,12 @@ export function checkInjectionSettings(settings: InjectionSettings): void {
     problems.push("ports.outbound, ports.inbound and ports.admin must differ");
   }
   if (!DURATION.test(settings.shutdownDelay)) problems.push("shutdownDelay must be a duration (5s)");
+  if (!OUTBOUND_POLICY_SETTINGS.includes(settings.outboundPolicy)) {
+    problems.push(`outboundPolicy must be one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}`);
+  }
+  if (settings.apiServerHosts.some((host) => !NO_PROXY_ENTRY.test(host))) {
+    problems.push("apiServerHosts must be host names or addresses");
+  }
   if (problems.length > 0) throw new InjectionSettingsError(`injection settings: ${problems.join("; ")}.`);
 }
 
@@ -494,9 +525,26 @@ function resolveResources(
   return { ok: true, value: resources };
 }
 
-function resolveNoProxy(pod: Pod): Resolved<string> {
+function resolveOutboundPolicy(pod: Pod, settings: InjectionSettings): Resolved<OutboundPolicySetting> {
+  const annotated = pod.metadata.annotations?.[ANNOTATION_OUTBOUND_POLICY];
+  if (annotated === undefined) return { ok: true, value: settings.outboundPolicy };
+  if ((OUTBOUND_POLICY_SETTINGS as readonly string[]).includes(annotated)) {
+    return { ok: true, value: annotated as OutboundPolicySetting };
+  }
+  return {
+    ok: false,
+    denied: refuse(
+      400,
+      "invalid_outbound_policy",
+      `annotation ${ANNOTATION_OUTBOUND_POLICY}: "${annotated.slice(0, 64)}" is not one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}.`,
+    ),
+  };
+}
+
+function resolveNoProxy(pod: Pod, settings: InjectionSettings): Resolved<string> {
+  const base = [...BASE_NO_PROXY, ...settings.apiServerHosts];
   const annotated = pod.metadata.annotations?.[ANNOTATION_NO_PROXY];
-  if (annotated === undefined) return { ok: true, value: BASE_NO_PROXY.join(",") };
+  if (annotated === undefined) return { ok: true, value: [...new Set(base)].join(",") };
   const invalid = (detail: string): Resolved<string> => ({
     ok: false,
     denied: refuse(400, "invalid_no_proxy", `annotation ${ANNOTATION_NO_PROXY}: ${detail}.`),
@@ -515,7 +563,7 @@ function resolveNoProxy(pod: Pod): Resolved<string> {
       `"${bad.slice(0, 64)}" is not a host name, address, CIDR or domain suffix (a comma-separated list, e.g. .svc.cluster.local,10.0.0.0/8)`,
     );
   }
-  return { ok: true, value: [...new Set([...BASE_NO_PROXY, ...entries])].join(",") };
+  return { ok: true, value: [...new Set([...base, ...entries])].join(",") };
 }
 
 // --- what is added ------------------------------------------------------------------------------
@@ -523,9 +571,12 @@ function resolveNoProxy(pod: Pod): Resolved<string> {
 function proxyEnv(noProxy: string, outboundPort: number): { name: string; value: string }[] {
   const proxyUrl = `http://127.0.0.1:${outboundPort}`;
   // Both spellings: curl and Go read the upper case, many tools (wget, Python's requests) the lower.
+  // HTTPS_PROXY: HTTPS clients then send CONNECT, which the outbound policy tunnels or refuses.
   return [
     { name: "HTTP_PROXY", value: proxyUrl },
     { name: "http_proxy", value: proxyUrl },
+    { name: "HTTPS_PROXY", value: proxyUrl },
+    { name: "https_proxy", value: proxyUrl },
     { name: "NO_PROXY", value: noProxy },
     { name: "no_proxy", value: noProxy },
   ];
@@ -575,6 +626,7 @@ function sidecarContainer(
     { name: "CUSTODY_ADMIN", value: `0.0.0.0:${ports.admin}` },
     ...(settings.tokenUrl === undefined ? [] : [{ name: "CUSTODY_TOKEN_URL", value: settings.tokenUrl }]),
     { name: "CUSTODY_SHUTDOWN_DELAY", value: settings.mode === "native" ? "0s" : settings.shutdownDelay },
+    { name: "CUSTODY_OUTBOUND_POLICY", value: settings.outboundPolicy },
     { name: "CUSTODY_LOG_LEVEL", value: settings.logLevel },
   ];
   return {
@@ -713,10 +765,12 @@ export function injectionPatch(
   if (!appPort.ok) return { ...appPort.denied, identity: identityName };
   const conflict = portConflict(everyContainer, sidecarPorts, label);
   if (conflict !== undefined) return { ...conflict, identity: identityName };
-  const noProxy = resolveNoProxy(parsed);
+  const noProxy = resolveNoProxy(parsed, settings);
   if (!noProxy.ok) return { ...noProxy.denied, identity: identityName };
   const resources = resolveResources(parsed, settings, label);
   if (!resources.ok) return { ...resources.denied, identity: identityName };
+  const outboundPolicy = resolveOutboundPolicy(parsed, settings);
+  if (!outboundPolicy.ok) return { ...outboundPolicy.denied, identity: identityName };
   const added = volumes(identity.value, settings);
   const taken = new Set((parsed.spec.volumes ?? []).map((volume) => volume.name));
   const clash = added.find((volume) => taken.has(String(volume.name)));
@@ -749,7 +803,10 @@ export function injectionPatch(
       addToList(ops, `/spec/${list}/${index}/env`, container.env, missing);
     });
   addProxyEnv("containers", appContainers);
-  const sidecar = sidecarContainer(appPort.value, resources.value, settings);
+  const sidecar = sidecarContainer(appPort.value, resources.value, {
+    ...settings,
+    outboundPolicy: outboundPolicy.value,
+  });
   if (settings.mode === "native") {
     // The user's init containers run after the sidecar has started, so they can call out too.
     addProxyEnv("initContainers", initContainers);

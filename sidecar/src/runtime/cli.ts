@@ -15,6 +15,7 @@ import { parseYamlDocuments } from "../../../crds/src/manifest.js";
 import { readBoundedFile } from "../../../pki/src/files.js";
 import { DEFAULT_LIMITS } from "../chain/limits.js";
 import { DEFAULT_MAX_BODY_BYTES, DEFAULT_MEMORY_BODY_BYTES } from "./body.js";
+import { OUTBOUND_POLICIES } from "./passthrough.js";
 import { startSidecar } from "./sidecar.js";
 
 const COMMAND = "sidecar";
@@ -34,6 +35,8 @@ const SETTINGS = {
   "redis-url": "share the replay guard through Redis (redis://host:6379); default in-memory",
   "replay-failure-mode": "closed (default) | open: what to do while Redis cannot answer",
   "when-no-policy": "deny (default) | allow: calls to a service no AccessPolicy targets",
+  "outbound-policy":
+    "registry-only (default) | passthrough: calls to hosts that are not mesh services are refused, or forwarded as they are (HTTP; HTTPS through CONNECT); injected sidecars default to passthrough",
   "max-body-bytes": `largest request body accepted (default ${DEFAULT_MAX_BODY_BYTES})`,
   "poll-interval": "re-read identity and registry at least this often (default 5s)",
   "shutdown-delay":
@@ -70,6 +73,7 @@ const settingsSchema = z.strictObject({
   "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
   "replay-failure-mode": z.enum(["closed", "open"]).default("closed"),
   "when-no-policy": z.enum(["deny", "allow"]).default("deny"),
+  "outbound-policy": z.enum(OUTBOUND_POLICIES).default("registry-only"),
   "max-body-bytes": z.coerce
     .number()
     .int()
@@ -181,6 +185,7 @@ export const sidecarCommand: Command = async (args, io) => {
     admin: settings.admin,
     limits: DEFAULT_LIMITS,
     whenNoPolicy: settings["when-no-policy"],
+    outboundPolicy: settings["outbound-policy"],
     replay: { redisUrl: settings["redis-url"], failureMode: settings["replay-failure-mode"] },
     spool: { memoryBytes: DEFAULT_MEMORY_BODY_BYTES, maxBytes: settings["max-body-bytes"] },
     pollIntervalMs,

@@ -11,6 +11,8 @@ import type { Dispatcher } from "undici";
 import { forwardableHeaders } from "./http.js";
 
 export interface RelayedRequest {
+  /** `http://host:port`, for a dispatcher that serves many origins (an Agent); a Pool has its own. */
+  readonly origin?: string;
   readonly method: string;
   /** Origin-form path and query. */
   readonly path: string;
@@ -79,7 +81,13 @@ export function relay(
       },
     };
     dispatcher.dispatch(
-      { method: request.method, path: request.path, headers: request.headers, body: request.body },
+      {
+        ...(request.origin === undefined ? {} : { origin: request.origin }),
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+        body: request.body,
+      },
       handler,
     );
   });

@@ -30,6 +30,7 @@ import { LocalClientGuard } from "./local-client.js";
 import { createSidecarMetrics } from "./metrics.js";
 import { createOutboundServer } from "./outbound-server.js";
 import { openingKeysFor, signerFor } from "./own-keys.js";
+import type { OutboundPolicy } from "./passthrough.js";
 import { type RegistrySnapshot, RegistrySource } from "./registry-source.js";
 
 export interface SidecarConfig {
@@ -47,6 +48,8 @@ export interface SidecarConfig {
   readonly admin: ListenAddress;
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
+  /** Calls for hosts outside the registry (passthrough.ts); default registry-only. */
+  readonly outboundPolicy?: OutboundPolicy;
   readonly replay: { readonly redisUrl: string | undefined; readonly failureMode: ReplayFailureMode };
   readonly spool: SpoolOptions;
   readonly pollIntervalMs: number;
@@ -189,6 +192,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       now,
     }),
     signer: currentSigner,
+    outboundPolicy: config.outboundPolicy ?? "registry-only",
     self,
     identity: () => identity,
     registry: () => source.snapshot,
