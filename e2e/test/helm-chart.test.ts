@@ -138,7 +138,7 @@ interface Allowed extends Permission {
 
 /**
  * The whole allow-list. Read from operator/src/store/kubernetes.ts (informers: list + watch;
- * read/create/replace/delete of its Secrets and ConfigMaps; JSON patch of /status),
+ * read/create/apply (patch)/delete of its Secrets and ConfigMaps; JSON patch of /status),
  * kubernetes-convert.ts (owner references with blockOwnerDeletion, which needs update on the
  * owner's finalizers where OwnerReferencesPermissionEnforcement is on), kubernetes-events.ts
  * (Events are created, never patched), leader.ts (Lease read/create/replace) and
@@ -154,13 +154,13 @@ const ALLOWED: readonly Allowed[] = [
     scope: "cluster",
     apiGroup: "",
     resource: "secrets",
-    verbs: ["get", "list", "watch", "create", "update", "delete"],
+    verbs: ["get", "list", "watch", "create", "patch", "delete"],
   },
   {
     scope: "cluster",
     apiGroup: "",
     resource: "configmaps",
-    verbs: ["get", "list", "watch", "create", "update", "delete"],
+    verbs: ["get", "list", "watch", "create", "patch", "delete"],
   },
   { scope: "cluster", apiGroup: "", resource: "events", verbs: ["create"] },
   {
@@ -199,13 +199,13 @@ const API_METHODS: Readonly<Record<string, Permission>> = {
   },
   readNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["get"] },
   createNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["create"] },
-  replaceNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["update"] },
+  patchNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["patch"] },
   deleteNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["delete"] },
   listSecretForAllNamespaces: { apiGroup: "", resource: "secrets", verbs: ["list", "watch"] },
   listNamespacedSecret: { apiGroup: "", resource: "secrets", verbs: ["list", "watch"] },
   readNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["get"] },
   createNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["create"] },
-  replaceNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["update"] },
+  patchNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["patch"] },
   deleteNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["delete"] },
   listConfigMapForAllNamespaces: { apiGroup: "", resource: "configmaps", verbs: ["list", "watch"] },
   listNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["list", "watch"] },

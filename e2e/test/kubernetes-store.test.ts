@@ -349,6 +349,132 @@ describe.skipIf(!HAS_CLUSTER)("the Kubernetes store against a real control plane
     );
   });
 
+  it("writes only what is Custody's: labels, annotations, owners and data keys other tools add stay", async () => {
+    const ns = await namespace("shared");
+    const { store } = await startedStore();
+    const key = { namespace: ns, name: "custody-identity-cart" };
+    const created = await store.writeSecret({
+      ...key,
+      type: "Opaque",
+      labels: { "custody.dev/identity": "cart" },
+      annotations: { "custody.dev/profile": "a" },
+      data: { "tls.crt": "one", "next.key": "rotating" },
+    });
+    // Another tool (a backup operator, a policy engine, kubectl) adds its own.
+    const holder = await core.createNamespacedConfigMap({
+      namespace: ns,
+      body: { metadata: { name: "holder" } },
+    });
+    await core.patchNamespacedSecret(
+      {
+        name: key.name,
+        namespace: ns,
+        body: {
+          metadata: {
+            labels: { "backup.example/include": "true" },
+            annotations: { "policy.example/checked": "yes" },
+            ownerReferences: [
+              { apiVersion: "v1", kind: "ConfigMap", name: "holder", uid: holder.metadata?.uid ?? "" },
+            ],
+          },
+          data: { "extra.bin": Buffer.from([0xff, 0x00, 0xfe]).toString("base64") },
+        },
+      },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
+    await vi.waitFor(() => expect(store.secret(key)?.labels["backup.example/include"]).toBe("true"), WAIT);
+    const current = store.secret(key) as StoredSecret;
+    // What the controllers write: Custody's own labels, annotations and data, built afresh.
+    await store.writeSecret({
+      ...key,
+      resourceVersion: current.resourceVersion,
+      type: "Opaque",
+      labels: { "custody.dev/identity": "cart" },
+      annotations: { "custody.dev/profile": "b" },
+      data: { "tls.crt": "two" },
+    });
+    const raw = await core.readNamespacedSecret(key);
+    expect(raw.metadata?.labels).toMatchObject({
+      "backup.example/include": "true",
+      "custody.dev/identity": "cart",
+    });
+    expect(raw.metadata?.annotations).toMatchObject({
+      "policy.example/checked": "yes",
+      "custody.dev/profile": "b",
+    });
+    expect(raw.metadata?.ownerReferences?.map((owner) => owner.name)).toEqual(["holder"]);
+    expect(raw.data?.["extra.bin"]).toBe(Buffer.from([0xff, 0x00, 0xfe]).toString("base64"));
+    expect(raw.data?.["tls.crt"]).toBe(base64("two"));
+    // A key Custody wrote and no longer writes is Custody's to remove.
+    expect(raw.data?.["next.key"]).toBeUndefined();
+    expect(raw.metadata?.managedFields?.map((entry) => entry.manager)).toContain("custody-operator");
+    expect(created.resourceVersion).not.toBe(raw.metadata?.resourceVersion);
+  });
+
+  it("treats what is being deleted as gone: no writes to it, and it is created again only once it is gone", async () => {
+    const ns = await namespace("deleting");
+    const { store } = await startedStore();
+    const hold = ["example.com/hold"];
+    await custom.createNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: "serviceidentities",
+      body: {
+        apiVersion: `${GROUP}/${VERSION}`,
+        kind: "ServiceIdentity",
+        metadata: { name: "held", finalizers: hold },
+        spec: {},
+      },
+    });
+    await core.createNamespacedSecret({
+      namespace: ns,
+      body: { metadata: { name: "held", labels: MANAGED, finalizers: hold }, data: { k: base64("v") } },
+    });
+    const identity = { namespace: ns, name: "held" };
+    await vi.waitFor(() => {
+      expect(store.resource(IDENTITY, identity)).toBeDefined();
+      expect(store.secret(identity)).toBeDefined();
+    }, WAIT);
+    const stale = store.secret(identity) as StoredSecret;
+
+    await deleteIdentity(ns, "held");
+    await core.deleteNamespacedSecret({ name: "held", namespace: ns });
+    // Both still exist, with a deletionTimestamp, until the finalizer goes: the cache drops them.
+    await vi.waitFor(() => {
+      expect(store.resource(IDENTITY, identity)).toBeUndefined();
+      expect(store.secret(identity)).toBeUndefined();
+    }, WAIT);
+    expect(
+      (await core.readNamespacedSecret({ name: "held", namespace: ns })).metadata?.deletionTimestamp,
+    ).toBeDefined();
+    // Neither updated nor created while it is being deleted.
+    await expect(store.writeSecret({ ...stale, data: { k: "again" } })).rejects.toBeInstanceOf(
+      StoreConflictError,
+    );
+    const fresh = { ...stale, resourceVersion: undefined, data: { k: "new" } } as StoredSecret;
+    await expect(store.writeSecret(fresh)).rejects.toBeInstanceOf(StoreConflictError);
+
+    const release = { metadata: { finalizers: null } };
+    await core.patchNamespacedSecret(
+      { name: "held", namespace: ns, body: release },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
+    await custom.patchNamespacedCustomObject(
+      {
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: "serviceidentities",
+        name: "held",
+        body: release,
+      },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
+    await vi.waitFor(async () => expect(await store.readSecret(identity)).toBeUndefined(), WAIT);
+    expect((await store.writeSecret(fresh)).data).toEqual({ k: "new" });
+  });
+
   it("refuses a Secret whose type or content the API server rejects as invalid", async () => {
     const ns = await namespace("invalid");
     const { store } = await startedStore();

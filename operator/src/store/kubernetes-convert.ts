@@ -93,6 +93,7 @@ interface CommonFields {
   readonly namespace: string;
   readonly name: string;
   readonly resourceVersion?: string;
+  readonly uid?: string;
   readonly labels: Record<string, string>;
   readonly annotations: Record<string, string>;
   readonly owner?: OwnerRef;
@@ -106,6 +107,7 @@ function commonFieldsOf(metadata: V1ObjectMeta | undefined): CommonFields | unde
     namespace,
     name,
     ...(metadata?.resourceVersion === undefined ? {} : { resourceVersion: metadata.resourceVersion }),
+    ...(metadata?.uid === undefined ? {} : { uid: metadata.uid }),
     labels: stringMap(metadata?.labels),
     annotations: stringMap(metadata?.annotations),
     ...(owner === undefined ? {} : { owner }),

@@ -54,6 +54,13 @@ import {
 export const DEFAULT_COMPONENT = "custody-operator";
 const DEFAULT_START_TIMEOUT_MS = 30_000;
 const MANAGED_SELECTOR = `${MANAGED_BY_LABEL}=${MANAGED_BY}`;
+/**
+ * Updates are server-side applies under this field manager: only the fields Custody sets are
+ * Custody's, so labels, annotations, owner references and data keys that other tools add to its
+ * Secrets and ConfigMaps stay. (A replace would drop them.) The resourceVersion in each apply is a
+ * precondition: a stale write is a conflict, as with a replace.
+ */
+export const FIELD_MANAGER = "custody-operator";
 
 export interface KubernetesStoreOptions {
   readonly kubeConfig: KubeConfig;
@@ -199,16 +206,25 @@ export class KubernetesStore implements Store {
   async writeSecret(secret: StoredSecret): Promise<StoredSecret> {
     const body = secretBodyOf(secret);
     const what = `Secret ${keyOf(secret)}`;
-    const written = await this.#write(what, secret.resourceVersion, (options) =>
-      secret.resourceVersion === undefined
-        ? this.#core.createNamespacedSecret({ namespace: secret.namespace, body }, options)
-        : this.#core.replaceNamespacedSecret(
-            { name: secret.name, namespace: secret.namespace, body },
-            options,
-          ),
-    );
+    const { name, namespace } = secret;
+    const written = await this.#writeOwned<V1Secret>(what, secret, this.#secrets.get(keyOf(secret))?.uid, {
+      create: (options) =>
+        this.#core.createNamespacedSecret({ namespace, body, fieldManager: FIELD_MANAGER }, options),
+      apply: (options) =>
+        this.#core.patchNamespacedSecret(
+          { name, namespace, body, fieldManager: FIELD_MANAGER, force: true },
+          setHeaderOptions("Content-Type", PatchStrategy.ServerSideApply, options),
+        ),
+      patch: (patch, options) =>
+        this.#core.patchNamespacedSecret(
+          { name, namespace, body: patch },
+          setHeaderOptions("Content-Type", PatchStrategy.JsonPatch, options),
+        ),
+      remove: (uid, options) =>
+        this.#core.deleteNamespacedSecret({ name, namespace, body: { preconditions: { uid } } }, options),
+    });
     const stored = this.#decodeSecret(written, what);
-    if (this.#watches(stored.namespace)) this.#apply(this.#secrets, "Secret", stored);
+    if (this.#watches(stored.namespace) && !isDeleting(written)) this.#apply(this.#secrets, "Secret", stored);
     return stored;
   }
 
@@ -242,16 +258,27 @@ export class KubernetesStore implements Store {
   async writeConfigMap(configMap: StoredConfigMap): Promise<StoredConfigMap> {
     const body = configMapBodyOf(configMap);
     const what = `ConfigMap ${keyOf(configMap)}`;
-    const written = await this.#write(what, configMap.resourceVersion, (options) =>
-      configMap.resourceVersion === undefined
-        ? this.#core.createNamespacedConfigMap({ namespace: configMap.namespace, body }, options)
-        : this.#core.replaceNamespacedConfigMap(
-            { name: configMap.name, namespace: configMap.namespace, body },
-            options,
-          ),
-    );
+    const { name, namespace } = configMap;
+    const cachedUid = this.#configMaps.get(keyOf(configMap))?.uid;
+    const written = await this.#writeOwned<V1ConfigMap>(what, configMap, cachedUid, {
+      create: (options) =>
+        this.#core.createNamespacedConfigMap({ namespace, body, fieldManager: FIELD_MANAGER }, options),
+      apply: (options) =>
+        this.#core.patchNamespacedConfigMap(
+          { name, namespace, body, fieldManager: FIELD_MANAGER, force: true },
+          setHeaderOptions("Content-Type", PatchStrategy.ServerSideApply, options),
+        ),
+      patch: (patch, options) =>
+        this.#core.patchNamespacedConfigMap(
+          { name, namespace, body: patch },
+          setHeaderOptions("Content-Type", PatchStrategy.JsonPatch, options),
+        ),
+      remove: (uid, options) =>
+        this.#core.deleteNamespacedConfigMap({ name, namespace, body: { preconditions: { uid } } }, options),
+    });
     const stored = this.#convertConfigMap(written, what);
-    if (this.#watches(stored.namespace)) this.#apply(this.#configMaps, "ConfigMap", stored);
+    if (this.#watches(stored.namespace) && !isDeleting(written))
+      this.#apply(this.#configMaps, "ConfigMap", stored);
     return stored;
   }
 
@@ -395,6 +422,10 @@ export class KubernetesStore implements Store {
         return listOf(answer, plural);
       },
       (object) => {
+        if (isDeleting(object)) {
+          this.#forgetObject(map, kind, object);
+          return;
+        }
         const stored = storedResourceOf(kind, object);
         if (stored === undefined) {
           this.#logger.warn(
@@ -422,6 +453,10 @@ export class KubernetesStore implements Store {
             : this.#core.listNamespacedSecret({ namespace, labelSelector: MANAGED_SELECTOR }, options),
         ),
       (object) => {
+        if (isDeleting(object)) {
+          this.#forgetObject(this.#secrets, "Secret", object);
+          return;
+        }
         const decoded = this.#tryDecodeSecret(object);
         if (decoded !== undefined) this.#apply(this.#secrets, "Secret", decoded);
       },
@@ -442,6 +477,10 @@ export class KubernetesStore implements Store {
             : this.#core.listNamespacedConfigMap({ namespace, labelSelector: MANAGED_SELECTOR }, options),
         ),
       (object) => {
+        if (isDeleting(object)) {
+          this.#forgetObject(this.#configMaps, "ConfigMap", object);
+          return;
+        }
         const stored = storedConfigMapOf(object);
         if (stored !== undefined) this.#apply(this.#configMaps, "ConfigMap", stored);
       },
@@ -548,6 +587,50 @@ export class KubernetesStore implements Store {
     }
   }
 
+  /**
+   * Creates the object (no resourceVersion: atomic, a conflict when it exists) or updates it by
+   * server-side apply with the resourceVersion as precondition. Two things the API server does not
+   * do by itself:
+   * - after a create, Custody's fields are recorded as an Update; they are turned into Apply, so
+   *   that a later apply that leaves one out (a next key pair, a retired signing key) removes it;
+   * - an apply meets no precondition when the object is gone: it creates it again. A write to an
+   *   object deleted meanwhile must be a conflict (its owner may be going too), so a different uid
+   *   than the one read is undone and reported as one.
+   */
+  async #writeOwned<T extends KubernetesObject>(
+    what: string,
+    object: { readonly resourceVersion?: string; readonly uid?: string },
+    cachedUid: string | undefined,
+    calls: OwnedWriteCalls<T>,
+  ): Promise<T> {
+    if (object.resourceVersion === undefined) {
+      const created = await this.#write(what, undefined, calls.create);
+      const entries = created.metadata?.managedFields ?? [];
+      const claimed = entries.map((entry) =>
+        entry.manager === FIELD_MANAGER && entry.operation === "Update" && !entry.subresource
+          ? { ...entry, operation: "Apply" }
+          : entry,
+      );
+      if (!entries.some((entry, index) => entry !== claimed[index])) return created;
+      const patch = [
+        { op: "test", path: "/metadata/resourceVersion", value: created.metadata?.resourceVersion },
+        { op: "replace", path: "/metadata/managedFields", value: claimed },
+      ];
+      // Should someone have changed it already, Custody's next apply still writes its fields.
+      return this.#call((options) => calls.patch(patch, options)).catch(() => created);
+    }
+    const applied = await this.#write(what, object.resourceVersion, calls.apply);
+    const expected = object.uid ?? cachedUid;
+    const uid = applied.metadata?.uid;
+    if (expected !== undefined && uid !== undefined && uid !== expected) {
+      await this.#call((options) => calls.remove(uid, options)).catch(() => undefined);
+      throw new StoreConflictError(
+        `${what} was deleted since resourceVersion ${object.resourceVersion}: read it again`,
+      );
+    }
+    return applied;
+  }
+
   async #delete(what: string, run: Parameters<typeof callApi<unknown>>[2]): Promise<void> {
     try {
       await this.#call(run);
@@ -582,4 +665,30 @@ export class KubernetesStore implements Store {
       throw new StoreError("store_unavailable", `the API server returned ${what} without a name`);
     return stored;
   }
+}
+
+type CallOptions = Parameters<Parameters<typeof callApi<unknown>>[2]>[0];
+
+interface OwnedWriteCalls<T> {
+  readonly create: (options: CallOptions) => Promise<T>;
+  readonly apply: (options: CallOptions) => Promise<T>;
+  readonly patch: (patch: readonly unknown[], options: CallOptions) => Promise<T>;
+  readonly remove: (uid: string, options: CallOptions) => Promise<unknown>;
+}
+
+/**
+ * An object with a deletionTimestamp is on its way out (finalizers, foreground deletion of its
+ * dependents): the cache treats it as gone. A ServiceIdentity being deleted is no longer issued
+ * for or published, and a Secret or ConfigMap being deleted is neither written to nor taken for
+ * current; once it is gone, it is created again if it is still wanted (until then, creating it
+ * meets a conflict and is retried).
+ */
+function isDeleting(object: unknown): boolean {
+  const metadata =
+    typeof object === "object" && object !== null ? (object as { metadata?: unknown }).metadata : undefined;
+  const timestamp =
+    typeof metadata === "object" && metadata !== null
+      ? (metadata as { deletionTimestamp?: unknown }).deletionTimestamp
+      : undefined;
+  return timestamp !== undefined && timestamp !== null;
 }

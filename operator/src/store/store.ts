@@ -50,6 +50,8 @@ export interface StoredData {
   readonly name: string;
   /** Absent on an object not yet written. */
   readonly resourceVersion?: string;
+  /** The server's identity of this incarnation of the object; absent before it was written. */
+  readonly uid?: string;
   readonly labels: Readonly<Record<string, string>>;
   readonly annotations: Readonly<Record<string, string>>;
   readonly data: Readonly<Record<string, string>>;
