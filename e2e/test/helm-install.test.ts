@@ -122,6 +122,41 @@ describe.skipIf(!HAS_CLUSTER)("helm install of charts/custody into a real contro
     }, WAIT);
   });
 
+  it("Kubernetes' view and edit roles cover ServiceIdentities and AccessPolicies, through aggregation", async () => {
+    await ok(["create", "namespace", "team"]);
+    await ok(["-n", "team", "create", "rolebinding", "viewers", "--clusterrole=view", "--user=vera"]);
+    await ok(["-n", "team", "create", "rolebinding", "editors", "--clusterrole=edit", "--user=eddie"]);
+    const can = async (user: string, verb: string, resource: string, subresource?: string) =>
+      (
+        await kubectl([
+          "-n",
+          "team",
+          "auth",
+          "can-i",
+          verb,
+          resource,
+          "--as",
+          user,
+          ...(subresource === undefined ? [] : ["--subresource", subresource]),
+        ])
+      ).stdout.trim();
+    // The controller-manager's aggregation controller fills view and edit from the chart's roles.
+    await vi.waitFor(
+      async () => expect(await can("vera", "list", "serviceidentities.custody.dev")).toBe("yes"),
+      WAIT,
+    );
+    expect(await can("vera", "get", "accesspolicies.custody.dev")).toBe("yes");
+    expect(await can("vera", "create", "serviceidentities.custody.dev")).toBe("no");
+    await vi.waitFor(
+      async () => expect(await can("eddie", "create", "serviceidentities.custody.dev")).toBe("yes"),
+      WAIT,
+    );
+    expect(await can("eddie", "delete", "accesspolicies.custody.dev")).toBe("yes");
+    // Status stays the operator's.
+    expect(await can("eddie", "patch", "serviceidentities.custody.dev", "status")).toBe("no");
+    expect(await can("eddie", "list", "serviceidentities.custody.dev")).toBe("yes");
+  });
+
   it("helm upgrade to 3 replicas: the Deployment scales, the release moves to revision 2", async () => {
     await runHelm([
       "upgrade",
