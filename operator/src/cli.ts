@@ -87,6 +87,9 @@ Options:
   --sidecar-memory-request Q  them; an empty value leaves that one out
   --sidecar-memory-limit Q
   --sidecar-shutdown-delay D  container mode: the sidecar keeps serving this long after SIGTERM (default 5s)
+  --sidecar-redis-url URL     Redis the sidecars of a service share spent jtis and quota buckets
+                              through (default none: each replica has its own)
+  --sidecar-redis-failure-mode M  closed (default: refuse calls while Redis cannot answer) | open
   --sidecar-outbound-policy P passthrough (default: calls to non-mesh hosts, HTTP and HTTPS through
                               CONNECT, go out as they are) | registry-only (refused)
   --leader-elect-lease-duration D   how long a leader's Lease holds without renewal (default 15s)
@@ -134,6 +137,8 @@ export const operatorCommand: Command = async (args, io) => {
     "sidecar-memory-limit": { type: "string" },
     "sidecar-shutdown-delay": { type: "string" },
     "sidecar-outbound-policy": { type: "string" },
+    "sidecar-redis-url": { type: "string" },
+    "sidecar-redis-failure-mode": { type: "string" },
     "poll-interval": { type: "string" },
     "shutdown-delay": { type: "string" },
     "leader-elect-lease-duration": { type: "string" },
@@ -320,6 +325,10 @@ function injectionSettingsOf(
     throw new UsageError(`${COMMAND}: --sidecar-mode must be one of ${SIDECAR_MODES.join(", ")}.`);
   }
   // An empty value leaves that request or limit out (a cluster that runs without CPU limits).
+  const failureMode = text("sidecar-redis-failure-mode");
+  if (failureMode !== undefined && failureMode !== "closed" && failureMode !== "open") {
+    throw new UsageError(`${COMMAND}: --sidecar-redis-failure-mode must be closed or open.`);
+  }
   const outboundPolicy = text("sidecar-outbound-policy") ?? defaults.outboundPolicy;
   if (!(OUTBOUND_POLICY_SETTINGS as readonly string[]).includes(outboundPolicy)) {
     throw new UsageError(
@@ -356,6 +365,8 @@ function injectionSettingsOf(
     },
     shutdownDelay: text("sidecar-shutdown-delay") ?? defaults.shutdownDelay,
     outboundPolicy: outboundPolicy as OutboundPolicySetting,
+    redisUrl: text("sidecar-redis-url") || undefined,
+    redisFailureMode: text("sidecar-redis-failure-mode") === "open" ? "open" : "closed",
     // In a pod, in-cluster clients reach the API server at this address: never through the sidecar.
     apiServerHosts:
       process.env.KUBERNETES_SERVICE_HOST === undefined ? [] : [process.env.KUBERNETES_SERVICE_HOST],

@@ -324,6 +324,20 @@ describe("injectionPatch", () => {
     ).toBe("app_port_conflict");
   });
 
+  it("gives the sidecars the shared Redis when there is one, and nothing when not", () => {
+    expect(envOf(sidecarOf(injected(pod()))).CUSTODY_REDIS_URL).toBeUndefined();
+    const shared = {
+      ...DEFAULT_INJECTION_SETTINGS,
+      redisUrl: "redis://redis.custody-system.svc:6379",
+      redisFailureMode: "open" as const,
+    };
+    expect(envOf(sidecarOf(injected(pod(), shared)))).toMatchObject({
+      CUSTODY_REDIS_URL: "redis://redis.custody-system.svc:6379",
+      CUSTODY_REPLAY_FAILURE_MODE: "open",
+    });
+    expect(() => checkInjectionSettings({ ...shared, redisUrl: "http://nope" })).toThrow(/redisUrl/);
+  });
+
   it("takes the outbound policy from the pod's annotation over the settings", () => {
     const closed = injected(
       pod({ "custody.dev/inject": "true", "custody.dev/outbound-policy": "registry-only" }),

@@ -152,6 +152,13 @@ export interface InjectionSettings {
   readonly outboundPolicy: OutboundPolicySetting;
   /** The API server's addresses as pods see them (KUBERNETES_SERVICE_HOST): added to NO_PROXY. */
   readonly apiServerHosts: readonly string[];
+  /**
+   * Redis the sidecars of a service share spent jtis and quota buckets through (redis:// or
+   * rediss://); without it each replica has its own, and a rule's quota holds per replica.
+   */
+  readonly redisUrl: string | undefined;
+  /** While Redis cannot answer: refuse calls (closed) or decide alone (open). */
+  readonly redisFailureMode: "closed" | "open";
 }
 
 export const OUTBOUND_POLICY_SETTINGS = ["passthrough", "registry-only"] as const;
@@ -175,6 +182,8 @@ export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   // As Istio's default (ALLOW_ANY): calls to the cloud, telemetry and non-mesh Services work.
   outboundPolicy: "passthrough",
   apiServerHosts: [],
+  redisUrl: undefined,
+  redisFailureMode: "closed",
 };
 
 function sidecarPortList(ports: SidecarPorts): number[] {
@@ -264,6 +273,12 @@ export function checkInjectionSettings(settings: InjectionSettings): void {
   if (!DURATION.test(settings.shutdownDelay)) problems.push("shutdownDelay must be a duration (5s)");
   if (!OUTBOUND_POLICY_SETTINGS.includes(settings.outboundPolicy)) {
     problems.push(`outboundPolicy must be one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}`);
+  }
+  if (settings.redisUrl !== undefined && !/^rediss?:\/\/[^\s]{1,2000}$/.test(settings.redisUrl)) {
+    problems.push("redisUrl must be a redis:// or rediss:// URL");
+  }
+  if (settings.redisFailureMode !== "closed" && settings.redisFailureMode !== "open") {
+    problems.push("redisFailureMode must be closed or open");
   }
   if (settings.apiServerHosts.some((host) => !NO_PROXY_ENTRY.test(host))) {
     problems.push("apiServerHosts must be host names or addresses");
@@ -627,6 +642,12 @@ function sidecarContainer(
     ...(settings.tokenUrl === undefined ? [] : [{ name: "CUSTODY_TOKEN_URL", value: settings.tokenUrl }]),
     { name: "CUSTODY_SHUTDOWN_DELAY", value: settings.mode === "native" ? "0s" : settings.shutdownDelay },
     { name: "CUSTODY_OUTBOUND_POLICY", value: settings.outboundPolicy },
+    ...(settings.redisUrl === undefined
+      ? []
+      : [
+          { name: "CUSTODY_REDIS_URL", value: settings.redisUrl },
+          { name: "CUSTODY_REPLAY_FAILURE_MODE", value: settings.redisFailureMode },
+        ]),
     { name: "CUSTODY_LOG_LEVEL", value: settings.logLevel },
   ];
   return {

@@ -8,6 +8,7 @@
  * one call too many through, and `retryAfterMs` is exact.
  */
 import { MAX_BURST, MAX_REQUESTS_PER_SECOND } from "../../../crds/src/access-policy.js";
+import { CustodyError } from "../../../crds/src/errors.js";
 import type { QuotaMetrics } from "./metrics.js";
 
 export interface QuotaKey {
@@ -42,6 +43,22 @@ export interface QuotaDecision {
   readonly exhausted?: QuotaKey;
 }
 
+/**
+ * Where the buckets live: in this process (QuotaLimiter: one replica's share), or in Redis, shared
+ * by every replica of the service (RedisQuotaLimiter: the rule's rate holds for the service).
+ */
+export interface QuotaStore {
+  takeAll(charges: readonly QuotaCharge[]): QuotaDecision | Promise<QuotaDecision>;
+}
+
+/** The shared quota store could not answer and the failure policy is closed: the call is refused. */
+export class QuotaStoreUnavailableError extends CustodyError {
+  declare readonly code: "quota_store_unavailable";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("quota_store_unavailable", message, options);
+  }
+}
+
 export interface QuotaLimiterOptions {
   /** Most buckets kept at once; see DEFAULT_QUOTA_CAPACITY. */
   readonly capacity?: number;
@@ -60,7 +77,7 @@ export interface QuotaLimiterOptions {
  */
 export const DEFAULT_QUOTA_CAPACITY = 10_000;
 
-const CREDITS_PER_TOKEN = 1000;
+export const CREDITS_PER_TOKEN = 1000;
 
 interface Bucket {
   credits: number;
@@ -69,7 +86,7 @@ interface Bucket {
   burst: number;
 }
 
-export class QuotaLimiter {
+export class QuotaLimiter implements QuotaStore {
   /** Map order is recency order: the first entry is the least recently used. */
   readonly #buckets = new Map<string, Bucket>();
   readonly #capacity: number;
@@ -163,7 +180,7 @@ export class QuotaLimiter {
   }
 }
 
-function bucketId(key: QuotaKey): string {
+export function bucketId(key: QuotaKey): string {
   // JSON keeps the three parts apart whatever characters they contain.
   return JSON.stringify([key.policy, key.rule, key.caller]);
 }
@@ -201,7 +218,7 @@ function waitFor(bucket: Bucket): QuotaDecision | undefined {
   return { allowed: false, retryAfterMs, retryAfterSeconds: Math.ceil(retryAfterMs / 1000), remaining: 0 };
 }
 
-function checkLimit(limit: QuotaLimit): void {
+export function checkLimit(limit: QuotaLimit): void {
   const { requestsPerSecond, burst } = limit;
   if (
     !Number.isInteger(requestsPerSecond) ||

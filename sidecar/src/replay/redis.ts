@@ -8,20 +8,22 @@
  * configured (`failureMode`), and counted either way.
  */
 import { createHash } from "node:crypto";
-import type { ConnectionOptions } from "node:tls";
-import { Redis, type RedisOptions } from "ioredis";
+import type { Redis } from "ioredis";
+import {
+  closeRedis,
+  connectRedis,
+  DEFAULT_REDIS_TIMEOUT_MS,
+  describeRedisFailure,
+  positiveMs,
+  type RedisConnectionOptions,
+  redisReady,
+} from "../redis/client.js";
 import { type ReplayGuard, ReplayStoreUnavailableError } from "./guard.js";
 import { elapsedSeconds, type ReplayCheckResult, type ReplayMetrics } from "./metrics.js";
 
 export type ReplayFailureMode = "closed" | "open";
 
-export interface RedisReplayGuardOptions {
-  /** `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. */
-  readonly url: string;
-  /** Kept out of the URL so it can come from a mounted Secret file. */
-  readonly password?: string;
-  /** Extra TLS settings (a private CA); implies TLS. */
-  readonly tls?: ConnectionOptions;
+export interface RedisReplayGuardOptions extends RedisConnectionOptions {
   readonly metrics: ReplayMetrics;
   /**
    * closed (default): refuse calls while Redis cannot answer. open: accept them unchecked, which
@@ -30,17 +32,11 @@ export interface RedisReplayGuardOptions {
   readonly failureMode?: ReplayFailureMode;
   /** Separates deployments (clusters, trust domains) that share one Redis. */
   readonly keyPrefix?: string;
-  readonly connectTimeoutMs?: number;
-  readonly commandTimeoutMs?: number;
-  /** Reconnection backs off exponentially from 50 ms up to this. */
-  readonly maxReconnectDelayMs?: number;
   readonly now?: () => number;
 }
 
+export { DEFAULT_REDIS_TIMEOUT_MS };
 export const DEFAULT_REPLAY_KEY_PREFIX = "custody:jti:";
-export const DEFAULT_REDIS_TIMEOUT_MS = 250;
-const DEFAULT_MAX_RECONNECT_DELAY_MS = 1000;
-const FIRST_RECONNECT_DELAY_MS = 50;
 const MAX_KEY_PREFIX_LENGTH = 128;
 
 export class RedisReplayGuard implements ReplayGuard {
@@ -52,7 +48,7 @@ export class RedisReplayGuard implements ReplayGuard {
   readonly #now: () => number;
   #closed = false;
   /** Why the last connection attempt failed (refused, wrong password, …): the cause `ready()` reports. */
-  #lastConnectionError: unknown;
+  readonly #lastConnectionError: () => unknown;
 
   /** Starts connecting at once (and reconnects forever, with backoff); `ready()` waits for it. */
   constructor(options: RedisReplayGuardOptions) {
@@ -61,26 +57,12 @@ export class RedisReplayGuard implements ReplayGuard {
       options.commandTimeoutMs ?? DEFAULT_REDIS_TIMEOUT_MS,
       "commandTimeoutMs",
     );
-    const connectTimeoutMs = positiveMs(
-      options.connectTimeoutMs ?? DEFAULT_REDIS_TIMEOUT_MS,
-      "connectTimeoutMs",
-    );
-    const maxReconnectDelayMs = positiveMs(
-      options.maxReconnectDelayMs ?? DEFAULT_MAX_RECONNECT_DELAY_MS,
-      "maxReconnectDelayMs",
-    );
     this.#failureMode = options.failureMode ?? "closed";
     this.#metrics = options.metrics;
     this.#now = options.now ?? Date.now;
-    this.#client = new Redis(
-      options.url,
-      clientOptions(options, connectTimeoutMs, this.#commandTimeoutMs, maxReconnectDelayMs),
-    );
-    // Connection errors repeat on every reconnection attempt: kept, not logged; each claim they fail
-    // is counted and reported instead. Without a listener ioredis would print them to stderr.
-    this.#client.on("error", (error: unknown) => {
-      this.#lastConnectionError = error;
-    });
+    const { client, lastError } = connectRedis(options);
+    this.#client = client;
+    this.#lastConnectionError = lastError;
   }
 
   /** True when Redis is connected and answering (for readiness probes). */
@@ -92,22 +74,12 @@ export class RedisReplayGuard implements ReplayGuard {
   async ready(timeoutMs: number): Promise<void> {
     if (this.available) return;
     if (this.#closed) throw new ReplayStoreUnavailableError("the Redis replay guard is closed.");
-    await new Promise<void>((resolve, reject) => {
-      const onReady = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        this.#client.off("ready", onReady);
-        const cause = this.#lastConnectionError;
-        reject(
-          new ReplayStoreUnavailableError(`Redis replay store not reachable within ${timeoutMs} ms.`, {
-            cause,
-          }),
-        );
-      }, timeoutMs);
-      this.#client.once("ready", onReady);
-    });
+    await redisReady(
+      this.#client,
+      timeoutMs,
+      this.#lastConnectionError,
+      (message, cause) => new ReplayStoreUnavailableError(`Redis replay store: ${message}`, { cause }),
+    );
   }
 
   async claim(jti: string, expiresAtMs: number): Promise<boolean> {
@@ -142,13 +114,7 @@ export class RedisReplayGuard implements ReplayGuard {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      await this.#client.quit();
-    } catch {
-      // Not connected: nothing to flush, disconnect() below ends the reconnection loop.
-    } finally {
-      this.#client.disconnect();
-    }
+    await closeRedis(this.#client);
   }
 
   #unavailable(error: unknown, started: number): boolean {
@@ -158,7 +124,7 @@ export class RedisReplayGuard implements ReplayGuard {
     }
     this.#record("store_unavailable_rejected", started);
     throw new ReplayStoreUnavailableError(
-      `Redis replay store unavailable (${describeFailure(error, this.#commandTimeoutMs)}); refusing (fail closed).`,
+      `Redis replay store unavailable (${describeRedisFailure(error, this.#commandTimeoutMs)}); refusing (fail closed).`,
       { cause: error },
     );
   }
@@ -168,51 +134,9 @@ export class RedisReplayGuard implements ReplayGuard {
   }
 }
 
-function clientOptions(
-  options: RedisReplayGuardOptions,
-  connectTimeoutMs: number,
-  commandTimeoutMs: number,
-  maxReconnectDelayMs: number,
-): RedisOptions {
-  return {
-    ...(options.password === undefined ? {} : { password: options.password }),
-    ...(options.tls === undefined ? {} : { tls: options.tls }),
-    connectTimeout: connectTimeoutMs,
-    commandTimeout: commandTimeoutMs,
-    // A command Redis cannot take now fails now: a queue would turn an outage into latency and
-    // memory growth on the request path, and a replayed SET after reconnection has no one waiting.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    // Never give up: the guard must come back by itself when Redis does.
-    retryStrategy: (attempt) =>
-      Math.min(FIRST_RECONNECT_DELAY_MS * 2 ** Math.min(attempt - 1, 16), maxReconnectDelayMs),
-  };
-}
-
-/**
- * A short, fixed description of why Redis did not answer. ioredis messages can carry addresses and
- * internals; callers get these words, and the original stays reachable as `cause` for debugging.
- */
-function describeFailure(error: unknown, commandTimeoutMs: number): string {
-  if (!(error instanceof Error)) return "unexpected failure";
-  if (error.message === "Command timed out") return `no answer within ${commandTimeoutMs} ms`;
-  if (error.name === "ReplyError") {
-    // Redis error replies start with an upper-case code (OOM, READONLY, NOAUTH, …): safe and useful.
-    const code = /^[A-Z]{2,20}\b/.exec(error.message)?.[0];
-    return code === undefined ? "Redis refused the command" : `Redis refused the command: ${code}`;
-  }
-  return "not connected";
-}
-
 function validKeyPrefix(prefix: string): string {
   if (prefix.length > MAX_KEY_PREFIX_LENGTH) {
     throw new RangeError(`keyPrefix must be at most ${MAX_KEY_PREFIX_LENGTH} characters`);
   }
   return prefix;
-}
-
-function positiveMs(value: number, name: string): number {
-  if (!Number.isInteger(value) || value < 1) throw new RangeError(`${name} must be a positive whole number`);
-  return value;
 }

@@ -34,7 +34,12 @@ import {
   provenanceOfBearer,
   provenanceOfChain,
 } from "../policy/engine.js";
-import type { QuotaCharge, QuotaLimiter } from "../quota/limiter.js";
+import {
+  type QuotaCharge,
+  type QuotaDecision,
+  type QuotaStore,
+  QuotaStoreUnavailableError,
+} from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import type { RegistrySnapshot } from "./registry-source.js";
 
@@ -56,7 +61,7 @@ export interface InboundContext {
   readonly self: string;
   readonly snapshot: RegistrySnapshot;
   readonly replay: ReplayGuard;
-  readonly quota: QuotaLimiter;
+  readonly quota: QuotaStore;
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
   /** Client chains verified before (per process): the inbound hot path verifies each chain once. */
@@ -341,7 +346,13 @@ export async function decideInbound(
   const who = caller ?? subject ?? "anonymous";
   const charges = quotaCharges(decision, who);
   if (charges.length > 0) {
-    const taken = context.quota.takeAll(charges);
+    let taken: QuotaDecision;
+    try {
+      taken = await context.quota.takeAll(charges);
+    } catch (error) {
+      if (!(error instanceof QuotaStoreUnavailableError)) throw error;
+      return refuse(503, error.code, error.message, { operation, caller, subject, decision });
+    }
     if (!taken.allowed) {
       return refuse(
         429,

@@ -18,7 +18,7 @@ import { ChainError } from "../chain/errors.js";
 import type { ChainLimits } from "../chain/limits.js";
 import { formatOperation, requestTargetOf } from "../chain/normalize.js";
 import { checkBody } from "../chain/verify.js";
-import type { QuotaLimiter } from "../quota/limiter.js";
+import type { QuotaStore } from "../quota/limiter.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import type { AppChainSealer } from "./app-chain.js";
 import {
@@ -58,7 +58,7 @@ export interface InboundOptions {
   readonly identity: () => WorkloadIdentity;
   readonly registry: () => RegistrySnapshot | undefined;
   readonly replay: ReplayGuard;
-  readonly quota: QuotaLimiter;
+  readonly quota: QuotaStore;
   readonly limits: ChainLimits;
   readonly whenNoPolicy: "allow" | "deny";
   readonly spool: SpoolOptions;

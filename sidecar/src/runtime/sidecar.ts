@@ -14,8 +14,9 @@ import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
 import type { LinkSigner } from "../chain/mint.js";
 import type { RecipientKey } from "../keys/jwe.js";
-import { QuotaLimiter } from "../quota/limiter.js";
+import { QuotaLimiter, type QuotaStore } from "../quota/limiter.js";
 import { createQuotaMetrics } from "../quota/metrics.js";
+import type { RedisQuotaLimiter } from "../quota/redis.js";
 import type { ReplayGuard } from "../replay/guard.js";
 import { MemoryReplayGuard } from "../replay/memory.js";
 import { createReplayMetrics, withReplayMetrics } from "../replay/metrics.js";
@@ -138,7 +139,21 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     });
     replay = redis;
   }
-  const quota = new QuotaLimiter({ now, metrics: createQuotaMetrics(registry) });
+  const quotaMetrics = createQuotaMetrics(registry);
+  const localQuota = new QuotaLimiter({ now, metrics: quotaMetrics });
+  let quota: QuotaStore = localQuota;
+  let sharedQuota: RedisQuotaLimiter | undefined;
+  if (config.replay.redisUrl !== undefined) {
+    // With Redis the replicas share their quota buckets as they share spent jtis.
+    const { RedisQuotaLimiter } = await import("../quota/redis.js");
+    sharedQuota = new RedisQuotaLimiter({
+      url: config.replay.redisUrl,
+      failureMode: config.replay.failureMode,
+      fallback: localQuota,
+      metrics: quotaMetrics,
+    });
+    quota = sharedQuota;
+  }
   const appChain = new AppChainSealer(self);
 
   const inbound = createInboundServer({
@@ -308,6 +323,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       ]);
       await fetcher?.close();
       await redis?.close();
+      await sharedQuota?.close();
     },
   };
 }
