@@ -38,12 +38,14 @@ import { type Kubectl, kubectlFor } from "../support/kubectl.js";
 import { nodeBinaries, requireNode } from "../support/node.js";
 import { type PrometheusServer, startPrometheus } from "../support/prometheus.js";
 import { translateMonitors } from "../support/prometheus-monitors.js";
+import { type RedisProcess, startRedis } from "../support/redis.js";
 import { requireTool } from "../support/tools.js";
 
 const READY =
   requireTool("kubectl") &&
   requireTool("unzip") &&
   requireTool("openssl") &&
+  requireTool("redis-server") &&
   requireControlPlane() &&
   requireNode();
 const KEEP = process.env.KEEP_CLUSTER === "1";
@@ -215,6 +217,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
   let kubectl: Kubectl;
   let helm: Helm;
   let prometheus: PrometheusServer | undefined;
+  let redis: RedisProcess | undefined;
   let idp: DemoIdp;
   let ca: string;
   let failed = false;
@@ -298,6 +301,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       }
     }
     await prometheus?.stop();
+    await redis?.stop();
     await helm?.close();
     await host?.stop();
     if (host?.kept === true) {
@@ -886,6 +890,176 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
   );
 
   it(
+    "quota across replicas: with the sidecars sharing buckets through Redis, two replicas together hold the rule's rate",
+    async () => {
+      // Redis on the node's bridge address, where Pods reach it; the operator is told to inject it.
+      redis = await startRedis(host.state.nodeAddress);
+      const upgraded = await helm.run([
+        "upgrade",
+        "custody",
+        "charts/custody",
+        "--namespace",
+        SYSTEM,
+        "--kubeconfig",
+        host.state.kubeconfig,
+        "--reuse-values",
+        "--set",
+        `sidecar.redis.url=${redis.url}`,
+        "--wait",
+        "--timeout",
+        "5m",
+      ]);
+      expect(upgraded.code, upgraded.stderr).toBe(0);
+      await until("the operators injecting Redis", 3 * MINUTE, async () => {
+        const all = await pods(SYSTEM, "app.kubernetes.io/component=operator");
+        const current = all.filter(
+          (pod) => ready(pod) && (pod.spec.containers[0]?.args ?? []).includes(redis?.url ?? ""),
+        );
+        return current.length === 2 && all.length === 2
+          ? true
+          : `${current.length} of ${all.length} operator Pods with Redis`;
+      });
+      await ok(["apply", "-f", "e2e/cluster/limited.yaml"]);
+      await ok(["-n", BATCH, "wait", "--for=condition=Ready", "--timeout=120s", "serviceidentity/limited"]);
+      const replicas = await rolledOut(BATCH, "limited", 2);
+      for (const pod of replicas) {
+        expect(sidecarOf(pod)?.env).toContainEqual({ name: "CUSTODY_REDIS_URL", value: redis.url });
+      }
+      const burst = async (count: number) =>
+        JSON.parse(
+          (
+            await ok([
+              "-n",
+              BATCH,
+              "exec",
+              "deploy/emitter",
+              "-c",
+              "app",
+              "--",
+              "node",
+              "/apps/burst.mjs",
+              "http://limited.batch/reports",
+              String(count),
+            ])
+          ).trim(),
+        ) as { statuses: Record<string, number>; answeredBy: string[]; ms: number };
+      // Until emitter's sidecar knows limited.batch (the registry reaches it through its volume).
+      await until("limited.batch reachable from emitter", 3 * MINUTE, async () => {
+        const probe = await burst(1);
+        return probe.statuses["200"] === 1 ? true : JSON.stringify(probe.statuses);
+      });
+      await sleep(6_000); // the bucket back to full: burst 4 at one call a second
+      const metricsOf = async (pod: PodObject) => {
+        const text = await ok([
+          "get",
+          "--raw",
+          `/api/v1/namespaces/${BATCH}/pods/${pod.metadata.name}:15020/proxy/metrics`,
+        ]);
+        const count = (result: string) =>
+          Number(
+            new RegExp(`^custody_quota_decisions_total\\{result="${result}"\\} (\\d+)`, "m").exec(
+              text,
+            )?.[1] ?? 0,
+          );
+        return { allowed: count("allowed"), limited: count("limited") };
+      };
+      const before = await Promise.all(replicas.map(metricsOf));
+      const result = await burst(16);
+      const after = await Promise.all(replicas.map(metricsOf));
+      progress(`quota burst of 16 over 2 replicas: ${JSON.stringify(result)}`);
+      const allowed = result.statuses["200"] ?? 0;
+      // Burst 4, plus at most what refilled while the burst ran (one a second), plus rounding.
+      expect(allowed).toBeGreaterThanOrEqual(4);
+      expect(allowed).toBeLessThanOrEqual(4 + Math.ceil(result.ms / 1000) + 1);
+      expect(result.statuses["429"]).toBe(16 - allowed);
+      // Both replicas decided some of the calls: each alone would have granted a burst of 4.
+      const decided = after.map((counts, index) => {
+        const earlier = before[index] ?? { allowed: 0, limited: 0 };
+        return counts.allowed - earlier.allowed + counts.limited - earlier.limited;
+      });
+      expect(
+        decided.every((count) => count > 0),
+        `decisions per replica: ${decided.join(", ")}`,
+      ).toBe(true);
+    },
+    10 * MINUTE,
+  );
+
+  it(
+    "a registry of more than 8 shards reaches the sidecars: checkouts go through on it",
+    async () => {
+      // 2 KiB shards instead of 900 KiB: this small mesh then needs as many ConfigMaps as one of
+      // some thousands of services would.
+      const args = (
+        await json<{ spec: { template: { spec: { containers: Container[] } } } }>([
+          "-n",
+          SYSTEM,
+          "get",
+          "deployment",
+          "custody-operator",
+        ])
+      ).spec.template.spec.containers[0]?.args;
+      const patch = [
+        {
+          op: "replace",
+          path: "/spec/template/spec/containers/0/args",
+          value: [...(args ?? []), "--registry-shard-bytes", "2048"],
+        },
+      ];
+      await ok([
+        "-n",
+        SYSTEM,
+        "patch",
+        "deployment",
+        "custody-operator",
+        "--type=json",
+        "-p",
+        JSON.stringify(patch),
+      ]);
+      await ok(["-n", SYSTEM, "rollout", "status", "deployment/custody-operator", "--timeout=5m"]);
+      const shards = await until("shop's registry in more than 8 shards", 3 * MINUTE, async () => {
+        const configMaps = await json<List<{ metadata: Meta }>>([
+          "-n",
+          SHOP,
+          "get",
+          "configmaps",
+          "-l",
+          "custody.dev/registry-shard",
+        ]);
+        const count = configMaps.items.length;
+        return count > 8 ? count : `${count} shards`;
+      });
+      const published = await registryOf(SHOP);
+      expect(published?.services.map((service) => service.id)).toEqual(
+        expect.arrayContaining(["shop.shop", "cart.shop", "payments.shop"]),
+      );
+      // Every shop sidecar has loaded that generation, from all of its shards.
+      await until("the shop sidecars on the sharded registry", 3 * MINUTE, async () => {
+        const behind: string[] = [];
+        for (const pod of await pods(SHOP, "app.kubernetes.io/part-of=custody-e2e")) {
+          const readyz = JSON.parse(
+            await ok([
+              "get",
+              "--raw",
+              `/api/v1/namespaces/${SHOP}/pods/${pod.metadata.name}:15020/proxy/readyz`,
+            ]),
+          ) as { generation?: number };
+          if (readyz.generation !== published?.generation)
+            behind.push(`${pod.metadata.name}: ${readyz.generation}`);
+        }
+        return behind.length === 0 ? true : behind.join(", ");
+      });
+      const traffic = new CheckoutTraffic(await shopTarget(), idp);
+      await sleep(5_000);
+      await traffic.stop();
+      progress(`${shards} shards: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`);
+      expect(traffic.failures).toEqual([]);
+      expect(traffic.succeeded).toBeGreaterThan(5);
+    },
+    10 * MINUTE,
+  );
+
+  it(
     "the webhook's reach: while it cannot be called, only Pods that ask for a sidecar are refused",
     async () => {
       const configuration = "custody-sidecar-injector";
@@ -1019,9 +1193,12 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       });
       // The labels the alert rules use come from discovery.
       for (const target of targets.sidecarTargets) {
-        expect(target.labels.namespace).toBe(SHOP);
-        expect(target.labels.pod).toMatch(/^(shop|cart|payments)-/);
+        expect([SHOP, BATCH]).toContain(target.labels.namespace);
+        expect(target.labels.pod).toMatch(/^(shop|cart|payments|sink|emitter|closed|limited)-/);
       }
+      expect(
+        targets.sidecarTargets.filter((target) => target.labels.namespace === SHOP).length,
+      ).toBeGreaterThanOrEqual(3);
       await until("denials counted per namespace by the recording rules", 3 * MINUTE, async () => {
         const denials = await server.query(
           'namespace_reason:custody_sidecar_inbound_denials:rate5m{namespace="shop"}',

@@ -10,10 +10,10 @@ export { freePort };
 
 export const HOST = "127.0.0.1";
 
-/** True once something on `port` answers PING with PONG. */
-async function answersPing(port: number): Promise<boolean> {
+/** True once something on `host:port` answers PING with PONG. */
+async function answersPing(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = tcpConnect({ host: HOST, port });
+    const socket = tcpConnect({ host, port });
     let reply = "";
     socket.setTimeout(200, () => socket.destroy());
     socket.on("connect", () => socket.write("PING\r\n"));
@@ -26,13 +26,19 @@ async function answersPing(port: number): Promise<boolean> {
   });
 }
 
-/** A throwaway redis-server on 127.0.0.1 only, keeping nothing on disk. */
+/**
+ * A throwaway redis-server on one address (127.0.0.1 unless told: the test node's pods reach the
+ * node at its bridge address), keeping nothing on disk.
+ */
 export class RedisProcess {
   #child: ChildProcess | undefined;
-  constructor(readonly port: number) {}
+  constructor(
+    readonly port: number,
+    readonly host: string = HOST,
+  ) {}
 
   get url(): string {
-    return `redis://${HOST}:${this.port}`;
+    return `redis://${this.host}:${this.port}`;
   }
 
   async start(): Promise<void> {
@@ -40,7 +46,7 @@ export class RedisProcess {
       "redis-server",
       [
         "--bind",
-        HOST,
+        this.host,
         "--port",
         String(this.port),
         "--save",
@@ -58,10 +64,10 @@ export class RedisProcess {
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-      if (await answersPing(this.port)) return;
+      if (await answersPing(this.host, this.port)) return;
       await sleep(20);
     }
-    throw new Error(`redis-server did not answer PING on ${HOST}:${this.port}`);
+    throw new Error(`redis-server did not answer PING on ${this.host}:${this.port}`);
   }
 
   async stop(): Promise<void> {
@@ -83,10 +89,10 @@ export class RedisProcess {
   }
 }
 
-export async function startRedis(): Promise<RedisProcess> {
+export async function startRedis(host: string = HOST): Promise<RedisProcess> {
   // A free port can be taken between the check and the start: try a few.
   for (let attempt = 1; ; attempt++) {
-    const redis = new RedisProcess(await freePort());
+    const redis = new RedisProcess(await freePort(), host);
     try {
       await redis.start();
       return redis;

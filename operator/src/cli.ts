@@ -15,6 +15,8 @@ import { createLogger, LOG_LEVELS } from "../../cli/src/log.js";
 import { runUntilSignal } from "../../cli/src/serve.js";
 import { UsageError } from "../../crds/src/errors.js";
 import { isDnsLabel } from "../../crds/src/names.js";
+import { DEFAULT_REGISTRY_SHARD_BYTES, MAX_REGISTRY_SHARD_BYTES } from "../../crds/src/registry.js";
+import { MAX_REGISTRY_SHARDS } from "../../crds/src/registry-schema.js";
 import {
   durationOption,
   hostPortOption,
@@ -69,6 +71,8 @@ Options:
                               an identity's custody.dev/location annotation overrides it
   --locations FILE            service id → host:port map overriding the template (re-read on change)
   --propagation-delay D       how long a new key is published before the workload uses it (default 2m)
+  --registry-shard-bytes N    largest registry ConfigMap before it is split (default ${DEFAULT_REGISTRY_SHARD_BYTES},
+                              2048 to ${MAX_REGISTRY_SHARD_BYTES}; up to ${MAX_REGISTRY_SHARDS} shards)
   --resync D                  re-check every object this often (default 10m)
   --concurrency N             reconciles in parallel (default 8)
   --key-rotation-period D     token service signing key period (default 24h)
@@ -119,6 +123,7 @@ export const operatorCommand: Command = async (args, io) => {
     "location-template": { type: "string" },
     locations: { type: "string" },
     "propagation-delay": { type: "string" },
+    "registry-shard-bytes": { type: "string" },
     resync: { type: "string" },
     concurrency: { type: "string" },
     "key-rotation-period": { type: "string" },
@@ -236,6 +241,16 @@ export const operatorCommand: Command = async (args, io) => {
     locationTemplate,
     ...(values.locations === undefined ? {} : { locationsPath: values.locations }),
     propagationDelayMs: duration("propagation-delay", "2m", 0, 86_400_000),
+    registryShardBytes: integerOption(
+      COMMAND,
+      "registry-shard-bytes",
+      values["registry-shard-bytes"],
+      DEFAULT_REGISTRY_SHARD_BYTES,
+      {
+        min: 2048,
+        max: MAX_REGISTRY_SHARD_BYTES,
+      },
+    ),
     resyncIntervalMs: duration("resync", "10m", 10_000, 86_400_000),
     concurrency: integerOption(COMMAND, "concurrency", values.concurrency, 8, { min: 1, max: 64 }),
     pollIntervalMs: duration("poll-interval", "2s", 100, 3_600_000),

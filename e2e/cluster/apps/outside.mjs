@@ -5,7 +5,10 @@ import { createServer } from "node:http";
 import { createServer as createSecureServer } from "node:https";
 
 const answer = (what) => (_request, response) => {
-  response.writeHead(200, { "content-type": "text/plain" }).end(`outside over ${what}`);
+  const body = `outside over ${what}`;
+  response
+    .writeHead(200, { "content-type": "text/plain", "content-length": Buffer.byteLength(body) })
+    .end(body);
 };
 createServer(answer("http")).listen(8080, "0.0.0.0");
 createSecureServer(

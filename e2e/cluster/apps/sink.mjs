@@ -1,4 +1,5 @@
-// batch's receiving workload: records each report (one JSON log line) and answers 200. It listens
+// batch's receiving workload: records each report (one JSON log line) and answers 200 naming the
+// Pod that answered. It listens
 // on loopback only: everything reaches it through its sidecar, which verified the caller's chain.
 import { createServer } from "node:http";
 
@@ -15,6 +16,6 @@ createServer((request, response) => {
       return;
     }
     console.log(JSON.stringify({ event: "report", body }));
-    response.writeHead(200, { "content-type": "text/plain" }).end("recorded");
+    response.writeHead(200, { "content-type": "text/plain" }).end(`recorded by ${process.env.HOSTNAME}`);
   });
 }).listen(port, "127.0.0.1");
