@@ -816,7 +816,9 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       expect(quota.status.used["limits.cpu"]).toBeDefined();
 
       // The Job: its app's first call, made at its first instant without a retry, went through,
-      // and the Job completed although its sidecar is a long-running process.
+      // and the Job completed although its sidecar is a long-running process. (Started once sink
+      // is ready: the call is to test the caller's start, not the callee's.)
+      await ok(["apply", "-f", "e2e/cluster/report-job.yaml"]);
       await until("Job batch/report Complete", 3 * MINUTE, async () => {
         const job = await json<{
           status: { conditions?: { type: string; status: string }[]; failed?: number };
