@@ -19,6 +19,7 @@
  * and the sidecar adds TLS.
  */
 import { type LookupAddress, type LookupOptions, lookup } from "node:dns";
+import { STATUS_CODES } from "node:http";
 import { connect, isIP, type Socket } from "node:net";
 import { Agent } from "undici";
 
@@ -114,12 +115,7 @@ export class TunnelRefusal extends Error {
 /** Answers a CONNECT that will not be tunnelled, on the raw socket, and closes it. */
 export function refuseTunnel(socket: Socket, refusal: TunnelRefusal): void {
   const body = JSON.stringify({ error: "refused", reason: refusal.reason });
-  const phrase =
-    refusal.status === 407
-      ? "Proxy Authentication Required"
-      : refusal.status === 403
-        ? "Forbidden"
-        : "Bad Request";
+  const phrase = STATUS_CODES[refusal.status] ?? "Refused";
   socket.end(
     `HTTP/1.1 ${refusal.status} ${phrase}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
       `${refusal.status === 407 ? 'proxy-authenticate: Basic realm="custody"\r\n' : ""}connection: close\r\n\r\n${body}`,
@@ -158,9 +154,12 @@ export class Tunnels {
       };
       upstream.once("timeout", () => fail(new Error(`connecting to ${host}:${port} timed out`)));
       upstream.once("error", fail);
-      client.once("close", () => upstream.destroy());
+      // The client gave up while the connection was being made: nothing to tunnel any more.
+      const clientGone = () => fail(new Error("the client closed the connection"));
+      client.once("close", clientGone);
       upstream.once("connect", () => {
         upstream.off("error", fail);
+        client.off("close", clientGone);
         upstream.removeAllListeners("timeout");
         upstream.setTimeout(TUNNEL_IDLE_MS, () => upstream.destroy());
         client.setTimeout(TUNNEL_IDLE_MS, () => client.destroy());
