@@ -1,16 +1,10 @@
-import { once } from "node:events";
-import { createServer } from "node:net";
+import { freeLoopbackPort } from "../../local/src/ports.js";
 
-const HOST = "127.0.0.1";
-
-/** A port on 127.0.0.1 that nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, HOST);
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("no TCP address");
-  return address.port;
+/**
+ * A port on 127.0.0.1 that nothing listens on right now, chosen as `custody local up` chooses its
+ * ports: below the kernel's ephemeral range, where no outgoing connection or listen(0) of the
+ * suites running beside this one can take it before the test listens on it.
+ */
+export function freePort(): Promise<number> {
+  return freeLoopbackPort();
 }

@@ -2,7 +2,13 @@
  * Loopback ports of a local mesh, kept in the state directory so that a re-run listens where the
  * last one did (the registry and the apps' configuration stay valid). A remembered port that is
  * taken by something else now is replaced by a free one.
+ *
+ * A port is chosen some moments before the process that listens on it starts, so it is chosen
+ * below the kernel's ephemeral range (ip_local_port_range): the kernel hands ports of that range
+ * to every outgoing connection and every listen(0) on the machine, and one of those could take a
+ * chosen port in the meantime (seen: EADDRINUSE while a test suite ran beside `custody local up`).
  */
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { z } from "zod";
@@ -38,7 +44,9 @@ export class PortBook {
     const taken = new Set<number>();
     const keep = async (wanted: number | undefined) => {
       const chosen =
-        wanted !== undefined && !taken.has(wanted) && (await isFree(wanted)) ? wanted : await freePort(taken);
+        wanted !== undefined && !taken.has(wanted) && (await isFree(wanted))
+          ? wanted
+          : await freeLoopbackPort(taken);
       taken.add(chosen);
       return chosen;
     };
@@ -78,7 +86,7 @@ export class PortBook {
     if (known !== undefined) return known;
     const taken = this.#taken();
     const pick = async () => {
-      const chosen = await freePort(taken);
+      const chosen = await freeLoopbackPort(taken);
       taken.add(chosen);
       return chosen;
     };
@@ -116,19 +124,27 @@ function isFree(candidate: number): Promise<boolean> {
   });
 }
 
-/** A port the kernel says is free now, not in `avoid`. */
-async function freePort(avoid: ReadonlySet<number>): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const candidate = await new Promise<number>((resolve, reject) => {
-      const server = createServer();
-      server.once("error", reject);
-      server.listen(0, "127.0.0.1", () => {
-        const address = server.address();
-        const chosen = typeof address === "object" && address !== null ? address.port : 0;
-        server.close(() => resolve(chosen));
-      });
-    });
-    if (!avoid.has(candidate)) return candidate;
+/** Where chosen ports come from: [LOWEST_PORT, the start of the ephemeral range). */
+const LOWEST_PORT = 10_000;
+const ATTEMPTS = 64;
+
+/** The first port of the kernel's ephemeral range (Linux's default when it cannot be read). */
+function ephemeralStart(): number {
+  try {
+    const [low] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/);
+    const parsed = Number(low);
+    return Number.isInteger(parsed) && parsed > LOWEST_PORT + 1_000 && parsed <= 65_535 ? parsed : 32_768;
+  } catch {
+    return 32_768;
   }
-  throw new Error("no free loopback port found");
+}
+
+/** A port free now, not in `avoid`, outside the ephemeral range; random, so that runs do not collide. */
+export async function freeLoopbackPort(avoid: ReadonlySet<number> = new Set()): Promise<number> {
+  const end = ephemeralStart();
+  for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+    const candidate = LOWEST_PORT + Math.floor(Math.random() * (end - LOWEST_PORT));
+    if (!avoid.has(candidate) && (await isFree(candidate))) return candidate;
+  }
+  throw new Error(`no free loopback port found from ${LOWEST_PORT} to ${end - 1}`);
 }
