@@ -12,6 +12,13 @@ export const ANNOTATION_INJECT = "custody.dev/inject";
 export const ANNOTATION_IDENTITY = "custody.dev/identity";
 export const ANNOTATION_APP_PORT = "custody.dev/app-port";
 
+/**
+ * What a sidecar does with calls for hosts that are not mesh services: the operator injects one of
+ * these (CUSTODY_OUTBOUND_POLICY), the sidecar enforces it (sidecar/src/runtime/passthrough.ts).
+ */
+export const OUTBOUND_POLICIES = ["passthrough", "registry-only"] as const;
+export type OutboundPolicy = (typeof OUTBOUND_POLICIES)[number];
+
 /** JWS `typ` of a call-chain link (contract "Call-chain tokens"); nothing else may carry it. */
 export const CHAIN_LINK_TYPE = "custody+jwt";
 

@@ -263,6 +263,41 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
     };
   };
 
+  /** Runs one of e2e/cluster/apps in a batch Deployment's app container; what it printed, as JSON. */
+  const runBatchApp = async <T>(deployment: string, script: string, ...args: string[]): Promise<T> =>
+    JSON.parse(
+      (
+        await ok([
+          "-n",
+          BATCH,
+          "exec",
+          `deploy/${deployment}`,
+          "-c",
+          "app",
+          "--",
+          "node",
+          `/apps/${script}`,
+          ...args,
+        ])
+      ).trim(),
+    ) as T;
+
+  /**
+   * Runs `during` while checkouts flow through shop's Service, then expects none of them to have
+   * failed and more than `atLeast` to have gone through.
+   */
+  const underCheckouts = async (what: string, atLeast: number, during: () => Promise<void>) => {
+    const traffic = new CheckoutTraffic(await shopTarget(), idp);
+    try {
+      await during();
+    } finally {
+      await traffic.stop();
+    }
+    progress(`${what}: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`);
+    expect(traffic.failures).toEqual([]);
+    expect(traffic.succeeded).toBeGreaterThan(atLeast);
+  };
+
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), "custody-cluster-"));
     host = await startClusterHost({ keep: KEEP, log: (line) => process.stderr.write(`${line}\n`) });
@@ -673,8 +708,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       const cartIp = cartPod?.status.podIP ?? "";
       expect(await servedCertificateSerial(cartIp, INBOUND_PORT, ca)).toBe(oldSerial);
 
-      const traffic = new CheckoutTraffic(await shopTarget(), idp);
-      try {
+      await underCheckouts("rotation under traffic", 20, async () => {
         // A new certificate profile is a normal rotation: next key published, the Secret switched
         // after the propagation delay, the sidecar reloading it from its volume.
         await ok([
@@ -696,12 +730,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
           return served === newSerial ? true : `serves ${served}`;
         });
         await sleep(10_000);
-      } finally {
-        await traffic.stop();
-      }
-      progress(`rotation under traffic: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`);
-      expect(traffic.failures).toEqual([]);
-      expect(traffic.succeeded).toBeGreaterThan(20);
+      });
     },
     15 * MINUTE,
   );
@@ -709,8 +738,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
   it(
     "day 2: payments scaled up and down under traffic: no call fails",
     async () => {
-      const traffic = new CheckoutTraffic(await shopTarget(), idp);
-      try {
+      await underCheckouts("scale 1 → 3 → 1 under traffic", 20, async () => {
         await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=3"]);
         const scaled = await rolledOut(SHOP, "payments", 3);
         for (const pod of scaled) {
@@ -720,14 +748,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         await ok(["-n", SHOP, "scale", "deployment/payments", "--replicas=1"]);
         await rolledOut(SHOP, "payments", 1);
         await sleep(10_000);
-      } finally {
-        await traffic.stop();
-      }
-      progress(
-        `scale 1 → 3 → 1 under traffic: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`,
-      );
-      expect(traffic.failures).toEqual([]);
-      expect(traffic.succeeded).toBeGreaterThan(20);
+      });
     },
     12 * MINUTE,
   );
@@ -858,23 +879,14 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
     "outbound traffic outside the mesh: passthrough reaches an HTTP and an HTTPS service, registry-only refuses both",
     async () => {
       await rolledOut(OUTSIDE, "outside", 1);
-      const egress = async (deployment: string) => {
-        const printed = await ok([
-          "-n",
-          BATCH,
-          "exec",
-          `deploy/${deployment}`,
-          "-c",
-          "app",
-          "--",
-          "node",
-          "/apps/egress.mjs",
+      const egress = (deployment: string) =>
+        runBatchApp<Record<"http" | "https", { status: number; body: string }>>(
+          deployment,
+          "egress.mjs",
           "http://outside.outside.svc:8080/",
           "https://outside.outside.svc:8443/",
           "/ca/ca.crt",
-        ]);
-        return JSON.parse(printed.trim()) as Record<"http" | "https", { status: number; body: string }>;
-      };
+        );
       await rolledOut(BATCH, "emitter", 1);
       const open = await egress("emitter");
       expect(open.http).toEqual({ status: 200, body: "outside over http" });
@@ -927,24 +939,13 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       for (const pod of replicas) {
         expect(sidecarOf(pod)?.env).toContainEqual({ name: "CUSTODY_REDIS_URL", value: redis.url });
       }
-      const burst = async (count: number) =>
-        JSON.parse(
-          (
-            await ok([
-              "-n",
-              BATCH,
-              "exec",
-              "deploy/emitter",
-              "-c",
-              "app",
-              "--",
-              "node",
-              "/apps/burst.mjs",
-              "http://limited.batch/reports",
-              String(count),
-            ])
-          ).trim(),
-        ) as { statuses: Record<string, number>; answeredBy: string[]; ms: number };
+      const burst = (count: number) =>
+        runBatchApp<{ statuses: Record<string, number>; answeredBy: string[]; ms: number }>(
+          "emitter",
+          "burst.mjs",
+          "http://limited.batch/reports",
+          String(count),
+        );
       // Until emitter's sidecar knows limited.batch (the registry reaches it through its volume).
       await until("limited.batch reachable from emitter", 3 * MINUTE, async () => {
         const probe = await burst(1);
@@ -1060,12 +1061,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         }
         return behind.length === 0 ? true : behind.join(", ");
       });
-      const traffic = new CheckoutTraffic(await shopTarget(), idp);
-      await sleep(5_000);
-      await traffic.stop();
-      progress(`${shards} shards: ${traffic.succeeded} checkouts, ${traffic.failures.length} failed`);
-      expect(traffic.failures).toEqual([]);
-      expect(traffic.succeeded).toBeGreaterThan(5);
+      await underCheckouts(`${shards} shards`, 5, () => sleep(5_000));
     },
     10 * MINUTE,
   );

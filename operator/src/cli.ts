@@ -14,7 +14,7 @@ import { type Command, EXIT_OK, integerOption, parseCommandArgs, requireOption }
 import { createLogger, LOG_LEVELS } from "../../cli/src/log.js";
 import { runUntilSignal } from "../../cli/src/serve.js";
 import { UsageError } from "../../crds/src/errors.js";
-import { isDnsLabel } from "../../crds/src/names.js";
+import { isDnsLabel, OUTBOUND_POLICIES, type OutboundPolicy } from "../../crds/src/names.js";
 import { DEFAULT_REGISTRY_SHARD_BYTES, MAX_REGISTRY_SHARD_BYTES } from "../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../crds/src/registry-schema.js";
 import {
@@ -36,9 +36,7 @@ import {
   DEFAULT_INJECTION_SETTINGS,
   INBOUND_PORT,
   type InjectionSettings,
-  OUTBOUND_POLICY_SETTINGS,
   OUTBOUND_PORT,
-  type OutboundPolicySetting,
   SIDECAR_MODES,
   type SidecarMode,
 } from "./webhook/inject.js";
@@ -345,9 +343,9 @@ function injectionSettingsOf(
     throw new UsageError(`${COMMAND}: --sidecar-redis-failure-mode must be closed or open.`);
   }
   const outboundPolicy = text("sidecar-outbound-policy") ?? defaults.outboundPolicy;
-  if (!(OUTBOUND_POLICY_SETTINGS as readonly string[]).includes(outboundPolicy)) {
+  if (!(OUTBOUND_POLICIES as readonly string[]).includes(outboundPolicy)) {
     throw new UsageError(
-      `${COMMAND}: --sidecar-outbound-policy must be one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}.`,
+      `${COMMAND}: --sidecar-outbound-policy must be one of ${OUTBOUND_POLICIES.join(", ")}.`,
     );
   }
   const resource = (name: string, fallback: string | undefined) => {
@@ -379,7 +377,7 @@ function injectionSettingsOf(
       }),
     },
     shutdownDelay: text("sidecar-shutdown-delay") ?? defaults.shutdownDelay,
-    outboundPolicy: outboundPolicy as OutboundPolicySetting,
+    outboundPolicy: outboundPolicy as OutboundPolicy,
     redisUrl: text("sidecar-redis-url") || undefined,
     redisFailureMode: text("sidecar-redis-failure-mode") === "open" ? "open" : "closed",
     // In a pod, in-cluster clients reach the API server at this address: never through the sidecar.

@@ -24,6 +24,8 @@ import {
   ANNOTATION_IDENTITY,
   ANNOTATION_INJECT,
   isDnsLabel,
+  OUTBOUND_POLICIES,
+  type OutboundPolicy,
 } from "../../../crds/src/names.js";
 import { registryConfigMapName, registryFileName } from "../../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../../crds/src/registry-schema.js";
@@ -149,7 +151,7 @@ export interface InjectionSettings {
    */
   readonly shutdownDelay: string;
   /** What the sidecars do with calls for hosts that are not mesh services (passthrough.ts). */
-  readonly outboundPolicy: OutboundPolicySetting;
+  readonly outboundPolicy: OutboundPolicy;
   /** The API server's addresses as pods see them (KUBERNETES_SERVICE_HOST): added to NO_PROXY. */
   readonly apiServerHosts: readonly string[];
   /**
@@ -160,9 +162,6 @@ export interface InjectionSettings {
   /** While Redis cannot answer: refuse calls (closed) or decide alone (open). */
   readonly redisFailureMode: "closed" | "open";
 }
-
-export const OUTBOUND_POLICY_SETTINGS = ["passthrough", "registry-only"] as const;
-export type OutboundPolicySetting = (typeof OUTBOUND_POLICY_SETTINGS)[number];
 
 export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   image: "ghcr.io/custody-dev/custody-sidecar:0.1.0",
@@ -271,8 +270,8 @@ export function checkInjectionSettings(settings: InjectionSettings): void {
     problems.push("ports.outbound, ports.inbound and ports.admin must differ");
   }
   if (!DURATION.test(settings.shutdownDelay)) problems.push("shutdownDelay must be a duration (5s)");
-  if (!OUTBOUND_POLICY_SETTINGS.includes(settings.outboundPolicy)) {
-    problems.push(`outboundPolicy must be one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}`);
+  if (!OUTBOUND_POLICIES.includes(settings.outboundPolicy)) {
+    problems.push(`outboundPolicy must be one of ${OUTBOUND_POLICIES.join(", ")}`);
   }
   if (settings.redisUrl !== undefined && !/^rediss?:\/\/[^\s]{1,2000}$/.test(settings.redisUrl)) {
     problems.push("redisUrl must be a redis:// or rediss:// URL");
@@ -540,18 +539,18 @@ function resolveResources(
   return { ok: true, value: resources };
 }
 
-function resolveOutboundPolicy(pod: Pod, settings: InjectionSettings): Resolved<OutboundPolicySetting> {
+function resolveOutboundPolicy(pod: Pod, settings: InjectionSettings): Resolved<OutboundPolicy> {
   const annotated = pod.metadata.annotations?.[ANNOTATION_OUTBOUND_POLICY];
   if (annotated === undefined) return { ok: true, value: settings.outboundPolicy };
-  if ((OUTBOUND_POLICY_SETTINGS as readonly string[]).includes(annotated)) {
-    return { ok: true, value: annotated as OutboundPolicySetting };
+  if ((OUTBOUND_POLICIES as readonly string[]).includes(annotated)) {
+    return { ok: true, value: annotated as OutboundPolicy };
   }
   return {
     ok: false,
     denied: refuse(
       400,
       "invalid_outbound_policy",
-      `annotation ${ANNOTATION_OUTBOUND_POLICY}: "${annotated.slice(0, 64)}" is not one of ${OUTBOUND_POLICY_SETTINGS.join(", ")}.`,
+      `annotation ${ANNOTATION_OUTBOUND_POLICY}: "${annotated.slice(0, 64)}" is not one of ${OUTBOUND_POLICIES.join(", ")}.`,
     ),
   };
 }

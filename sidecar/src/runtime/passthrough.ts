@@ -23,8 +23,7 @@ import { STATUS_CODES } from "node:http";
 import { connect, isIP, type Socket } from "node:net";
 import { Agent } from "undici";
 
-export const OUTBOUND_POLICIES = ["passthrough", "registry-only"] as const;
-export type OutboundPolicy = (typeof OUTBOUND_POLICIES)[number];
+export { OUTBOUND_POLICIES, type OutboundPolicy } from "../../../crds/src/names.js";
 
 /** Connections to non-mesh hosts kept in all; beyond, calls wait for one (undici queues them). */
 const MAX_CONNECTIONS_PER_ORIGIN = 64;
