@@ -697,8 +697,15 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
     "day 2: cart's certificate rotated under traffic: no call fails",
     async () => {
       const secret = async () =>
-        (await json<{ data: Record<string, string> }>(["-n", SHOP, "get", "secret", "custody-identity-cart"]))
-          .data;
+        (
+          await json<{ data: Record<string, string> }>([
+            "-n",
+            SYSTEM,
+            "get",
+            "secret",
+            `custody-identity.${SHOP}.cart`,
+          ])
+        ).data;
       const serialOf = async (pem: string) => {
         const { X509Certificate } = await import("node:crypto");
         return new X509Certificate(pem).serialNumber.toLowerCase();
