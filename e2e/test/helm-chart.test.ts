@@ -139,8 +139,7 @@ interface Allowed extends Permission {
 /**
  * The whole allow-list. Read from operator/src/store/kubernetes.ts (informers: list + watch;
  * read/create/apply (patch)/delete of its Secrets and ConfigMaps; JSON patch of /status),
- * kubernetes-convert.ts (owner references with blockOwnerDeletion, which needs update on the
- * owner's finalizers where OwnerReferencesPermissionEnforcement is on), kubernetes-events.ts
+ * kubernetes-events.ts
  * (Events are created, never patched), leader.ts (Lease read/create/replace) and
  * webhook/ca-bundle.ts (read + JSON patch of two named configurations) and webhook/token-review.ts
  * (TokenReview, read of one pod).
@@ -150,7 +149,6 @@ const ALLOWED: readonly Allowed[] = [
   { scope: "cluster", apiGroup: "custody.dev", resource: "accesspolicies", verbs: ["list", "watch"] },
   { scope: "cluster", apiGroup: "custody.dev", resource: "serviceidentities/status", verbs: ["patch"] },
   { scope: "cluster", apiGroup: "custody.dev", resource: "accesspolicies/status", verbs: ["patch"] },
-  { scope: "cluster", apiGroup: "custody.dev", resource: "serviceidentities/finalizers", verbs: ["update"] },
   // Only in the operator's own namespace: no workload namespace's Secrets are readable to it.
   {
     scope: "namespace",

@@ -21,6 +21,7 @@ import { createHash } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
+import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
 import type { DeliveredIdentity, DeliveryRefusal } from "../../../crds/src/identity-delivery.js";
 import { MAX_IDENTITY_TOKEN_BYTES } from "../../../crds/src/identity-delivery.js";
 import { ANNOTATION_INJECT } from "../../../crds/src/names.js";
@@ -221,7 +222,8 @@ export class IdentityDelivery {
 
   /** The HTTP face: POST with the bearer token, no body; answers JSON, never detail on refusal. */
   async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
-    request.resume();
+    // No body is expected: nothing of one is kept (a small one is discarded, a large one not read).
+    leaveBodyUnread(request, response);
     const outcome = await this.decide(bearerToken(request.headers.authorization));
     if (response.destroyed) return;
     const reason = outcome.ok ? "delivered" : outcome.reason;

@@ -97,6 +97,9 @@ export function identityDeliveryClient(options: IdentityDeliveryClientOptions): 
           method: "POST",
           dispatcher: agentFor(trust),
           headers: { authorization: `Bearer ${token}` },
+          // One request every half minute: a connection kept open per pod between them would
+          // only count against the operator's connection limit.
+          reset: true,
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs,
         });
