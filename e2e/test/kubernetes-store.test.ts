@@ -30,7 +30,12 @@ import {
   StoreConflictError,
   type StoredSecret,
 } from "../../operator/src/store/store.js";
-import { type Cluster, startCluster } from "../support/cluster.js";
+import {
+  type Cluster,
+  OPERATOR_NAMESPACE,
+  OPERATOR_SERVICE_ACCOUNT,
+  startCluster,
+} from "../support/cluster.js";
 import { ControlPlane, requireControlPlane } from "../support/control-plane.js";
 import { freePort } from "../support/net.js";
 import { requireTool } from "../support/tools.js";
@@ -169,6 +174,45 @@ describe.skipIf(!HAS_CLUSTER)("the Kubernetes store against a real control plane
     // informers as 410 Gone.
     cluster = await startCluster({ apiserverFlags: ["--watch-cache=false"] });
     kc = cluster.operatorKubeConfig;
+    // The store is generic over Secrets in any namespace; the chart lets the operator touch only
+    // those of its own namespace (e2e/test/operator-kubernetes.test.ts runs under exactly that).
+    // These tests exercise the store's Secret handling in namespaces of their own, so the
+    // operator's ServiceAccount gets, here only, what that needs on top of the chart's RBAC.
+    const grant = await cluster.kubectl(
+      ["apply", "-f", "-"],
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "List",
+        items: [
+          {
+            apiVersion: "rbac.authorization.k8s.io/v1",
+            kind: "ClusterRole",
+            metadata: { name: "custody-store-test-secrets" },
+            rules: [
+              {
+                apiGroups: [""],
+                resources: ["secrets"],
+                verbs: ["get", "list", "watch", "create", "patch", "delete"],
+              },
+            ],
+          },
+          {
+            apiVersion: "rbac.authorization.k8s.io/v1",
+            kind: "ClusterRoleBinding",
+            metadata: { name: "custody-store-test-secrets" },
+            roleRef: {
+              apiGroup: "rbac.authorization.k8s.io",
+              kind: "ClusterRole",
+              name: "custody-store-test-secrets",
+            },
+            subjects: [
+              { kind: "ServiceAccount", name: OPERATOR_SERVICE_ACCOUNT, namespace: OPERATOR_NAMESPACE },
+            ],
+          },
+        ],
+      }),
+    );
+    if (grant.code !== 0) throw new Error(`kubectl apply of the test's grant: ${grant.stderr}`);
     // The test's own reads and writes, as the admin.
     core = cluster.kubeConfig.makeApiClient(CoreV1ApiClass);
     custom = cluster.kubeConfig.makeApiClient(CustomObjectsApi);

@@ -25,7 +25,7 @@ import {
   identity,
   type ReconcileHarness,
 } from "../../operator/test/support/reconcile-suite.js";
-import { type Cluster, startCluster } from "../support/cluster.js";
+import { type Cluster, OPERATOR_NAMESPACE, startCluster } from "../support/cluster.js";
 import { requireControlPlane } from "../support/control-plane.js";
 import { requireTool } from "../support/tools.js";
 
@@ -47,7 +47,12 @@ function elector(cluster: Cluster, identity: string): LeaderElector {
 
 async function startReplica(cluster: Cluster, name: string): Promise<RunningOperator> {
   return startTestOperator(
-    new KubernetesStore({ kubeConfig: cluster.operatorKubeConfig, logger: quiet }),
+    new KubernetesStore({
+      kubeConfig: cluster.operatorKubeConfig,
+      logger: quiet,
+      // The chart's RBAC: Secrets only in the operator's namespace.
+      secretsNamespace: OPERATOR_NAMESPACE,
+    }),
     cluster.caDirectory,
     {
       leadership: elector(cluster, name),
@@ -229,7 +234,11 @@ describe.skipIf(!HAS_CLUSTER)("operator on Kubernetes", () => {
       // several ConfigMaps, as ~1,800 would fill several of the default 900 KiB.
       const sharded = await startCluster();
       const operator = await startTestOperator(
-        new KubernetesStore({ kubeConfig: sharded.operatorKubeConfig, logger: quiet }),
+        new KubernetesStore({
+          kubeConfig: sharded.operatorKubeConfig,
+          logger: quiet,
+          secretsNamespace: OPERATOR_NAMESPACE,
+        }),
         sharded.caDirectory,
         { registryShardBytes: 3 * 1024 },
       );
