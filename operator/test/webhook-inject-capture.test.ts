@@ -6,9 +6,12 @@
  */
 import { applyPatch, type Operation } from "fast-json-patch";
 import { describe, expect, it } from "vitest";
+import { EXIT_USAGE, runCommand } from "../../cli/src/kit.js";
 import { APP_PROBES_ENV, parseAppProbes } from "../../crds/src/app-probes.js";
 import { validateServiceIdentity } from "../../crds/src/manifest.js";
 import type { ServiceIdentity } from "../../crds/src/service-identity.js";
+import { captureIO } from "../../pki/test/support.js";
+import { operatorCommand } from "../src/cli.js";
 import {
   CAPTURE_RULES_ENV,
   captureRules,
@@ -16,6 +19,7 @@ import {
   VOLUME_XTABLES,
 } from "../src/webhook/capture.js";
 import {
+  checkInjectionSettings,
   DEFAULT_INJECTION_SETTINGS,
   type IdentityLookup,
   type InjectionSettings,
@@ -353,5 +357,31 @@ describe("probes under traffic capture", () => {
       // Without capture the probe is the kubelet's business, as before.
       expect(inject(withProbe(httpGet), DEFAULT_INJECTION_SETTINGS).allowed).toBe(true);
     }
+  });
+});
+
+describe("the switch", () => {
+  it("is a setting the operator checks: an image reference and a boolean", () => {
+    expect(() => checkInjectionSettings(CAPTURING)).not.toThrow();
+    expect(() => checkInjectionSettings({ ...CAPTURING, initImage: "two words" })).toThrow(
+      /initImage must be an image reference/,
+    );
+  });
+
+  it("is --sidecar-capture true|false, refused otherwise before anything starts", async () => {
+    const captured = captureIO();
+    const code = await runCommand(
+      operatorCommand,
+      ["--ca", "/nonexistent", "--sidecar-capture", "yes"],
+      captured.io,
+    );
+    expect(code).toBe(EXIT_USAGE);
+    expect(captured.stderr()).toContain("--sidecar-capture must be true or false");
+    const help = captureIO();
+    await runCommand(operatorCommand, ["--help"], help.io);
+    expect(help.stdout()).toContain("--sidecar-capture B");
+    expect(help.stdout()).toContain(
+      `--sidecar-init-image IMAGE  image of that init container (default ${DEFAULT_INJECTION_SETTINGS.initImage})`,
+    );
   });
 });
