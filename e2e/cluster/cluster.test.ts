@@ -339,6 +339,17 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
           "--tail=40",
           "--prefix",
         ],
+        // The capture step's pod, init container included (absent when the step did not run).
+        [
+          "-n",
+          CAPTURED,
+          "logs",
+          "-l",
+          "app.kubernetes.io/name=guarded",
+          "--all-containers",
+          "--tail=40",
+          "--prefix",
+        ],
       ]) {
         const result = await kubectl(args);
         process.stderr.write(`\n---- kubectl ${args.join(" ")}\n${result.stdout}${result.stderr}`);
