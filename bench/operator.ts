@@ -26,6 +26,7 @@ import {
   Watch,
 } from "@kubernetes/client-node";
 import { loadRegistry, REGISTRY_CONFIGMAP_NAME } from "../crds/src/registry.js";
+import { OPERATOR_NAMESPACE } from "../e2e/support/cluster.js";
 import { ControlPlane } from "../e2e/support/control-plane.js";
 import { IDENTITY_SECRET_PREFIX } from "../operator/src/controllers/identity-secret.js";
 import { type Cluster, profiles, type RequestCounts, startCluster } from "./operator-cluster.js";
@@ -250,7 +251,8 @@ class NamespaceTracker {
 
   secret(type: string, object: unknown): void {
     const name = nameOf(object);
-    if (!name.startsWith(IDENTITY_SECRET_PREFIX)) return;
+    // The identities' Secrets live in the operator's namespace, named after theirs.
+    if (!name.startsWith(`${IDENTITY_SECRET_PREFIX}${this.namespace}.`)) return;
     if (type === "DELETED") {
       this.secrets.delete(name);
       return;
@@ -676,8 +678,8 @@ async function verify(cluster: Cluster, tracker: NamespaceTracker): Promise<void
   };
   const ns = tracker.namespace;
   const identities = await list(`/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}`);
-  const secrets = (await list(`/api/v1/namespaces/${ns}/secrets`)).filter((secret) =>
-    nameOf(secret).startsWith(IDENTITY_SECRET_PREFIX),
+  const secrets = (await list(`/api/v1/namespaces/${OPERATOR_NAMESPACE}/secrets`)).filter((secret) =>
+    nameOf(secret).startsWith(`${IDENTITY_SECRET_PREFIX}${ns}.`),
   );
   const configMaps = (await list(`/api/v1/namespaces/${ns}/configmaps`)).filter((configMap) =>
     nameOf(configMap).startsWith(REGISTRY_CONFIGMAP_NAME),
@@ -750,7 +752,7 @@ async function measureSize(size: number, options: RunOptions): Promise<SizeResul
     new Follower(
       cluster.kubeConfig,
       cluster.getJson,
-      `/api/v1${base}/secrets`,
+      `/api/v1/namespaces/${OPERATOR_NAMESPACE}/secrets`,
       (type, object) => tracker.secret(type, object),
       (names) => tracker.forgetAllBut("secret", names),
       fail,

@@ -67,7 +67,8 @@ const certificateSpecSchema = crd(
       }
     }),
   {
-    description: "The workload certificate the operator issues into Secret custody-identity-<name>.",
+    description:
+      "The workload certificate the operator issues (kept in Secret custody-identity.<namespace>.<name> of the operator's namespace).",
     "x-kubernetes-validations": [
       {
         rule: "!has(self.renewBefore) || duration(self.renewBefore) < duration(self.duration)",
@@ -215,7 +216,7 @@ const certificateStatusSchema = crd(
       .length(64, { error: "must be 64 lower-case hex digits", abort: true })
       .regex(/^[0-9a-f]{64}$/, { error: "must be 64 lower-case hex digits" }),
   }),
-  { description: "The certificate currently in Secret custody-identity-<name>." },
+  { description: "The certificate currently in force (the operator keeps it in its own namespace)." },
 );
 
 export const keyIdSchema = z

@@ -727,8 +727,15 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
     "day 2: cart's certificate rotated under traffic: no call fails",
     async () => {
       const secret = async () =>
-        (await json<{ data: Record<string, string> }>(["-n", SHOP, "get", "secret", "custody-identity-cart"]))
-          .data;
+        (
+          await json<{ data: Record<string, string> }>([
+            "-n",
+            SYSTEM,
+            "get",
+            "secret",
+            `custody-identity.${SHOP}.cart`,
+          ])
+        ).data;
       const serialOf = async (pem: string) => {
         const { X509Certificate } = await import("node:crypto");
         return new X509Certificate(pem).serialNumber.toLowerCase();
@@ -931,6 +938,93 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       expect(JSON.parse(closed.https.body)).toMatchObject({ reason: "passthrough_disabled" });
     },
     5 * MINUTE,
+  );
+
+  it(
+    "an identity's key reaches only its own pods: none is in a Secret of its namespace; another service account, or a pod that opted out, is refused",
+    async () => {
+      // Nothing in the workload namespaces holds a private key: the identities' state is in the
+      // operator's namespace, which the workloads' owners need not be able to read.
+      for (const namespace of [SHOP, BATCH]) {
+        const secrets = await json<{
+          items: { metadata: { name: string }; data?: Record<string, string> }[];
+        }>(["-n", namespace, "get", "secrets"]);
+        const withKeys = secrets.items.filter(
+          (secret) => secret.metadata.name.startsWith("custody-") || secret.data?.["tls.key"] !== undefined,
+        );
+        expect(withKeys.map((secret) => secret.metadata.name)).toEqual([]);
+      }
+      await ok(["-n", SYSTEM, "get", "secret", `custody-identity.${BATCH}.reporter`]);
+      // The injected pods obtained theirs from the operator, with their own tokens.
+      const [sink] = await rolledOut(BATCH, "sink", 1);
+      const sidecarLog = await ok(["-n", BATCH, "logs", sink?.metadata.name ?? "", "-c", "custody-sidecar"]);
+      expect(sidecarLog).toContain('"event":"identity_delivered"');
+
+      await ok(["apply", "-f", "e2e/cluster/intruders.yaml"]);
+      await ok([
+        "-n",
+        BATCH,
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "pod/intruder",
+        "pod/opted-out",
+      ]);
+      const CUSTODY_TOKEN = "/var/run/secrets/custody/token";
+      const API_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+      const steal = async (pod: string) =>
+        JSON.parse(
+          (
+            await ok([
+              "-n",
+              BATCH,
+              "exec",
+              pod,
+              "-c",
+              "app",
+              "--",
+              "node",
+              "/apps/steal.mjs",
+              `https://custody-webhook.${SYSTEM}.svc/v1/identity`,
+              CUSTODY_TOKEN,
+              API_TOKEN,
+            ])
+          ).trim(),
+        ) as Record<string, { status: number; reason: string; key: boolean }>;
+      // Another service account, naming reporter's identity: no injection asked, no key.
+      const intruder = await steal("intruder");
+      expect(intruder[CUSTODY_TOKEN]).toEqual({ status: 403, reason: "injection_disabled", key: false });
+      // Its API-server token is not a token for Custody's audience.
+      expect(intruder[API_TOKEN]).toEqual({ status: 401, reason: "token_invalid", key: false });
+      // reporter's own service account, but the pod opted out of injection.
+      const optedOut = await steal("opted-out");
+      expect(optedOut[CUSTODY_TOKEN]).toEqual({ status: 403, reason: "injection_disabled", key: false });
+      expect(optedOut[API_TOKEN]).toEqual({ status: 401, reason: "token_invalid", key: false });
+      // And a pod of another service account that asks for injection with reporter's identity is
+      // not even created: admission applies the same rule.
+      const refused = await kubectl(
+        ["apply", "-f", "-"],
+        JSON.stringify({
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: {
+            name: "intruder-injected",
+            namespace: BATCH,
+            annotations: { "custody.dev/inject": "true", "custody.dev/identity": "reporter" },
+          },
+          spec: {
+            serviceAccountName: "intruder",
+            containers: [{ name: "app", image: "node:24-bookworm-slim" }],
+          },
+        }),
+      );
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toMatch(
+        /service_account_mismatch|may only be used by pods running as service account/,
+      );
+      await ok(["-n", BATCH, "delete", "pod", "intruder", "opted-out", "--wait=false"]);
+    },
+    4 * MINUTE,
   );
 
   it(

@@ -186,9 +186,15 @@ async function waitForSidecars(namespace: string, wait: WaitOptions): Promise<nu
   );
 }
 
-/** A Secret custody-identity-<name> as the files a sidecar mounts, in a private directory. */
+/**
+ * The identity state Secret of `namespace/name` (in the operator's namespace, custody-system, as
+ * run.sh installs it) as identity files, in a private directory: the demo acts as cart from
+ * outside the cluster, which only someone who may read the operator's Secrets can.
+ */
 async function identityFilesOf(namespace: string, name: string, directory: string): Promise<string> {
-  const secret = record(await kubectlJson(["-n", namespace, "get", "secret", `custody-identity-${name}`]));
+  const secret = record(
+    await kubectlJson(["-n", "custody-system", "get", "secret", `custody-identity.${namespace}.${name}`]),
+  );
   const data = record(secret.data);
   const target = join(directory, name);
   await mkdir(target, { recursive: true, mode: 0o700 });

@@ -1206,7 +1206,7 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
   const READ_BOUND = 256 * 1024;
 
   it("7.1 an anonymous client streams 16 MiB (Content-Length) to payments' inbound port: little read, nothing spooled", async () => {
-    const [pid] = await pidsWith("sidecar", "custody-identity-payments");
+    const [pid] = await pidsWith("sidecar", "custody-identity.shop.payments");
     expect(pid).toBeDefined();
     const total = 16 * 1024 * 1024;
     const { result, read } = await readDuring(pid as number, () =>
@@ -1234,7 +1234,7 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
   });
 
   it("7.2 an anonymous client streams 16 MiB chunked to echo's (edge) inbound port: little read, nothing spooled", async () => {
-    const [pid] = await pidsWith("sidecar", "custody-identity-echo");
+    const [pid] = await pidsWith("sidecar", "custody-identity.shop.echo");
     expect(pid).toBeDefined();
     const total = 16 * 1024 * 1024;
     const { result, read } = await readDuring(pid as number, () =>
@@ -1261,7 +1261,7 @@ describe.skipIf(!HAS_OPENSSL)("attacks on a running custody local up", () => {
   });
 
   it("7.3 an anonymous client with Expect: 100-continue and 16 MiB: no 100 Continue, refused, little read, nothing spooled", async () => {
-    const [pid] = await pidsWith("sidecar", "custody-identity-payments");
+    const [pid] = await pidsWith("sidecar", "custody-identity.shop.payments");
     const total = 16 * 1024 * 1024;
     const { result, read } = await readDuring(pid as number, () =>
       upload(

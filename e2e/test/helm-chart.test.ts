@@ -142,23 +142,26 @@ interface Allowed extends Permission {
 /**
  * The whole allow-list. Read from operator/src/store/kubernetes.ts (informers: list + watch;
  * read/create/apply (patch)/delete of its Secrets and ConfigMaps; JSON patch of /status),
- * kubernetes-convert.ts (owner references with blockOwnerDeletion, which needs update on the
- * owner's finalizers where OwnerReferencesPermissionEnforcement is on), kubernetes-events.ts
+ * kubernetes-events.ts
  * (Events are created, never patched), leader.ts (Lease read/create/replace) and
- * webhook/ca-bundle.ts (read + JSON patch of two named configurations).
+ * webhook/ca-bundle.ts (read + JSON patch of two named configurations) and webhook/token-review.ts
+ * (TokenReview, read of one pod).
  */
 const ALLOWED: readonly Allowed[] = [
   { scope: "cluster", apiGroup: "custody.dev", resource: "serviceidentities", verbs: ["list", "watch"] },
   { scope: "cluster", apiGroup: "custody.dev", resource: "accesspolicies", verbs: ["list", "watch"] },
   { scope: "cluster", apiGroup: "custody.dev", resource: "serviceidentities/status", verbs: ["patch"] },
   { scope: "cluster", apiGroup: "custody.dev", resource: "accesspolicies/status", verbs: ["patch"] },
-  { scope: "cluster", apiGroup: "custody.dev", resource: "serviceidentities/finalizers", verbs: ["update"] },
+  // Only in the operator's own namespace: no workload namespace's Secrets are readable to it.
   {
-    scope: "cluster",
+    scope: "namespace",
     apiGroup: "",
     resource: "secrets",
     verbs: ["get", "list", "watch", "create", "patch", "delete"],
   },
+  // Identity delivery: the pod a token is bound to, and the TokenReview that says so.
+  { scope: "cluster", apiGroup: "", resource: "pods", verbs: ["get"] },
+  { scope: "cluster", apiGroup: "authentication.k8s.io", resource: "tokenreviews", verbs: ["create"] },
   {
     scope: "cluster",
     apiGroup: "",
@@ -216,6 +219,8 @@ const API_METHODS: Readonly<Record<string, Permission>> = {
   listConfigMapForAllNamespaces: { apiGroup: "", resource: "configmaps", verbs: ["list", "watch"] },
   listNamespacedConfigMap: { apiGroup: "", resource: "configmaps", verbs: ["list", "watch"] },
   createNamespacedEvent: { apiGroup: "", resource: "events", verbs: ["create"] },
+  readNamespacedPod: { apiGroup: "", resource: "pods", verbs: ["get"] },
+  createTokenReview: { apiGroup: "authentication.k8s.io", resource: "tokenreviews", verbs: ["create"] },
   readNamespacedLease: { apiGroup: "coordination.k8s.io", resource: "leases", verbs: ["get"] },
   createNamespacedLease: { apiGroup: "coordination.k8s.io", resource: "leases", verbs: ["create"] },
   replaceNamespacedLease: { apiGroup: "coordination.k8s.io", resource: "leases", verbs: ["update"] },
@@ -547,7 +552,9 @@ describe.skipIf(!haveUnzip)("Helm chart charts/custody", () => {
       "MutatingWebhookConfiguration//custody-sidecar-injector",
       `PodDisruptionBudget/${namespace}/custody-operator`,
       `Role/${namespace}/custody-operator-leader-election`,
+      `Role/${namespace}/custody-operator-secrets`,
       `RoleBinding/${namespace}/custody-operator-leader-election`,
+      `RoleBinding/${namespace}/custody-operator-secrets`,
       `Service/${namespace}/custody-issuer`,
       `Service/${namespace}/custody-operator-metrics`,
       `Service/${namespace}/custody-webhook`,

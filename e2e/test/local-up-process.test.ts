@@ -26,7 +26,10 @@ describe("custody local up, the command", () => {
     });
   const ca = () => readFile(join(state, "ca", "ca.crt"), "utf8");
   const cartCertificate = () =>
-    readFile(join(state, "operator", "secrets", "shop", "custody-identity-cart", "tls.crt"), "utf8");
+    readFile(
+      join(state, "operator", "secrets", "custody-system", "custody-identity.shop.cart", "tls.crt"),
+      "utf8",
+    );
   const stop = async (run: Awaited<ReturnType<typeof up>>) => {
     process.kill(run.pid, "SIGINT");
     return run.exited;

@@ -149,8 +149,13 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
       name: "CUSTODY_TOKEN_URL",
       value: "https://custody-issuer.custody-system.svc:8443/oauth2/token",
     });
-    expect(injected.spec.volumes.map((volume) => volume.secret?.secretName)).toContain(
-      "custody-identity-cart",
+    expect(sidecar?.env).toContainEqual({
+      name: "CUSTODY_IDENTITY_URL",
+      value: "https://custody-webhook.custody-system.svc/v1/identity",
+    });
+    // No Secret of the workload's namespace is mounted: the key comes from the operator.
+    expect(injected.spec.volumes.map((volume) => volume.secret?.secretName ?? null)).toEqual(
+      injected.spec.volumes.map(() => null),
     );
     const app = injected.spec.containers.find((container) => container.name === "app");
     expect(app?.env).toContainEqual({ name: "HTTP_PROXY", value: "http://127.0.0.1:15001" });
@@ -190,9 +195,9 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
     expect((await cluster.kubectl(["apply", "-f", join(cluster.directory, "bulk.yaml")])).code).toBe(0);
     await vi.waitFor(
       async () => {
-        const secrets = await cluster.kubectl(["get", "secrets", "-n", "shop", "-o", "name"]);
+        const secrets = await cluster.kubectl(["get", "secrets", "-n", "custody-system", "-o", "name"]);
         expect(
-          secrets.stdout.split("\n").filter((line) => line.includes("custody-identity-bulk-")).length,
+          secrets.stdout.split("\n").filter((line) => line.includes("custody-identity.shop.bulk-")).length,
         ).toBeGreaterThan(2);
       },
       { timeout: 30_000, interval: 50 },
@@ -207,7 +212,7 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
       items: { metadata: { name: string }; status: { certificate: { serialNumber: string } } }[];
     };
     const secrets = JSON.parse(
-      (await cluster.kubectl(["get", "secrets", "-n", "shop", "-o", "json"])).stdout,
+      (await cluster.kubectl(["get", "secrets", "-n", "custody-system", "-o", "json"])).stdout,
     ) as {
       items: { metadata: { name: string }; data: Record<string, string> }[];
     };
@@ -218,7 +223,7 @@ describe.skipIf(!HAS_CLUSTER)("custody operator on Kubernetes, as a process", ()
     };
     for (let index = 0; index < count; index++) {
       const name = `bulk-${index}`;
-      const secret = secrets.items.find((item) => item.metadata.name === `custody-identity-${name}`);
+      const secret = secrets.items.find((item) => item.metadata.name === `custody-identity.shop.${name}`);
       const pem = Buffer.from(secret?.data["tls.crt"] ?? "", "base64").toString();
       const serial = new X509Certificate(pem).serialNumber.toLowerCase().replace(/^(00)+/, "");
       const status = identities.items.find((item) => item.metadata.name === name)?.status;

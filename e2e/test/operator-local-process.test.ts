@@ -141,7 +141,7 @@ describe("custody operator --local, killed mid-reconcile", () => {
     let logged = 0;
     for (let index = 0; index < IDENTITIES; index++) {
       const name = `svc-${index}`;
-      const secret = store.secret({ namespace: NS, name: `custody-identity-${name}` });
+      const secret = store.secret({ namespace: "custody-system", name: `custody-identity.${NS}.${name}` });
       const certificate = secret?.data["tls.crt"] ?? "";
       // Issuance is logged only once the Secret holding it is written, so a second line would be a
       // second certificate written. (A SIGKILL can lose the last buffered log lines: zero is possible.)

@@ -54,10 +54,14 @@ describe("operator → sidecars (local store)", () => {
     await store.reload();
   };
   const secretText = (name: string) =>
-    store.secret({ namespace: NS, name: `custody-identity-${name}` })?.data["tls.crt"] ?? "";
+    store.secret({ namespace: "custody-system", name: `custody-identity.${NS}.${name}` })?.data["tls.crt"] ??
+    "";
   const sidecarFor = async (name: string, appPort: number) => {
     const sidecar = await startSidecar({
-      identityDirectory: store.secretDirectory({ namespace: NS, name: `custody-identity-${name}` }),
+      identityDirectory: store.secretDirectory({
+        namespace: "custody-system",
+        name: `custody-identity.${NS}.${name}`,
+      }),
       registryPath: store.registryDirectory(NS),
       appPort,
       tokenUrl: operator.issuer.tokenUrl,

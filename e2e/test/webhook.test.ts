@@ -299,10 +299,10 @@ describe("the admission webhooks", () => {
         },
       ]);
       expect(result.spec.volumes?.map((volume) => volume.name)).toEqual(
-        expect.arrayContaining(["custody-identity", "custody-registry", "custody-tmp"]),
+        expect.arrayContaining(["custody-token", "custody-registry", "custody-tmp"]),
       );
-      expect(result.spec.volumes?.find((volume) => volume.name === "custody-identity")).toMatchObject({
-        secret: { secretName: "custody-identity-cart", defaultMode: 0o444 },
+      expect(result.spec.volumes?.find((volume) => volume.name === "custody-token")).toMatchObject({
+        projected: { sources: [{ serviceAccountToken: { audience: "custody", path: "token" } }] },
       });
       expect(result.metadata.annotations).toMatchObject({
         "prometheus.io/scrape": "true",

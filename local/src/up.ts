@@ -10,6 +10,7 @@ import { access, chmod, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { identitySecretKey } from "../../operator/src/controllers/identity-secret.js";
 import { keyOf } from "../../operator/src/store/store.js";
 import { caPaths, createCertificateAuthority, writeCertificateAuthority } from "../../pki/src/ca.js";
 import { ensureDirectory, MODE_PRIVATE, writeFilesAtomically } from "../../pki/src/files.js";
@@ -20,6 +21,11 @@ import type { RunningLocal, RunningWorkload, StartLocalOptions } from "./running
 import { custodyCommand } from "./self.js";
 import { type LocalWorkload, readWorkloads } from "./workloads.js";
 
+/**
+ * The local operator's own namespace: where it keeps every identity's Secret (as files under its
+ * state directory), as on Kubernetes, where no workload namespace holds a private key.
+ */
+const OPERATOR_NAMESPACE = "custody-system";
 const REPO = fileURLToPath(new URL("../..", import.meta.url).href.replace(/dist\/$/, ""));
 const TRUST_DOMAIN = "custody.local";
 const DEFAULT_PROPAGATION_DELAY_MS = 2_000;
@@ -94,6 +100,8 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
         caDirectory,
         "--local",
         directory,
+        "--namespace",
+        OPERATOR_NAMESPACE,
         "--state",
         operatorState,
         "--token-listen",
@@ -122,8 +130,13 @@ export async function startLocal(options: StartLocalOptions): Promise<RunningLoc
     });
   };
 
-  const secretDirectory = (workload: { readonly namespace: string; readonly identity: string }) =>
-    join(operatorState, "secrets", workload.namespace, `custody-identity-${workload.identity}`);
+  const secretDirectory = (workload: { readonly namespace: string; readonly identity: string }) => {
+    const key = identitySecretKey(OPERATOR_NAMESPACE, {
+      namespace: workload.namespace,
+      name: workload.identity,
+    });
+    return join(operatorState, "secrets", key.namespace, key.name);
+  };
   const registryDirectory = (namespace: string) => join(operatorState, "registry", namespace);
 
   /**

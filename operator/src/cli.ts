@@ -14,6 +14,7 @@ import { type Command, EXIT_OK, integerOption, parseCommandArgs, requireOption }
 import { createLogger, LOG_LEVELS } from "../../cli/src/log.js";
 import { runUntilSignal } from "../../cli/src/serve.js";
 import { UsageError } from "../../crds/src/errors.js";
+import { IDENTITY_DELIVERY_PATH } from "../../crds/src/identity-delivery.js";
 import { isDnsLabel, OUTBOUND_POLICIES, type OutboundPolicy } from "../../crds/src/names.js";
 import { DEFAULT_REGISTRY_SHARD_BYTES, MAX_REGISTRY_SHARD_BYTES } from "../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../crds/src/registry-schema.js";
@@ -31,6 +32,7 @@ import { LeaderElector } from "./store/leader.js";
 import { LocalStore } from "./store/local.js";
 import type { Store } from "./store/store.js";
 import { keepCaBundleCurrent } from "./webhook/ca-bundle.js";
+import { IdentityDelivery } from "./webhook/identity-delivery.js";
 import {
   ADMIN_PORT,
   DEFAULT_INJECTION_SETTINGS,
@@ -41,6 +43,7 @@ import {
   type SidecarMode,
 } from "./webhook/inject.js";
 import { startWebhookServer } from "./webhook/server.js";
+import { kubernetesPodReader, kubernetesTokenReviewer } from "./webhook/token-review.js";
 
 const COMMAND = "operator";
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -79,6 +82,7 @@ Options:
   --webhook-service NAME      Service in front of the webhooks (default custody-webhook)
   --sidecar-image IMAGE       image of injected sidecars (default ${DEFAULT_INJECTION_SETTINGS.image})
   --sidecar-token-url URL     token endpoint injected sidecars use (default https://custody-issuer.<namespace>.svc:8443/oauth2/token)
+  --sidecar-identity-url URL  where injected sidecars obtain their key (default https://<webhook-service>.<namespace>.svc/v1/identity)
   --sidecar-mode M            native (an init container with restartPolicy Always, Kubernetes 1.29+;
                               default) | container (an ordinary container, for older servers)
   --sidecar-outbound-port P   the sidecars' ports (default ${OUTBOUND_PORT}, ${INBOUND_PORT}, ${ADMIN_PORT}); move them
@@ -134,6 +138,7 @@ export const operatorCommand: Command = async (args, io) => {
     "webhook-service": { type: "string" },
     "sidecar-image": { type: "string" },
     "sidecar-token-url": { type: "string" },
+    "sidecar-identity-url": { type: "string" },
     "sidecar-mode": { type: "string" },
     "sidecar-outbound-port": { type: "string" },
     "sidecar-inbound-port": { type: "string" },
@@ -207,6 +212,7 @@ export const operatorCommand: Command = async (args, io) => {
     store = new KubernetesStore({
       kubeConfig,
       logger,
+      secretsNamespace: namespace,
       ...(watchNamespaces.length === 0 ? {} : { namespaces: watchNamespaces }),
     });
   }
@@ -275,6 +281,14 @@ export const operatorCommand: Command = async (args, io) => {
       settings: injection,
       logger: logger.child({ component: "webhook" }),
       metrics: running.metrics,
+      delivery: new IdentityDelivery({
+        reviewer: kubernetesTokenReviewer(kubeConfig),
+        pods: kubernetesPodReader(kubeConfig),
+        lookup: running.identities,
+        secretOf: (identity) => running.identitySecret(identity),
+        logger: logger.child({ component: "identity-delivery" }),
+        metrics: running.metrics,
+      }),
     });
     drainers.push(() => webhook.drain());
     closers.push(() => webhook.close(SHUTDOWN_GRACE_MS));
@@ -370,6 +384,9 @@ function injectionSettingsOf(
     ...defaults,
     image: text("sidecar-image") ?? defaults.image,
     tokenUrl: text("sidecar-token-url") ?? `https://custody-issuer.${namespace}.svc:8443/oauth2/token`,
+    identityUrl:
+      text("sidecar-identity-url") ??
+      `https://${text("webhook-service") ?? "custody-webhook"}.${namespace}.svc${IDENTITY_DELIVERY_PATH}`,
     mode: mode as SidecarMode,
     ports: {
       outbound: port("sidecar-outbound-port", defaults.ports.outbound),

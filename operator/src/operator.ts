@@ -10,6 +10,7 @@ import { closeGracefully, drain, type ListenAddress, listen } from "../../cli/sr
 import { type CertificateAuthority, loadCertificateAuthority } from "../../pki/src/ca.js";
 import { CaError } from "../../pki/src/errors.js";
 import { Catalog } from "./controllers/catalog.js";
+import { identitySecretKey, secretBelongsTo } from "./controllers/identity-secret.js";
 import { ControllerManager } from "./controllers/manager.js";
 import type { RegistryHeader } from "./controllers/registry-publisher.js";
 import type { DeclaredIdentity } from "./issuer/identities.js";
@@ -17,7 +18,7 @@ import { type IdentitySource, type RunningIssuer, startIssuer } from "./issuer/s
 import { loadTrustedIssuers, type TrustedIssuers } from "./issuer/trusted-issuers.js";
 import { LocationFile } from "./locations.js";
 import { SIGNING_KEYS_SECRET, secretKeyStateStorage } from "./store/key-state-secret.js";
-import { IDENTITY, keyOf, type Store } from "./store/store.js";
+import { IDENTITY, keyOf, type ObjectKey, type Store, type StoredSecret } from "./store/store.js";
 import type { IdentityLookup } from "./webhook/inject.js";
 
 /** Leader election, or its absence (local mode: the only process leads). */
@@ -63,6 +64,11 @@ export interface RunningOperator {
   readonly ca: CertificateAuthority;
   /** Valid ServiceIdentities by name: what the injection webhook looks pods' identities up in. */
   readonly identities: IdentityLookup;
+  /**
+   * The issued Secret of a ServiceIdentity (in this operator's namespace), or undefined before it
+   * is issued or when it belongs to a deleted identity of the same name: identity delivery's source.
+   */
+  identitySecret(identity: ObjectKey): StoredSecret | undefined;
   /** The admin port's registry: what runs beside the controllers (the webhooks) registers here. */
   readonly metrics: MetricsRegistry;
   readonly issuer: RunningIssuer;
@@ -140,6 +146,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     store,
     catalog,
     ca,
+    stateNamespace: config.namespace,
     meshBundlePem: () => issuer.anchors().mesh.toPem(),
     registryHeader: header,
     locationTemplate: config.locationTemplate,
@@ -191,6 +198,13 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
   return {
     ca,
     identities,
+    identitySecret(identity) {
+      const resource = store.resource(IDENTITY, identity);
+      const secret = store.secret(identitySecretKey(config.namespace, identity));
+      return resource !== undefined && secret !== undefined && secretBelongsTo(secret, resource)
+        ? secret
+        : undefined;
+    },
     metrics,
     issuer,
     manager,

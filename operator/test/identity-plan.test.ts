@@ -149,9 +149,12 @@ describe("identity Secret", () => {
   it("round-trips its material", async () => {
     const issued = await issueCertificate(ca, { id: "cart.shop" });
     const current = keyMaterialOf(issued.certificate, issued.privateKey, "ECDSA-P256/24h");
-    const secret = identitySecretOf(OWNER, { current, caPem: ca.certificate.pem }, "7");
+    const secret = identitySecretOf("custody-system", OWNER, { current, caPem: ca.certificate.pem }, "7");
     expect(secret).toMatchObject({
-      name: "custody-identity-cart",
+      namespace: "custody-system",
+      name: `custody-identity.${OWNER.namespace}.cart`,
+      labels: { "custody.dev/identity": "cart", "custody.dev/identity-namespace": OWNER.namespace },
+      annotations: { "custody.dev/identity-uid": OWNER.uid },
       type: "kubernetes.io/tls",
       resourceVersion: "7",
     });
@@ -163,6 +166,7 @@ describe("identity Secret", () => {
     const mine = await issueCertificate(ca, { id: "cart.shop" });
     const other = await issueCertificate(ca, { id: "payments.shop" });
     const base = identitySecretOf(
+      "custody-system",
       OWNER,
       { current: keyMaterialOf(mine.certificate, mine.privateKey, ""), caPem: ca.certificate.pem },
       "1",
@@ -195,6 +199,7 @@ describe("identity Secret", () => {
   it("drops a broken next pair instead of the whole Secret", async () => {
     const mine = await issueCertificate(ca, { id: "cart.shop" });
     const base = identitySecretOf(
+      "custody-system",
       OWNER,
       { current: keyMaterialOf(mine.certificate, mine.privateKey, ""), caPem: ca.certificate.pem },
       "1",

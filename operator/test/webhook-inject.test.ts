@@ -135,13 +135,14 @@ describe("injectionPatch", () => {
         seccompProfile: { type: "RuntimeDefault" },
       },
       volumeMounts: [
-        { name: "custody-identity", mountPath: "/var/run/custody/identity", readOnly: true },
+        { name: "custody-token", mountPath: "/var/run/secrets/custody", readOnly: true },
         { name: "custody-registry", mountPath: "/var/run/custody/registry", readOnly: true },
         { name: "custody-tmp", mountPath: "/tmp" },
       ],
     });
     expect(envOf(sidecar)).toEqual({
-      CUSTODY_IDENTITY: "/var/run/custody/identity",
+      CUSTODY_IDENTITY_URL: "https://custody-webhook.custody-system.svc/v1/identity",
+      CUSTODY_IDENTITY_TOKEN: "/var/run/secrets/custody/token",
       CUSTODY_REGISTRY: "/var/run/custody/registry",
       CUSTODY_APP_PORT: "8080",
       CUSTODY_OUTBOUND: "127.0.0.1:15001",
@@ -153,13 +154,15 @@ describe("injectionPatch", () => {
       CUSTODY_LOG_LEVEL: "info",
     });
 
-    const [identityVolume, registryVolume, tmpVolume, ...others] = result.spec.volumes ?? [];
+    const [tokenVolume, registryVolume, tmpVolume, ...others] = result.spec.volumes ?? [];
     expect(others).toEqual([]);
-    expect(identityVolume).toEqual({
-      name: "custody-identity",
-      secret: {
-        secretName: "custody-identity-cart",
+    // No Secret: the key is obtained from the operator with this token, bound to the pod and to
+    // Custody's audience (the pod's API-server token would be refused).
+    expect(tokenVolume).toEqual({
+      name: "custody-token",
+      projected: {
         defaultMode: 0o444,
+        sources: [{ serviceAccountToken: { audience: "custody", expirationSeconds: 3600, path: "token" } }],
       },
     });
     const sources = (registryVolume as { projected: { sources: { configMap: Record<string, unknown> }[] } })
@@ -212,7 +215,7 @@ describe("injectionPatch", () => {
     expect(paths.filter((path) => path === "/spec/volumes/-")).toHaveLength(3);
     expect(injected(withVolume).spec.volumes?.map((volume) => volume.name)).toEqual([
       "data",
-      "custody-identity",
+      "custody-token",
       "custody-registry",
       "custody-tmp",
     ]);
@@ -439,7 +442,7 @@ describe("injectionPatch", () => {
       ),
     );
     expect(result.metadata.annotations?.[ANNOTATION_INJECTED]).toBe("payments");
-    expect(result.spec.volumes?.[0]).toMatchObject({ secret: { secretName: "custody-identity-payments" } });
+    expect(JSON.stringify(result.spec.volumes)).not.toContain("secretName");
   });
 
   it("refuses an identity annotation that cannot be a ServiceIdentity name", () => {

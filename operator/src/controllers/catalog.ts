@@ -11,7 +11,7 @@ import { validateServiceIdentity } from "../../../crds/src/manifest.js";
 import { serviceId } from "../../../crds/src/names.js";
 import type { ServiceIdentity } from "../../../crds/src/service-identity.js";
 import { keyOf, type ObjectKey, type StoredResource, type StoredSecret } from "../store/store.js";
-import { IDENTITY_LABEL, type IdentityMaterial, readIdentityMaterial } from "./identity-secret.js";
+import { type IdentityMaterial, identityOfSecret, readIdentityMaterial } from "./identity-secret.js";
 
 export type Validated<T> =
   | { readonly ok: true; readonly value: T }
@@ -121,10 +121,10 @@ export class Catalog {
     ) {
       return hit.result;
     }
-    const identityName = secret.labels[IDENTITY_LABEL] ?? "";
+    const identity = identityOfSecret(secret) ?? { namespace: "", name: "" };
     const result = readIdentityMaterial(secret, {
       trustDomain: this.trustDomain,
-      serviceId: serviceId({ name: identityName, namespace: secret.namespace }),
+      serviceId: serviceId(identity),
     });
     if (secret.resourceVersion !== undefined) {
       if (this.#materials.size >= MAX_PARSED_SECRETS) this.#materials.clear();

@@ -1,5 +1,5 @@
 /**
- * ServiceIdentity → Secret `custody-identity-<name>` and status. Idempotent: it reads the Secret,
+ * ServiceIdentity → Secret `custody-identity.<namespace>.<name>` (in the operator's namespace) and status. Idempotent: it reads the Secret,
  * asks identity-plan what it should hold, writes it only when that differs, and reports. Every
  * step is safe to repeat after a crash: a certificate is issued only when the Secret (read fresh
  * after a conflict) has none usable, and the Secret is the only place keys live.
@@ -32,10 +32,11 @@ import { planIdentity } from "./identity-plan.js";
 import {
   fingerprintOf,
   type IdentityMaterial,
-  identitySecretName,
+  identitySecretKey,
   identitySecretOf,
   type KeyMaterial,
   keyMaterialOf,
+  secretBelongsTo,
   serialOf,
 } from "./identity-secret.js";
 import type { WorkResult } from "./queue.js";
@@ -52,6 +53,8 @@ export interface IdentityControllerOptions {
   readonly store: Store;
   readonly catalog: Catalog;
   readonly ca: CertificateAuthority;
+  /** The operator's own namespace: every identity's Secret lives there, none in a workload's. */
+  readonly stateNamespace: string;
   /**
    * ca.crt of every identity Secret: Custody's CA alone. A workload trusts it for its peers and for
    * the token service; a partner CA there could impersonate either.
@@ -89,7 +92,8 @@ export class IdentityController {
       return {};
     }
 
-    let secret = store.secret(secretKeyOf(key));
+    const secretKey = identitySecretKey(this.options.stateNamespace, key);
+    let secret = store.secret(secretKey);
     for (let attempt = 1; ; attempt++) {
       try {
         const result = await this.#converge(resource, identity, secret);
@@ -109,7 +113,7 @@ export class IdentityController {
           });
           throw error;
         }
-        secret = await store.readSecret(secretKeyOf(key));
+        secret = await store.readSecret(secretKey);
       }
     }
   }
@@ -122,8 +126,7 @@ export class IdentityController {
     const { store, catalog, logger } = this.options;
     // A Secret left by a deleted identity of the same name (its garbage collection pending) is not
     // ours to reuse: the new object gets new keys.
-    const ownedByThis =
-      secret !== undefined && (secret.owner === undefined || secret.owner.uid === resource.uid);
+    const ownedByThis = secret !== undefined && secretBelongsTo(secret, resource);
     const read = secret !== undefined && ownedByThis ? catalog.material(secret) : undefined;
     const plan = await planIdentity({
       identity,
@@ -137,7 +140,7 @@ export class IdentityController {
     });
     if (plan.changed) {
       const written = await store.writeSecret(
-        identitySecretOf(resource, plan.material, secret?.resourceVersion),
+        identitySecretOf(this.options.stateNamespace, resource, plan.material, secret?.resourceVersion),
       );
       catalog.rememberMaterial(written, plan.material);
       for (const event of plan.events) {
@@ -244,18 +247,14 @@ export class IdentityController {
   }
 
   async #removeOrphanSecret(key: ObjectKey): Promise<void> {
-    const secret = this.options.store.secret(secretKeyOf(key));
-    if (secret === undefined || secret.owner?.kind !== IDENTITY || secret.owner.name !== key.name) return;
-    await this.options.store.deleteSecret(secretKeyOf(key));
+    const secretKey = identitySecretKey(this.options.stateNamespace, key);
+    if (this.options.store.secret(secretKey) === undefined) return;
+    await this.options.store.deleteSecret(secretKey);
     this.options.logger.info(
       { event: "identity_secret_deleted", identity: keyOf(key) },
       "identity deleted: its Secret is removed",
     );
   }
-}
-
-export function secretKeyOf(identity: ObjectKey): ObjectKey {
-  return { namespace: identity.namespace, name: identitySecretName(identity.name) };
 }
 
 function invalidConditions(resource: StoredResource, message: string): DesiredCondition[] {

@@ -1,9 +1,16 @@
 /**
- * Secret `custody-identity-<name>`: the whole state of one identity's credentials, so that the
- * operator keeps nothing in memory it could lose. The Secret is what the sidecar mounts
- * (`tls.crt`, `tls.key`, `ca.crt`: type kubernetes.io/tls), plus, during a rotation, the next key
+ * Secret `custody-identity.<namespace>.<name>` in the operator's own namespace: the whole state of
+ * one identity's credentials, so that the operator keeps nothing in memory it could lose —
+ * `tls.crt`, `tls.key`, `ca.crt` (type kubernetes.io/tls), plus, during a rotation, the next key
  * pair (`next.crt`, `next.key`) and, in annotations, when that next key was seen published and the
  * previous public key that stays published until its certificate expires.
+ *
+ * Not in the workload's namespace: Kubernetes lets any pod there mount any Secret of its
+ * namespace, and anyone who may read Secrets there read it, so a private key kept there is the
+ * namespace's, not the identity's. Sidecars obtain it from the operator instead (identity
+ * delivery, authenticated by the pod's own service-account token). A Secret cannot be owned
+ * across namespaces, so the operator deletes it itself when the identity goes; the identity's
+ * uid in an annotation tells its Secret from one left by a deleted identity of the same name.
  */
 import { createHash, type KeyObject } from "node:crypto";
 import type { PublicJwk } from "../../../crds/src/jwk.js";
@@ -11,9 +18,9 @@ import { parseSpiffeId } from "../../../crds/src/names.js";
 import { type ParsedCertificate, parseCertificatesPem } from "../../../pki/src/certificate.js";
 import { privateKeyFromPem, privateKeyToPem, sameKey } from "../../../pki/src/keys.js";
 import { publishedKeyOf } from "../../../pki/src/thumbprint.js";
-import { IDENTITY, MANAGED_BY, MANAGED_BY_LABEL, type StoredSecret } from "../store/store.js";
+import { MANAGED_BY, MANAGED_BY_LABEL, type ObjectKey, type StoredSecret } from "../store/store.js";
 
-export const IDENTITY_SECRET_PREFIX = "custody-identity-";
+export const IDENTITY_SECRET_PREFIX = "custody-identity.";
 export const IDENTITY_SECRET_TYPE = "kubernetes.io/tls";
 export const CERTIFICATE_KEY = "tls.crt";
 export const PRIVATE_KEY_KEY = "tls.key";
@@ -21,13 +28,44 @@ export const CA_KEY = "ca.crt";
 export const NEXT_CERTIFICATE_KEY = "next.crt";
 export const NEXT_PRIVATE_KEY_KEY = "next.key";
 export const IDENTITY_LABEL = "custody.dev/identity";
+export const IDENTITY_NAMESPACE_LABEL = "custody.dev/identity-namespace";
+export const IDENTITY_UID_ANNOTATION = "custody.dev/identity-uid";
 export const PROFILE_ANNOTATION = "custody.dev/certificate-profile";
 export const NEXT_PROFILE_ANNOTATION = "custody.dev/next-certificate-profile";
 export const NEXT_PUBLISHED_AT_ANNOTATION = "custody.dev/next-published-at";
 export const PREVIOUS_KEY_ANNOTATION = "custody.dev/previous-key";
 
-export function identitySecretName(identityName: string): string {
-  return `${IDENTITY_SECRET_PREFIX}${identityName}`;
+/**
+ * Where the state of identity `identity` lives: namespaces and identity names are DNS labels (no
+ * dots), so `<prefix><namespace>.<name>` names one identity and can be read back.
+ */
+export function identitySecretKey(stateNamespace: string, identity: ObjectKey): ObjectKey {
+  return {
+    namespace: stateNamespace,
+    name: `${IDENTITY_SECRET_PREFIX}${identity.namespace}.${identity.name}`,
+  };
+}
+
+/** The identity a Secret of the state namespace belongs to, from its labels, else its name. */
+export function identityOfSecret(secret: {
+  readonly name: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}): ObjectKey | undefined {
+  const name = secret.labels?.[IDENTITY_LABEL];
+  const namespace = secret.labels?.[IDENTITY_NAMESPACE_LABEL];
+  if (name !== undefined && namespace !== undefined) return { namespace, name };
+  if (!secret.name.startsWith(IDENTITY_SECRET_PREFIX)) return undefined;
+  const parts = secret.name.slice(IDENTITY_SECRET_PREFIX.length).split(".");
+  return parts.length === 2 && parts[0] && parts[1] ? { namespace: parts[0], name: parts[1] } : undefined;
+}
+
+/** Whether `secret` was written for this very identity object (not a deleted namesake). */
+export function secretBelongsTo(
+  secret: { readonly annotations: Readonly<Record<string, string>> },
+  identity: { readonly uid: string },
+): boolean {
+  const uid = secret.annotations[IDENTITY_UID_ANNOTATION];
+  return uid === undefined || uid === identity.uid;
 }
 
 /** One key pair with its certificate, and how the registry names its public key. */
@@ -94,8 +132,9 @@ export function readIdentityMaterial(
   };
 }
 
-/** The Secret that holds `material` for identity `name` (owned by it, so deleting it deletes this). */
+/** The Secret in `stateNamespace` that holds `material` for identity `base`. */
 export function identitySecretOf(
+  stateNamespace: string,
   base: { readonly namespace: string; readonly name: string; readonly uid: string },
   material: IdentityMaterial,
   resourceVersion: string | undefined,
@@ -105,7 +144,10 @@ export function identitySecretOf(
     [PRIVATE_KEY_KEY]: privateKeyToPem(material.current.privateKey),
     [CA_KEY]: material.caPem,
   };
-  const annotations: Record<string, string> = { [PROFILE_ANNOTATION]: material.current.profile };
+  const annotations: Record<string, string> = {
+    [PROFILE_ANNOTATION]: material.current.profile,
+    [IDENTITY_UID_ANNOTATION]: base.uid,
+  };
   if (material.next !== undefined) {
     data[NEXT_CERTIFICATE_KEY] = material.next.certificate.pem;
     data[NEXT_PRIVATE_KEY_KEY] = privateKeyToPem(material.next.privateKey);
@@ -122,14 +164,16 @@ export function identitySecretOf(
     });
   }
   return {
-    namespace: base.namespace,
-    name: identitySecretName(base.name),
+    ...identitySecretKey(stateNamespace, base),
     ...(resourceVersion === undefined ? {} : { resourceVersion }),
     type: IDENTITY_SECRET_TYPE,
-    labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [IDENTITY_LABEL]: base.name },
+    labels: {
+      [MANAGED_BY_LABEL]: MANAGED_BY,
+      [IDENTITY_LABEL]: base.name,
+      [IDENTITY_NAMESPACE_LABEL]: base.namespace,
+    },
     annotations,
     data,
-    owner: { kind: IDENTITY, name: base.name, uid: base.uid },
   };
 }
 

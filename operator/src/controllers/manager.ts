@@ -10,7 +10,7 @@ import type { CertificateAuthority } from "../../../pki/src/ca.js";
 import { IDENTITY, type ObjectKey, POLICY, type Store, type StoreChange } from "../store/store.js";
 import type { Catalog } from "./catalog.js";
 import { IdentityController } from "./identity-controller.js";
-import { IDENTITY_LABEL, IDENTITY_SECRET_PREFIX } from "./identity-secret.js";
+import { identityOfSecret } from "./identity-secret.js";
 import { PolicyController } from "./policy-controller.js";
 import { WorkQueue, type WorkResult } from "./queue.js";
 import { type PublicationSummary, type RegistryHeader, RegistryPublisher } from "./registry-publisher.js";
@@ -24,6 +24,8 @@ export interface ManagerOptions {
   /** Validated resources, shared with the token service and the webhooks of the same process. */
   readonly catalog: Catalog;
   readonly ca: CertificateAuthority;
+  /** The operator's own namespace, where the identities' Secrets live. */
+  readonly stateNamespace: string;
   readonly meshBundlePem: () => string;
   readonly registryHeader: () => RegistryHeader;
   readonly locationTemplate: string;
@@ -56,6 +58,7 @@ export class ControllerManager {
     this.#publisher = new RegistryPublisher({
       store,
       catalog,
+      stateNamespace: options.stateNamespace,
       header: options.registryHeader,
       locationTemplate: options.locationTemplate,
       ...(options.locationOverride === undefined ? {} : { locationOverride: options.locationOverride }),
@@ -71,6 +74,7 @@ export class ControllerManager {
     this.#identities = new IdentityController({
       store,
       catalog,
+      stateNamespace: options.stateNamespace,
       ca: options.ca,
       meshBundlePem: options.meshBundlePem,
       propagationDelayMs: options.propagationDelayMs,
@@ -162,15 +166,11 @@ export class ControllerManager {
     const { store } = this.#options;
     for (const resource of store.resources(IDENTITY)) this.#queue.add(identityKey(resource));
     for (const resource of store.resources(POLICY)) this.#queue.add(policyKey(resource));
+    // A Secret whose identity is gone is found here and removed by the identity's reconcile.
     for (const secret of store.secrets()) {
-      if (secret.name.startsWith(IDENTITY_SECRET_PREFIX)) {
-        this.#queue.add(
-          identityKey({
-            namespace: secret.namespace,
-            name: secret.name.slice(IDENTITY_SECRET_PREFIX.length),
-          }),
-        );
-      }
+      const identity =
+        secret.namespace === this.#options.stateNamespace ? identityOfSecret(secret) : undefined;
+      if (identity !== undefined) this.#queue.add(identityKey(identity));
     }
     this.#publishSoon();
   }
@@ -192,12 +192,11 @@ export class ControllerManager {
         return;
       case "Secret": {
         const secret = this.#options.store.secret(key);
-        const name =
-          secret?.labels[IDENTITY_LABEL] ??
-          (change.name.startsWith(IDENTITY_SECRET_PREFIX)
-            ? change.name.slice(IDENTITY_SECRET_PREFIX.length)
-            : undefined);
-        if (name !== undefined) this.#queue.add(identityKey({ namespace: change.namespace, name }));
+        const identity =
+          change.namespace === this.#options.stateNamespace
+            ? identityOfSecret({ name: change.name, labels: secret?.labels ?? {} })
+            : undefined;
+        if (identity !== undefined) this.#queue.add(identityKey(identity));
         this.#publishSoon();
         return;
       }

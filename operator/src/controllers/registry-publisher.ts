@@ -44,8 +44,7 @@ import {
 } from "../store/store.js";
 import type { Catalog } from "./catalog.js";
 import { kubernetesTime } from "./conditions.js";
-import { secretKeyOf } from "./identity-controller.js";
-import type { IdentityMaterial } from "./identity-secret.js";
+import { type IdentityMaterial, identitySecretKey, secretBelongsTo } from "./identity-secret.js";
 
 export const LOCATION_ANNOTATION = "custody.dev/location";
 export const GENERATION_ANNOTATION = "custody.dev/registry-generation";
@@ -61,6 +60,8 @@ export type RegistryHeader = Pick<
 export interface RegistryPublisherOptions {
   readonly store: Store;
   readonly catalog: Catalog;
+  /** Where the identities' Secrets live (the operator's namespace). */
+  readonly stateNamespace: string;
   readonly header: () => RegistryHeader;
   readonly locationTemplate: string;
   /** Where a service's sidecar listens when something other than the template knows (local mode). */
@@ -222,8 +223,8 @@ export class RegistryPublisher {
     for (const resource of store.resources(IDENTITY)) {
       const identity = catalog.effectiveIdentity(resource);
       if (identity === undefined) continue;
-      const secret = store.secret(secretKeyOf(resource));
-      if (secret === undefined || (secret.owner !== undefined && secret.owner.uid !== resource.uid)) continue;
+      const secret = store.secret(identitySecretKey(this.options.stateNamespace, resource));
+      if (secret === undefined || !secretBelongsTo(secret, resource)) continue;
       const read = catalog.material(secret);
       if (!("material" in read)) continue;
       const keys = registryKeys(read.material, nowMs);

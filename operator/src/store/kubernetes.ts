@@ -67,6 +67,12 @@ export interface KubernetesStoreOptions {
   readonly logger: Logger;
   /** Namespaces to watch; undefined watches all of them (a ClusterRole is needed then). */
   readonly namespaces?: readonly string[];
+  /**
+   * The one namespace whose Secrets are cached (the operator's own, where it keeps every Secret it
+   * writes), so the operator needs no access to Secrets anywhere else. Undefined: Secrets follow
+   * `namespaces`.
+   */
+  readonly secretsNamespace?: string;
   /** `source.component` of recorded Events. */
   readonly component?: string;
   /** How long start() waits for every cache to be loaded before it gives up (default 30 s). */
@@ -224,7 +230,8 @@ export class KubernetesStore implements Store {
         this.#core.deleteNamespacedSecret({ name, namespace, body: { preconditions: { uid } } }, options),
     });
     const stored = this.#decodeSecret(written, what);
-    if (this.#watches(stored.namespace) && !isDeleting(written)) this.#apply(this.#secrets, "Secret", stored);
+    if (this.#watchesSecrets(stored.namespace) && !isDeleting(written))
+      this.#apply(this.#secrets, "Secret", stored);
     return stored;
   }
 
@@ -372,12 +379,16 @@ export class KubernetesStore implements Store {
 
   #makeInformers(): RunningInformer[] {
     const scopes: readonly (string | undefined)[] = this.#options.namespaces ?? [undefined];
-    return scopes.flatMap((namespace) => [
-      this.#resourceInformer(IDENTITY, namespace),
-      this.#resourceInformer(POLICY, namespace),
-      this.#secretInformer(namespace),
-      this.#configMapInformer(namespace),
-    ]);
+    const secretScopes =
+      this.#options.secretsNamespace === undefined ? scopes : [this.#options.secretsNamespace];
+    return [
+      ...scopes.flatMap((namespace) => [
+        this.#resourceInformer(IDENTITY, namespace),
+        this.#resourceInformer(POLICY, namespace),
+        this.#configMapInformer(namespace),
+      ]),
+      ...secretScopes.map((namespace) => this.#secretInformer(namespace)),
+    ];
   }
 
   #informer<T extends KubernetesObject>(
@@ -555,6 +566,11 @@ export class KubernetesStore implements Store {
         );
       }
     }
+  }
+
+  #watchesSecrets(namespace: string): boolean {
+    const only = this.#options.secretsNamespace;
+    return only === undefined ? this.#watches(namespace) : namespace === only;
   }
 
   #watches(namespace: string): boolean {

@@ -1,8 +1,9 @@
 /**
  * Sidecar injection, free of HTTP: a pod as the API server sends it in, an RFC 6902 patch (or a
  * refusal that says what to fix) out. A pod opts in with `custody.dev/inject: "true"`; it then gets
- * the `custody-sidecar` container, the volumes it reads (identity Secret, registry shards, a
- * writable /tmp), proxy variables for its app containers, and scrape annotations.
+ * the `custody-sidecar` container, the volumes it reads (a service-account token for Custody's
+ * audience, with which it obtains its key from the operator; registry shards; a writable /tmp),
+ * proxy variables for its app containers, and scrape annotations.
  *
  * On Kubernetes 1.29 and later the sidecar is a native sidecar: the first init container, with
  * `restartPolicy: Always` and a startup probe that passes once the identity, the registry (and the
@@ -14,6 +15,8 @@
  * The refusals are the security point: a pod may only carry an identity that exists in its
  * namespace and was made for the service account it runs as. Anyone who can create pods in a
  * namespace could otherwise pick any identity there, and with it that identity's certificate.
+ * Identity delivery checks the same rule again (identityForPod) when the sidecar asks for its key:
+ * admission is not the only gate.
  *
  * With traffic capture (opt-in: `--sidecar-capture`, or the pod's `custody.dev/capture`), the pod
  * also gets the `custody-init` init container, first of all, which makes inbound TCP reach the app
@@ -25,6 +28,11 @@ import { z } from "zod";
 import { LOG_LEVELS, type LogLevel } from "../../../cli/src/log.js";
 import { APP_PROBES_ENV, type AppProbes } from "../../../crds/src/app-probes.js";
 import { CustodyError, ValidationError } from "../../../crds/src/errors.js";
+import {
+  IDENTITY_DELIVERY_PATH,
+  IDENTITY_TOKEN_AUDIENCE,
+  IDENTITY_TOKEN_SECONDS,
+} from "../../../crds/src/identity-delivery.js";
 import { parseOrThrow } from "../../../crds/src/issues.js";
 import {
   ANNOTATION_APP_PORT,
@@ -39,7 +47,6 @@ import {
 import { registryConfigMapName, registryFileName } from "../../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../../crds/src/registry-schema.js";
 import { type ServiceIdentity, serviceAccountNameOf } from "../../../crds/src/service-identity.js";
-import { identitySecretName } from "../controllers/identity-secret.js";
 import {
   CapturePortsError,
   captureInitContainer,
@@ -88,9 +95,10 @@ const KNOWN_PROXY_PORTS: Readonly<Record<string, readonly number[]>> = {
   "linkerd-proxy": [4140, 4143, 4190, 4191],
 };
 
-export const IDENTITY_MOUNT_PATH = "/var/run/custody/identity";
+export const TOKEN_MOUNT_PATH = "/var/run/secrets/custody";
+const TOKEN_FILE = "token";
 export const REGISTRY_MOUNT_PATH = "/var/run/custody/registry";
-export const VOLUME_IDENTITY = "custody-identity";
+export const VOLUME_TOKEN = "custody-token";
 export const VOLUME_REGISTRY = "custody-registry";
 export const VOLUME_TMP = "custody-tmp";
 
@@ -153,6 +161,8 @@ export interface InjectionSettings {
   readonly imagePullPolicy: ImagePullPolicy;
   /** CUSTODY_TOKEN_URL of the sidecar; without it chains start with a first link, not a token. */
   readonly tokenUrl: string | undefined;
+  /** Where sidecars obtain their identity's key (the operator's identity delivery, over HTTPS). */
+  readonly identityUrl: string;
   /** Registry ConfigMaps mounted: shard 0 required, 1..N-1 optional (present once the registry grows). */
   readonly registryShards: number;
   readonly logLevel: LogLevel;
@@ -191,6 +201,7 @@ export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   image: "ghcr.io/custody-dev/custody-sidecar:0.1.0",
   imagePullPolicy: "IfNotPresent",
   tokenUrl: undefined,
+  identityUrl: `https://custody-webhook.custody-system.svc${IDENTITY_DELIVERY_PATH}`,
   // Every shard the publisher can write: a registry that outgrows the mounted ones would reach
   // sidecars only in part, and a pod's volumes cannot change after it starts.
   registryShards: MAX_REGISTRY_SHARDS,
@@ -273,6 +284,8 @@ export function checkInjectionSettings(settings: InjectionSettings): void {
   if (settings.tokenUrl !== undefined && !/^https:\/\/[^\s]{1,2000}$/.test(settings.tokenUrl)) {
     problems.push("tokenUrl must be an https:// URL");
   }
+  if (!/^https:\/\/[^\s]{1,2000}$/.test(settings.identityUrl))
+    problems.push("identityUrl must be an https:// URL");
   const shards = settings.registryShards;
   if (!Number.isInteger(shards) || shards < 1 || shards > MAX_REGISTRY_SHARDS) {
     problems.push(`registryShards must be an integer from 1 to ${MAX_REGISTRY_SHARDS}`);
@@ -390,6 +403,24 @@ function podLabel(pod: unknown, namespace: string): string {
 type Resolved<T> =
   | { readonly ok: true; readonly value: T }
   | { readonly ok: false; readonly denied: AdmissionDenied };
+
+/**
+ * The identity a pod (as the API server returns it) may carry, by the rule admission applies: its
+ * annotation or its service account names a ServiceIdentity of its namespace made for that
+ * service account. Identity delivery asks this before it hands out a key.
+ */
+export function identityForPod(
+  pod: unknown,
+  namespace: string,
+  lookup: IdentityLookup,
+):
+  | { readonly ok: true; readonly identity: ServiceIdentity }
+  | { readonly ok: false; readonly reason: string } {
+  const parsed = podSchema.safeParse(pod);
+  if (!parsed.success) return { ok: false, reason: "pod_not_found" };
+  const resolved = resolveIdentity(parsed.data, namespace, lookup, podLabel(pod, namespace));
+  return resolved.ok ? { ok: true, identity: resolved.value } : { ok: false, reason: resolved.denied.reason };
+}
 
 function resolveIdentity(
   pod: Pod,
@@ -694,7 +725,7 @@ function proxyEnv(noProxy: string, outboundPort: number): { name: string; value:
   ];
 }
 
-function volumes(identity: ServiceIdentity, settings: InjectionSettings): Record<string, unknown>[] {
+function volumes(settings: InjectionSettings): Record<string, unknown>[] {
   const shards = Array.from({ length: settings.registryShards }, (_, index) => ({
     configMap: {
       name: registryConfigMapName(index),
@@ -705,16 +736,24 @@ function volumes(identity: ServiceIdentity, settings: InjectionSettings): Record
   }));
   return [
     {
-      name: VOLUME_IDENTITY,
-      secret: {
-        secretName: identitySecretName(identity.metadata.name),
-        // The whole Secret: during a rotation it also holds the next key pair, with which the
-        // sidecar opens messages sealed to its next key while the registry switches over.
-        // 0444: the kubelet writes Secret files owned by root, and without a pod fsGroup (which
-        // would re-own every volume of the app too) the sidecar's user 65532 can read them only
-        // through the "other" bits. Only the sidecar container mounts this volume, so no other
-        // container of the pod can see the key.
+      // No key here: the sidecar presents this token to the operator, which answers with the key
+      // of the identity this pod may carry. Bound to the pod (it dies with it) and to Custody's
+      // audience (the pod's API-server token is refused), renewed by the kubelet.
+      name: VOLUME_TOKEN,
+      projected: {
+        // 0444: the kubelet writes the file as root, and without a pod fsGroup (which would re-own
+        // every volume of the app too) the sidecar's user 65532 reads it through the "other" bits.
+        // Only the sidecar container mounts this volume.
         defaultMode: 0o444,
+        sources: [
+          {
+            serviceAccountToken: {
+              audience: IDENTITY_TOKEN_AUDIENCE,
+              expirationSeconds: IDENTITY_TOKEN_SECONDS,
+              path: TOKEN_FILE,
+            },
+          },
+        ],
       },
     },
     // One projected volume: every registry-<i>.json lands in one directory the sidecar lists.
@@ -731,7 +770,8 @@ function sidecarContainer(
 ): Record<string, unknown> {
   const { ports } = settings;
   const env = [
-    { name: "CUSTODY_IDENTITY", value: IDENTITY_MOUNT_PATH },
+    { name: "CUSTODY_IDENTITY_URL", value: settings.identityUrl },
+    { name: "CUSTODY_IDENTITY_TOKEN", value: `${TOKEN_MOUNT_PATH}/${TOKEN_FILE}` },
     { name: "CUSTODY_REGISTRY", value: REGISTRY_MOUNT_PATH },
     { name: "CUSTODY_APP_PORT", value: String(appPort) },
     { name: "CUSTODY_OUTBOUND", value: `127.0.0.1:${ports.outbound}` },
@@ -796,7 +836,7 @@ function sidecarContainer(
       seccompProfile: { type: "RuntimeDefault" },
     },
     volumeMounts: [
-      { name: VOLUME_IDENTITY, mountPath: IDENTITY_MOUNT_PATH, readOnly: true },
+      { name: VOLUME_TOKEN, mountPath: TOKEN_MOUNT_PATH, readOnly: true },
       { name: VOLUME_REGISTRY, mountPath: REGISTRY_MOUNT_PATH, readOnly: true },
       // The root filesystem is read-only; the sidecar spools large bodies to the temp directory.
       { name: VOLUME_TMP, mountPath: "/tmp" },
@@ -916,10 +956,7 @@ export function injectionPatch(
       throw error;
     }
   }
-  const added = [
-    ...volumes(identity.value, settings),
-    ...(capture.value === undefined ? [] : [xtablesVolume()]),
-  ];
+  const added = [...volumes(settings), ...(capture.value === undefined ? [] : [xtablesVolume()])];
   const taken = new Set((parsed.spec.volumes ?? []).map((volume) => volume.name));
   const clash = added.find((volume) => taken.has(String(volume.name)));
   if (clash !== undefined) {

@@ -1,7 +1,8 @@
 /**
  * The admission webhook server: HTTPS with a certificate from Custody's CA (the API server checks
  * it against the configurations' `caBundle`, kept current by ca-bundle.ts), two routes — sidecar
- * injection and AccessPolicy validation — and one JSON log line per decision.
+ * injection and AccessPolicy validation — and one JSON log line per decision. Sidecars reach the
+ * same server for their key (identity delivery), trusting the CA from their registry.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
@@ -9,10 +10,12 @@ import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import { closeGracefully, drain, type ListenAddress, listen } from "../../../cli/src/serve.js";
 import { leaveBodyUnread } from "../../../cli/src/unread-body.js";
+import { IDENTITY_DELIVERY_PATH } from "../../../crds/src/identity-delivery.js";
 import { serviceId } from "../../../crds/src/names.js";
 import type { CertificateAuthority } from "../../../pki/src/ca.js";
 import { BodyTooLargeError, ClientAbortedError, readBody, sendJson } from "../http/io.js";
 import { issueServerTls, renewServerCertificate } from "../http/server-certificate.js";
+import type { IdentityDelivery } from "./identity-delivery.js";
 import {
   checkInjectionSettings,
   type IdentityLookup,
@@ -45,6 +48,8 @@ export interface WebhookServerOptions {
   readonly extraDnsNames?: readonly string[];
   /** Where `custody_webhook_admissions_total` is registered; no metrics without it. */
   readonly metrics?: Registry;
+  /** Served at IDENTITY_DELIVERY_PATH: sidecars obtain their key here (same Service, same TLS). */
+  readonly delivery?: IdentityDelivery;
 }
 
 export interface RunningWebhookServer {
@@ -190,6 +195,18 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
 
   const handle = (request: IncomingMessage, response: ServerResponse) => {
     const path = (request.url ?? "").split("?")[0] ?? "";
+    if (path === IDENTITY_DELIVERY_PATH && options.delivery !== undefined) {
+      if (request.method !== "POST") {
+        return sendJson(
+          response,
+          405,
+          { error: "method_not_allowed", reason: "use_post" },
+          { allow: "POST" },
+        );
+      }
+      void options.delivery.handle(request, response);
+      return;
+    }
     const route = routes[path];
     if (route === undefined) return sendJson(response, 404, { error: "not_found", reason: "unknown_path" });
     if (request.method !== "POST") {
@@ -220,7 +237,16 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     throw error;
   }
   logger.info(
-    { event: "listening", component: "webhook", port, paths: [INJECT_PATH, VALIDATE_POLICY_PATH] },
+    {
+      event: "listening",
+      component: "webhook",
+      port,
+      paths: [
+        INJECT_PATH,
+        VALIDATE_POLICY_PATH,
+        ...(options.delivery === undefined ? [] : [IDENTITY_DELIVERY_PATH]),
+      ],
+    },
     "admission webhooks listening",
   );
   return {

@@ -27,6 +27,8 @@ export interface ReconcileHarness {
 }
 
 const NS = "shop";
+/** The operator's own namespace, where every identity's Secret lives. */
+const STATE_NS = "custody-system";
 const WAIT = { timeout: 20_000, interval: 100 };
 
 export function identity(name: string, spec: Record<string, unknown> = {}, namespace = NS) {
@@ -104,13 +106,20 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
     it("an identity gets its Secret, its key in the registry, and status Ready", async () => {
       await harness.apply(identity("cart", { claims: { team: "checkout" }, scopes: ["cart.write"] }));
       const secret = await waitFor(async () => {
-        const found = await harness.secret(NS, "custody-identity-cart");
+        const found = await harness.secret(STATE_NS, `custody-identity.${NS}.cart`);
         expect(found).toBeDefined();
         return found as StoredSecret;
       });
       expect(secret.type).toBe("kubernetes.io/tls");
       expect(Object.keys(secret.data).sort()).toEqual(["ca.crt", "tls.crt", "tls.key"]);
-      expect(secret.owner).toMatchObject({ kind: "ServiceIdentity", name: "cart" });
+      // In the operator's namespace, tied to this very identity object by uid; nothing with a key
+      // in the workload's namespace, where any pod could mount it.
+      expect(secret.labels).toMatchObject({
+        "custody.dev/identity": "cart",
+        "custody.dev/identity-namespace": NS,
+      });
+      expect(secret.annotations["custody.dev/identity-uid"]).toEqual(expect.any(String));
+      expect(await harness.secret(NS, "custody-identity-cart")).toBeUndefined();
       const certificate = new X509Certificate(secret.data["tls.crt"] ?? "");
       expect(certificate.subjectAltName).toContain("URI:spiffe://custody.local/ns/shop/si/cart");
       const kid = kidOfCertificate(secret.data["tls.crt"] ?? "");
@@ -211,7 +220,7 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
       // Renewal is due 5 s after issuance (1h certificate, renew 59m55s before expiry).
       await harness.apply(identity("payments", { certificate: { duration: "1h", renewBefore: "59m55s" } }));
       const first = await waitFor(async () => {
-        const secret = await harness.secret(NS, "custody-identity-payments");
+        const secret = await harness.secret(STATE_NS, `custody-identity.${NS}.payments`);
         expect(secret?.data["tls.crt"]).toBeDefined();
         const kid = kidOfCertificate(secret?.data["tls.crt"] ?? "");
         // A first certificate is written before it is published (nothing used it yet); the test
@@ -223,7 +232,7 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
       let rotated: string | undefined;
       const deadline = Date.now() + 30_000;
       while (Date.now() < deadline) {
-        const secret = await harness.secret(NS, "custody-identity-payments");
+        const secret = await harness.secret(STATE_NS, `custody-identity.${NS}.payments`);
         const secretKid = kidOfCertificate(secret?.data["tls.crt"] ?? "");
         const registryKids = await kidsOf("payments.shop");
         timeline.push({ at: Date.now(), secretKid, registryKids });
@@ -256,13 +265,13 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
 
     it("a restart converges without issuing again", async () => {
       await harness.operator().manager.idle();
-      const before = await harness.secret(NS, "custody-identity-cart");
+      const before = await harness.secret(STATE_NS, `custody-identity.${NS}.cart`);
       const registryBefore = await registry();
       await harness.restart();
       await harness.operator().manager.idle();
       await new Promise((resolve) => setTimeout(resolve, 500));
       await harness.operator().manager.idle();
-      const after = await harness.secret(NS, "custody-identity-cart");
+      const after = await harness.secret(STATE_NS, `custody-identity.${NS}.cart`);
       expect(after?.data["tls.crt"]).toBe(before?.data["tls.crt"]);
       expect(after?.data["tls.key"]).toBe(before?.data["tls.key"]);
       const registryAfter = await registry();
@@ -278,7 +287,7 @@ export function describeReconcile(name: string, start: () => Promise<ReconcileHa
       await harness.remove(IDENTITY, NS, "cart");
       await waitFor(async () => {
         expect((await registry())?.services.map((service) => service.id)).not.toContain("cart.shop");
-        expect(await harness.secret(NS, "custody-identity-cart")).toBeUndefined();
+        expect(await harness.secret(STATE_NS, `custody-identity.${NS}.cart`)).toBeUndefined();
       });
     });
   });

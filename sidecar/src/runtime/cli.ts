@@ -22,7 +22,10 @@ import { startSidecar } from "./sidecar.js";
 const COMMAND = "sidecar";
 
 const SETTINGS = {
-  identity: "identity Secret directory (tls.crt, tls.key, ca.crt)",
+  identity: "identity directory (tls.crt, tls.key, ca.crt): local mode; or identity-url",
+  "identity-url":
+    "obtain the identity from the operator (https://…/v1/identity), authenticated by the pod's token (Kubernetes)",
+  "identity-token": "the projected service-account token file sent to identity-url",
   registry: "registry file, or directory of registry-<i>.json shards",
   "app-port": "the app's port on 127.0.0.1",
   "token-url": "token service endpoint (https://…/oauth2/token); without it chains start with the first link",
@@ -59,36 +62,51 @@ const listenSchema = (fallback: string) =>
       if (address === undefined) ctx.addIssue({ code: "custom", message: "must be HOST:PORT" });
       return address ?? { host: "", port: 0 };
     });
-const settingsSchema = z.strictObject({
-  identity: z.string({ error: "is required: the identity Secret directory" }).min(1),
-  registry: z.string({ error: "is required: the registry file or directory" }).min(1),
-  "app-port": z.coerce
-    .number({ error: "is required: the app's port on 127.0.0.1" })
-    .int()
-    .min(1, { error: "must be a port, 1-65535" })
-    .max(65_535, { error: "must be a port, 1-65535" }),
-  "token-url": z.url({ protocol: /^https$/ }).optional(),
-  outbound: listenSchema("127.0.0.1:15001"),
-  "client-secret-file": z.string().min(1).optional(),
-  "app-secret-file": z.string().min(1).optional(),
-  inbound: listenSchema("0.0.0.0:15006"),
-  admin: listenSchema("0.0.0.0:15020"),
-  "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
-  "replay-failure-mode": z.enum(["closed", "open"]).default("closed"),
-  "when-no-policy": z.enum(["deny", "allow"]).default("deny"),
-  "outbound-policy": z.enum(OUTBOUND_POLICIES).default("registry-only"),
-  "max-body-bytes": z.coerce
-    .number()
-    .int()
-    .min(1_024)
-    .max(1024 * 1024 * 1024)
-    .default(DEFAULT_MAX_BODY_BYTES),
-  "poll-interval": z.string().default("5s"),
-  "shutdown-delay": z.string().default("0s"),
-  "shutdown-grace": z.string().default("10s"),
-  "log-level": z.enum(LOG_LEVELS).default("info"),
-  "app-probes": z.string().optional(),
-});
+const settingsSchema = z
+  .strictObject({
+    identity: z.string().min(1).optional(),
+    "identity-url": z.url({ protocol: /^https$/ }).optional(),
+    "identity-token": z.string().min(1).optional(),
+    registry: z.string({ error: "is required: the registry file or directory" }).min(1),
+    "app-port": z.coerce
+      .number({ error: "is required: the app's port on 127.0.0.1" })
+      .int()
+      .min(1, { error: "must be a port, 1-65535" })
+      .max(65_535, { error: "must be a port, 1-65535" }),
+    "token-url": z.url({ protocol: /^https$/ }).optional(),
+    outbound: listenSchema("127.0.0.1:15001"),
+    "client-secret-file": z.string().min(1).optional(),
+    "app-secret-file": z.string().min(1).optional(),
+    inbound: listenSchema("0.0.0.0:15006"),
+    admin: listenSchema("0.0.0.0:15020"),
+    "redis-url": z.url({ protocol: /^rediss?$/ }).optional(),
+    "replay-failure-mode": z.enum(["closed", "open"]).default("closed"),
+    "when-no-policy": z.enum(["deny", "allow"]).default("deny"),
+    "outbound-policy": z.enum(OUTBOUND_POLICIES).default("registry-only"),
+    "max-body-bytes": z.coerce
+      .number()
+      .int()
+      .min(1_024)
+      .max(1024 * 1024 * 1024)
+      .default(DEFAULT_MAX_BODY_BYTES),
+    "poll-interval": z.string().default("5s"),
+    "shutdown-delay": z.string().default("0s"),
+    "shutdown-grace": z.string().default("10s"),
+    "log-level": z.enum(LOG_LEVELS).default("info"),
+    "app-probes": z.string().optional(),
+  })
+  // Checked even when other settings are wrong too, so every problem is named at once.
+  .refine((value) => (value?.identity === undefined) !== (value?.["identity-url"] === undefined), {
+    path: ["identity"],
+    message:
+      "is required: the identity directory (local mode) or identity-url with identity-token (Kubernetes), not both",
+    when: () => true,
+  })
+  .refine((value) => value?.["identity-url"] === undefined || value["identity-token"] !== undefined, {
+    path: ["identity-token"],
+    message: "is required with identity-url: the pod's projected service-account token file",
+    when: () => true,
+  });
 
 const HELP = `Usage: custody sidecar [--config FILE] [--SETTING VALUE ...]
 
@@ -100,7 +118,7 @@ ${Object.entries(SETTINGS)
   .map(([key, help]) => `  ${key.padEnd(22)}${help}`)
   .join("\n")}
 
-Required: identity, registry, app-port.
+Required: registry, app-port, and identity (files) or identity-url with identity-token (Kubernetes).
 `;
 
 function envSettings(env: NodeJS.ProcessEnv): Partial<Record<Setting, string>> {
@@ -143,6 +161,29 @@ async function secretSetting(name: Setting, path: string | undefined): Promise<s
   return secret;
 }
 
+/** The one source of the workload identity: files, or the operator's delivery. */
+function identitySource(settings: {
+  readonly identity?: string | undefined;
+  readonly "identity-url"?: string | undefined;
+  readonly "identity-token"?: string | undefined;
+}): { identityDirectory: string } | { identityDelivery: { url: string; tokenPath: string } } {
+  const { identity, "identity-url": url, "identity-token": tokenPath } = settings;
+  if ((identity === undefined) === (url === undefined)) {
+    throw new UsageError(
+      `${COMMAND}: set exactly one of identity (a directory of identity files) and identity-url (the operator's identity delivery).`,
+    );
+  }
+  if (url !== undefined) {
+    if (tokenPath === undefined) {
+      throw new UsageError(
+        `${COMMAND}: identity-url needs identity-token (the pod's projected service-account token file).`,
+      );
+    }
+    return { identityDelivery: { url, tokenPath } };
+  }
+  return { identityDirectory: identity as string };
+}
+
 export const sidecarCommand: Command = async (args, io) => {
   const options = Object.fromEntries(Object.keys(SETTINGS).map((key) => [key, { type: "string" as const }]));
   const { values } = parseCommandArgs(COMMAND, args, {
@@ -181,7 +222,7 @@ export const sidecarCommand: Command = async (args, io) => {
   const probesText = settings["app-probes"];
   const appProbes = probesText === undefined ? {} : parseAppProbes(probesText);
   const running = await startSidecar({
-    identityDirectory: settings.identity,
+    ...identitySource(settings),
     registryPath: settings.registry,
     appPort: settings["app-port"],
     tokenUrl: settings["token-url"],

@@ -1,6 +1,8 @@
 /**
- * The workload's identity as the operator delivers it: Secret `custody-identity-<name>` mounted as
- * a directory with `tls.crt` (leaf first), `tls.key` and `ca.crt`. Kubernetes replaces all three at
+ * The workload's identity as files: a directory with `tls.crt` (leaf first), `tls.key` and
+ * `ca.crt`, shaped like a mounted kubernetes.io/tls Secret (what `custody local up` gives each
+ * sidecar; on Kubernetes the sidecar obtains the same parts from the operator instead,
+ * identity-delivery.ts). Kubernetes replaces all three at
  * once by swapping a `..data` symlink, so the three are read together and checked against each
  * other: a reader never pairs a new certificate with an old key.
  */
@@ -53,22 +55,48 @@ export async function loadIdentityFiles(directory: string): Promise<WorkloadIden
   if (certificatePem === undefined || keyPem === undefined || caPem === undefined) {
     throw new IdentityFilesError(`${directory} must hold ${CERTIFICATE_FILE}, ${KEY_FILE} and ${CA_FILE}.`);
   }
-  const source = join(directory, CERTIFICATE_FILE);
-  const [leaf] = parseCertificatesPem(certificatePem, { source, maxCertificates: 8 });
-  if (leaf === undefined) throw new IdentityFilesError(`${source} holds no certificate.`);
-  const privateKey = privateKeyFromPem(keyPem, join(directory, KEY_FILE));
+  return identityFromPem({
+    certificatePem,
+    keyPem,
+    caPem,
+    nextPrivateKey: await readNextKey(directory),
+    source: directory,
+  });
+}
+
+/**
+ * A workload identity from its PEM parts, wherever they came from (the files above, or the
+ * operator's identity delivery): the key must belong to the leaf, and the leaf must carry exactly
+ * one SPIFFE id of the mesh's form.
+ */
+export function identityFromPem(parts: {
+  readonly certificatePem: string;
+  readonly keyPem: string;
+  readonly caPem: string;
+  readonly nextPrivateKey: KeyObject | undefined;
+  /** Where the parts came from, for messages. */
+  readonly source: string;
+}): WorkloadIdentity {
+  const { certificatePem, keyPem, caPem, source } = parts;
+  const [leaf] = parseCertificatesPem(certificatePem, {
+    source: `${source} ${CERTIFICATE_FILE}`,
+    maxCertificates: 8,
+  });
+  if (leaf === undefined)
+    throw new IdentityFilesError(`${source}: ${CERTIFICATE_FILE} holds no certificate.`);
+  const privateKey = privateKeyFromPem(keyPem, `${source} ${KEY_FILE}`);
   if (!sameKey(privateKey, leaf.publicKey)) {
     throw new IdentityFilesError(
-      `${KEY_FILE} does not belong to ${CERTIFICATE_FILE} in ${directory} (a rotation caught half-way?); keeping the previous identity.`,
+      `${source}: ${KEY_FILE} does not belong to ${CERTIFICATE_FILE} (a rotation caught half-way?); keeping the previous identity.`,
     );
   }
-  parseCertificatesPem(caPem, { source: join(directory, CA_FILE), maxCertificates: 64 });
+  parseCertificatesPem(caPem, { source: `${source} ${CA_FILE}`, maxCertificates: 64 });
   const spiffeIds = leaf.uris.filter((uri) => uri.startsWith("spiffe://"));
   const parsed =
     spiffeIds.length === 1 && spiffeIds[0] !== undefined ? parseSpiffeId(spiffeIds[0]) : undefined;
   if (parsed === undefined) {
     throw new IdentityFilesError(
-      `${source} must carry exactly one spiffe://<trust-domain>/ns/<ns>/si/<name> URI.`,
+      `${source}: the certificate must carry exactly one spiffe://<trust-domain>/ns/<ns>/si/<name> URI.`,
     );
   }
   return {
@@ -80,7 +108,7 @@ export async function loadIdentityFiles(directory: string): Promise<WorkloadIden
     keyPem,
     caPem,
     notAfterMs: leaf.notAfter.getTime(),
-    nextPrivateKey: await readNextKey(directory),
+    nextPrivateKey: parts.nextPrivateKey,
   };
 }
 

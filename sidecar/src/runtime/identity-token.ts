@@ -88,7 +88,7 @@ export function tokenServiceFetcher(
   return Object.assign(fetchToken, { close: async () => pool?.agent.close() });
 }
 
-async function boundedText(body: AsyncIterable<Uint8Array>, limit: number): Promise<string> {
+export async function boundedText(body: AsyncIterable<Uint8Array>, limit: number): Promise<string> {
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of body) {

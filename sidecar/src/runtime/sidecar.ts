@@ -6,6 +6,7 @@
  * Requests read the latest good identity and registry; reloads swap them whole.
  */
 
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
@@ -26,6 +27,7 @@ import type { RedisReplayGuard, ReplayFailureMode } from "../replay/redis.js";
 import { AppChainSealer } from "./app-chain.js";
 import { createAppHealthRoute } from "./app-health.js";
 import type { SpoolOptions } from "./body.js";
+import { identityDeliveryClient } from "./identity-delivery.js";
 import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
 import { IdentityTokenKeeper, tokenServiceFetcher } from "./identity-token.js";
 import { createInboundServer } from "./inbound-server.js";
@@ -37,8 +39,18 @@ import { openingKeysFor, signerFor } from "./own-keys.js";
 import type { OutboundPolicy } from "./passthrough.js";
 import { type RegistrySnapshot, RegistrySource } from "./registry-source.js";
 
+/** Where the key comes from on Kubernetes: the operator, for the pod's service-account token. */
+export interface IdentityDeliveryConfig {
+  readonly url: string;
+  readonly tokenPath: string;
+  /** How often the identity is asked for again, to follow rotations (default 30 s). */
+  readonly refreshMs?: number;
+}
+
 export interface SidecarConfig {
-  readonly identityDirectory: string;
+  /** Identity files (local mode; see identity-files.ts). Exactly one of this and identityDelivery. */
+  readonly identityDirectory?: string;
+  readonly identityDelivery?: IdentityDeliveryConfig;
   readonly registryPath: string;
   readonly appPort: number;
   /** Absent: no identity token (chains start with the first link). */
@@ -91,8 +103,6 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   const metrics = createSidecarMetrics(registry);
   const replayMetrics = createReplayMetrics(registry);
 
-  let identity: WorkloadIdentity = await loadIdentityFiles(config.identityDirectory);
-  const self = identity.serviceId;
   const source = new RegistrySource(config.registryPath, { now });
   const first = await source.reload();
   metrics.registry(first.result, source.snapshot?.generation);
@@ -102,6 +112,23 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       `${first.message} (starting without a registry)`,
     );
   }
+  const delivery =
+    config.identityDelivery === undefined
+      ? undefined
+      : identityDeliveryClient({
+          url: config.identityDelivery.url,
+          tokenPath: config.identityDelivery.tokenPath,
+          trustPem: () => source.snapshot?.registry.trustBundle,
+        });
+  const identityDirectory = config.identityDirectory;
+  const loadIdentity = (): Promise<WorkloadIdentity> => {
+    if (delivery !== undefined) return delivery.fetch();
+    if (identityDirectory !== undefined) return loadIdentityFiles(identityDirectory);
+    throw new SidecarStartError("no identity source: set identity (files) or identity-url (delivery)");
+  };
+  let identity: WorkloadIdentity =
+    delivery === undefined ? await loadIdentity() : await firstDelivery(loadIdentity, source, logger);
+  const self = identity.serviceId;
 
   const fetcher = config.tokenUrl === undefined ? undefined : tokenServiceFetcher(config.tokenUrl, { now });
   const keeper =
@@ -243,8 +270,14 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   }, [createAppHealthRoute(config.appProbes ?? {})]);
 
   const reloadIdentity = async () => {
-    const next = await loadIdentityFiles(config.identityDirectory);
-    if (next.certificatePem === identity.certificatePem && next.keyPem === identity.keyPem) return;
+    const next = await loadIdentity();
+    const sameNextKey =
+      next.nextPrivateKey === undefined || identity.nextPrivateKey === undefined
+        ? next.nextPrivateKey === identity.nextPrivateKey
+        : next.nextPrivateKey.equals(identity.nextPrivateKey);
+    // A rotation's first step adds only the next key (for messages sealed to it): that counts.
+    if (next.certificatePem === identity.certificatePem && next.keyPem === identity.keyPem && sameNextKey)
+      return;
     if (next.serviceId !== self) {
       throw new SidecarStartError(
         `the identity Secret now names ${next.serviceId}, not ${self}; ignoring it.`,
@@ -279,10 +312,23 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       { event: "reload_failed", err: error instanceof Error ? error.message : String(error) },
       "reload failed; keeping what is in use",
     );
-  const identityWatcher = new ChangeWatcher([config.identityDirectory], reloadIdentity, {
-    pollIntervalMs: config.pollIntervalMs,
-    onError,
-  });
+  const identityWatcher =
+    identityDirectory === undefined
+      ? undefined
+      : new ChangeWatcher([identityDirectory], reloadIdentity, {
+          pollIntervalMs: config.pollIntervalMs,
+          onError,
+        });
+  // Delivered identities are asked for again on a timer: the operator's rotation publishes the
+  // next key first and switches after a propagation delay of minutes, so seconds of lag are safe.
+  const refreshMs = config.identityDelivery?.refreshMs ?? 30_000;
+  const deliveryTimer =
+    delivery === undefined
+      ? undefined
+      : setInterval(() => {
+          reloadIdentity().catch(onError);
+        }, refreshMs);
+  deliveryTimer?.unref();
   const registryWatcher = new ChangeWatcher([config.registryPath], reloadRegistry, {
     pollIntervalMs: config.pollIntervalMs,
     onError,
@@ -318,7 +364,8 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       drain(admin);
     },
     async close(graceMs = 10_000) {
-      identityWatcher.close();
+      identityWatcher?.close();
+      if (deliveryTimer !== undefined) clearInterval(deliveryTimer);
       registryWatcher.close();
       keeper?.close();
       await Promise.all([
@@ -327,8 +374,44 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
         closeGracefully(admin, graceMs),
       ]);
       await fetcher?.close();
+      await delivery?.close();
       await redis?.close();
       await sharedQuota?.close();
     },
   };
+}
+
+/**
+ * The first delivered identity, asked for until it comes: the operator may not have issued it
+ * yet, or the registry (whose CA vouches for the operator) may not be mounted yet. Until then the
+ * sidecar does not listen, so its startup probe fails and the app does not start.
+ */
+async function firstDelivery(
+  load: () => Promise<WorkloadIdentity>,
+  source: RegistrySource,
+  logger: Logger,
+): Promise<WorkloadIdentity> {
+  for (let attempt = 0; ; attempt++) {
+    if (source.snapshot === undefined) await source.reload();
+    try {
+      const identity = await load();
+      logger.info(
+        { event: "identity_delivered", serial: identity.leaf.serialNumber, attempts: attempt + 1 },
+        "identity obtained from the operator",
+      );
+      return identity;
+    } catch (error) {
+      const code = error instanceof CustodyError ? error.code : "identity_delivery_failed";
+      logger.warn(
+        {
+          event: "identity_delivery_failed",
+          code,
+          attempt,
+          err: error instanceof Error ? error.message : String(error),
+        },
+        "no identity yet; asking the operator again",
+      );
+      await sleep(Math.min(10_000, 500 * 2 ** Math.min(attempt, 5)));
+    }
+  }
 }
