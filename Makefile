@@ -64,9 +64,10 @@ helm-lint: install ## Helm chart: lint --strict, rendered objects vs Kubernetes 
 IMAGE_REGISTRY ?= ghcr.io/custody-dev
 IMAGE_TAG ?= $(shell node -p "require('./package.json').version")
 
-images: ## Build the operator and sidecar images (needs Docker with BuildKit)
+images: ## Build the operator, sidecar and init (traffic capture) images (needs Docker with BuildKit)
 	docker build -f Dockerfile.operator -t $(IMAGE_REGISTRY)/custody-operator:$(IMAGE_TAG) .
 	docker build -f Dockerfile.sidecar -t $(IMAGE_REGISTRY)/custody-sidecar:$(IMAGE_TAG) .
+	docker build -f Dockerfile.init -t $(IMAGE_REGISTRY)/custody-init:$(IMAGE_TAG) .
 
 e2e-kind: build ## End to end on a throw-away kind cluster (Docker, kind, kubectl, helm; KEEP_CLUSTER=1 keeps it)
 	bash e2e/kind/run.sh

@@ -1,7 +1,8 @@
 /**
  * The admin port every long-running component serves (plain HTTP): `/metrics` (Prometheus),
  * `/healthz` (the process answers), `/readyz` (what the component says about itself), and the
- * metrics registry behind it.
+ * metrics registry behind it. A component may add routes of its own (the sidecar answers the
+ * kubelet's rewritten app probes here), each owning the paths under one prefix.
  */
 import { createServer, type Server } from "node:http";
 import { collectDefaultMetrics, Registry } from "prom-client";
@@ -24,7 +25,26 @@ export interface Readiness {
   readonly body: Readonly<Record<string, unknown>>;
 }
 
-export function createAdminServer(registry: Registry, readiness: () => Readiness): Server {
+/** An answer of an added route: a JSON body, and its status. */
+export interface AdminAnswer {
+  readonly status: number;
+  readonly body: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * A route of a component's own: it answers every request whose path starts with `prefix` (never
+ * /metrics, /healthz or /readyz), with the path and method it was asked for.
+ */
+export interface AdminRoute {
+  readonly prefix: string;
+  answer(path: string, method: string): Promise<AdminAnswer>;
+}
+
+export function createAdminServer(
+  registry: Registry,
+  readiness: () => Readiness,
+  routes: readonly AdminRoute[] = [],
+): Server {
   return createServer({ maxHeaderSize: 8 * 1024, requestTimeout: 10_000 }, (request, response) => {
     const json = (status: number, body: unknown) => {
       const text = JSON.stringify(body);
@@ -46,6 +66,14 @@ export function createAdminServer(registry: Registry, readiness: () => Readiness
         response.writeHead(200, { "content-type": registry.contentType });
         response.end(text);
       });
+      return;
+    }
+    const route = routes.find((candidate) => path?.startsWith(candidate.prefix) === true);
+    if (route !== undefined && path !== undefined) {
+      route.answer(path, request.method ?? "GET").then(
+        (answer) => json(answer.status, answer.body),
+        () => json(500, { error: "internal_error" }),
+      );
       return;
     }
     json(404, { error: "not_found" });

@@ -11,6 +11,14 @@ export const API_GROUP_VERSION = `${API_GROUP}/${API_VERSION}`;
 export const ANNOTATION_INJECT = "custody.dev/inject";
 export const ANNOTATION_IDENTITY = "custody.dev/identity";
 export const ANNOTATION_APP_PORT = "custody.dev/app-port";
+/**
+ * Traffic capture, per pod (`"true"` or `"false"`, over the operator's `--sidecar-capture`): an init
+ * container makes the pod's network namespace send inbound TCP for the app port to the sidecar and
+ * refuse every other port, so no other pod can call the app without the sidecar.
+ */
+export const ANNOTATION_CAPTURE = "custody.dev/capture";
+/** With capture: inbound ports other pods may still reach directly (`"9090,9091"`), e.g. a metrics port. */
+export const ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS = "custody.dev/capture-exclude-inbound-ports";
 
 /**
  * What a sidecar does with calls for hosts that are not mesh services: the operator injects one of

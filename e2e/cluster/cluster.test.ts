@@ -11,7 +11,9 @@
  *   a workload's certificate rotated under traffic, a Deployment scaled up and down under traffic,
  *   a namespace deleted;
  * - a real Prometheus discovering the operator and the sidecars through kubernetes_sd_configs, as
- *   the chart's ServiceMonitor and PodMonitor intend, and evaluating the chart's rules.
+ *   the chart's ServiceMonitor and PodMonitor intend, and evaluating the chart's rules;
+ * - traffic capture in a privileged namespace: a direct call to a pod's app port does not reach
+ *   the app, the call through its sidecar does, and its probes pass through the sidecar.
  *
  * The steps depend on each other and run in order. KEEP_CLUSTER=1 leaves the cluster running
  * afterwards (see e2e/cluster/README.md).
@@ -53,6 +55,7 @@ const SYSTEM = "custody-system";
 const SHOP = "shop";
 const BATCH = "batch";
 const OUTSIDE = "outside";
+const CAPTURED = "captured";
 const INBOUND_PORT = 15006;
 const MINUTE = 60_000;
 
@@ -75,6 +78,12 @@ interface Container {
   readonly env?: { name: string; value?: string }[];
   readonly restartPolicy?: string;
   readonly resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  readonly readinessProbe?: Probe;
+  readonly livenessProbe?: Probe;
+}
+
+interface Probe {
+  readonly httpGet?: { path: string; port: number | string };
 }
 
 interface PodObject {
@@ -94,6 +103,10 @@ interface PodObject {
       ready: boolean;
       restartCount: number;
       containerID?: string;
+    }[];
+    readonly initContainerStatuses?: {
+      name: string;
+      state?: { terminated?: { exitCode: number } };
     }[];
   };
 }
@@ -326,6 +339,17 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
           "--tail=40",
           "--prefix",
         ],
+        // The capture step's pod, init container included (absent when the step did not run).
+        [
+          "-n",
+          CAPTURED,
+          "logs",
+          "-l",
+          "app.kubernetes.io/name=guarded",
+          "--all-containers",
+          "--tail=40",
+          "--prefix",
+        ],
       ]) {
         const result = await kubectl(args);
         process.stderr.write(`\n---- kubectl ${args.join(" ")}\n${result.stdout}${result.stderr}`);
@@ -389,6 +413,7 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       ]);
       const [operatorRepository, operatorTag] = host.state.operatorImage.split(/:(?=[^:]+$)/);
       const [sidecarRepository, sidecarTag] = host.state.sidecarImage.split(/:(?=[^:]+$)/);
+      const [initRepository, initTag] = host.state.initImage.split(/:(?=[^:]+$)/);
       const installed = await helm.run([
         "install",
         "custody",
@@ -407,6 +432,11 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         `sidecar.image.repository=${sidecarRepository}`,
         "--set",
         `sidecar.image.tag=${sidecarTag}`,
+        // Capture stays off by default; the capture step's pod asks for it with its annotation.
+        "--set",
+        `sidecar.capture.image.repository=${initRepository}`,
+        "--set",
+        `sidecar.capture.image.tag=${initTag}`,
         "--set",
         "operator.trustedIssuers.existingConfigMap=custody-trusted-issuers",
         "--wait",
@@ -1323,6 +1353,130 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
         .filter((rule) => rule.health !== "ok")
         .map((rule) => `${rule.name}: ${rule.health} ${rule.lastError ?? ""}`);
       expect(unhealthy).toEqual([]);
+    },
+    8 * MINUTE,
+  );
+
+  it(
+    "traffic capture: another pod's direct call to the app port does not reach the app, the call through the sidecar does, and probes pass through the sidecar",
+    async () => {
+      // Capture's init container needs NET_ADMIN: a namespace under the restricted level refuses
+      // such a pod (Pod Security admission), whatever the webhook injects.
+      const sink = await json<{ spec: { template: { metadata: Meta; spec: unknown } } }>([
+        "-n",
+        BATCH,
+        "get",
+        "deployment",
+        "sink",
+      ]);
+      const restricted = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: {
+          ...sink.spec.template.metadata,
+          name: "captured-in-restricted",
+          namespace: BATCH,
+          annotations: { ...sink.spec.template.metadata.annotations, "custody.dev/capture": "true" },
+        },
+        spec: sink.spec.template.spec,
+      };
+      const refused = await kubectl(
+        ["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        JSON.stringify(restricted),
+      );
+      expect(refused.code, refused.stdout).not.toBe(0);
+      expect(refused.stderr).toMatch(/violates PodSecurity "restricted/);
+      expect(refused.stderr).toContain("custody-init");
+
+      // A privileged namespace admits it.
+      await ok([
+        "apply",
+        "-f",
+        "e2e/cluster/captured.yaml",
+        "--selector",
+        `kubernetes.io/metadata.name=${CAPTURED}`,
+      ]);
+      await ok(["-n", CAPTURED, "create", "configmap", "captured-apps", "--from-file=e2e/cluster/apps/"]);
+      await ok(["apply", "-f", "e2e/cluster/captured.yaml"]);
+      await ok([
+        "-n",
+        CAPTURED,
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "serviceidentity/guarded",
+      ]);
+      await ok(["-n", CAPTURED, "wait", "--for=condition=Ready", "--timeout=120s", "accesspolicy/guarded"]);
+      // Ready: its readiness probe, an httpGet of the app port, passed through the sidecar.
+      const [guarded] = await rolledOut(CAPTURED, "guarded", 1);
+      if (guarded === undefined) throw new Error("no guarded Pod");
+      const name = guarded.metadata.name;
+      const inits = guarded.spec.initContainers ?? [];
+      expect(inits.map((container) => container.name)).toEqual(["custody-init", "custody-sidecar"]);
+      expect(inits[0]?.image).toBe(host.state.initImage);
+      const app = guarded.spec.containers.find((container) => container.name === "app");
+      expect(app?.readinessProbe?.httpGet).toMatchObject({ path: "/app-health/app/readiness", port: 15020 });
+      expect(app?.livenessProbe?.httpGet).toMatchObject({ path: "/app-health/app/liveness", port: 15020 });
+      expect(sidecarOf(guarded)?.env?.some((variable) => variable.name === "CUSTODY_APP_PROBES")).toBe(true);
+      const initStatus = guarded.status.initContainerStatuses?.find(
+        (status) => status.name === "custody-init",
+      );
+      expect(initStatus?.state?.terminated?.exitCode).toBe(0);
+      // What the kubelet asks for, through the API server's pod proxy: the sidecar probed the app.
+      const probed = JSON.parse(
+        await ok([
+          "get",
+          "--raw",
+          `/api/v1/namespaces/${CAPTURED}/pods/${name}:15020/proxy/app-health/app/readiness`,
+        ]),
+      ) as Record<string, unknown>;
+      expect(probed).toMatchObject({ status: "ok", detail: "status 200" });
+
+      // From emitter (reporter.batch, another namespace): the direct calls, and the way in.
+      await rolledOut(BATCH, "emitter", 1);
+      interface Answer {
+        readonly status?: number;
+        readonly body?: string;
+        readonly error?: string;
+      }
+      type Knock = Record<"direct" | "directTls" | "notExcluded" | "excluded" | "mesh", Answer>;
+      const podIp = guarded.status.podIP ?? "";
+      expect(podIp).not.toBe("");
+      // Until emitter's sidecar knows guarded.captured (the registry reaches it through its volume).
+      const knocked = await until(
+        "guarded.captured reachable from emitter through its sidecar",
+        3 * MINUTE,
+        async () => {
+          const answer = await runBatchApp<Knock>(
+            "emitter",
+            "knock.mjs",
+            podIp,
+            "http://guarded.captured/reports",
+          );
+          return answer.mesh.status === 200 ? answer : JSON.stringify(answer.mesh);
+        },
+      );
+      progress(`traffic capture, from emitter: ${JSON.stringify(knocked)}`);
+      expect(knocked.mesh).toEqual({ status: 200, body: "reached the app" });
+      // Straight to the app port, the connection lands at the sidecar: plain HTTP gets no HTTP
+      // answer at all (it is the sidecar's TLS port), and TLS without a client certificate gets
+      // the sidecar's refusal.
+      expect(knocked.direct.status, JSON.stringify(knocked.direct)).toBeUndefined();
+      expect(knocked.direct.error).toBeDefined();
+      expect(knocked.directTls.status).toBe(401);
+      expect(JSON.parse(knocked.directTls.body ?? "{}")).toMatchObject({ reason: "no_client_certificate" });
+      // Another port the app listens on is reset; the one the pod excludes answers.
+      expect(knocked.notExcluded).toEqual({ error: "ECONNREFUSED" });
+      expect(knocked.excluded).toEqual({ status: 200, body: "metrics" });
+      // The app saw only the calls its sidecar verified, each with its caller.
+      const seen = (await ok(["-n", CAPTURED, "logs", `pod/${name}`, "-c", "app"]))
+        .split("\n")
+        .filter((line) => line.startsWith("{"))
+        .map((line) => JSON.parse(line) as { port: number; path: string; caller: string | null });
+      const onAppPort = seen.filter((entry) => entry.port === 8080);
+      expect(onAppPort.length).toBeGreaterThanOrEqual(1);
+      expect(onAppPort.filter((entry) => entry.caller !== "reporter.batch")).toEqual([]);
+      expect(seen.filter((entry) => entry.port === 9090)).toEqual([]);
     },
     8 * MINUTE,
   );

@@ -1,6 +1,6 @@
 /**
- * The process that owns a one-node test cluster: it builds the operator and sidecar images from
- * the checkout (e2e/node/images.sh), makes the node's bridge, starts the control plane on the
+ * The process that owns a one-node test cluster: it builds the operator, sidecar and init images
+ * from the checkout (e2e/node/images.sh), makes the node's bridge, starts the control plane on the
  * node's address and the node (support/node.ts), and keeps them until SIGTERM or SIGINT. A process
  * of its own, rather than the test's, so that the cluster can outlive a test run when asked
  * (`make e2e-cluster KEEP_CLUSTER=1`) and be poked at with kubectl afterwards.
@@ -80,7 +80,9 @@ async function up(): Promise<void> {
     node = await TestNode.start({
       controlPlane: plane,
       network,
-      images: [join(IMAGES_DIRECTORY, "custody-operator.tar"), join(IMAGES_DIRECTORY, "custody-sidecar.tar")],
+      images: ["custody-operator", "custody-sidecar", "custody-init"].map((name) =>
+        join(IMAGES_DIRECTORY, `${name}.tar`),
+      ),
       log: (line) => say(line),
     });
     await copyFile(plane.kubeconfigPath, KUBECONFIG_FILE);
@@ -93,6 +95,7 @@ async function up(): Promise<void> {
       nodeAddress: node.address,
       operatorImage: `custody.local/custody-operator:${IMAGE_TAG}`,
       sidecarImage: `custody.local/custody-sidecar:${IMAGE_TAG}`,
+      initImage: `custody.local/custody-init:${IMAGE_TAG}`,
       logs: {
         controlPlane: join(plane.directory, "logs"),
         node: node.logPath("kubelet").replace(/\/[^/]*$/, ""),

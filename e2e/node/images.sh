@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Builds the operator and sidecar images from this checkout, with the Dockerfiles unchanged, over
-# the base images e2e/node/build.sh made (buildah, no registry: --pull=never), and writes each as
-# an OCI archive that the test node's containerd imports.
+# Builds the operator, sidecar and init images from this checkout, with the Dockerfiles unchanged,
+# over the base images e2e/node/build.sh made (buildah, no registry: --pull=never), and writes each
+# as an OCI archive that the test node's containerd imports.
 #
 #   bash e2e/node/images.sh OUT_DIR [TAG]
 #
-# Writes OUT_DIR/custody-operator.tar and OUT_DIR/custody-sidecar.tar, images
-# custody.local/custody-operator:TAG and custody.local/custody-sidecar:TAG (TAG default e2e).
-# buildah's layer cache lives in the node cache: a second build with the same package-lock.json
-# reuses the npm ci layers, and the sidecar reuses the operator's build and deps stages.
+# Writes OUT_DIR/custody-operator.tar, OUT_DIR/custody-sidecar.tar and OUT_DIR/custody-init.tar,
+# images custody.local/custody-{operator,sidecar,init}:TAG (TAG default e2e). buildah's layer
+# cache lives in the node cache: a second build with the same package-lock.json reuses the npm ci
+# layers, the sidecar reuses the operator's build and deps stages, and the init image its
+# apt-get layer.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,13 +30,15 @@ die() {
 
 [[ $(id -u) -eq 0 ]] || die "run as root (buildah stores the images as root)"
 [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "TAG=$TAG is not an image tag"
-"${BUILDAH[@]}" inspect --type image gcr.io/distroless/nodejs24-debian12:nonroot >/dev/null 2>&1 ||
-  die "the base images are not built: run bash e2e/node/build.sh first"
+for base in gcr.io/distroless/nodejs24-debian12:nonroot docker.io/library/debian:bookworm-slim; do
+  "${BUILDAH[@]}" inspect --type image "$base" >/dev/null 2>&1 ||
+    die "the base image $base is not built: run bash e2e/node/build.sh first"
+done
 mkdir -p "$OUT"
 cd "$ROOT"
 
 # RUN steps run chrooted (no OCI runtime needed) with the host's network: npm ci reaches the
-# npm registry the way it does outside.
+# npm registry, and Dockerfile.init's apt-get Debian's archive, the way they do outside.
 export BUILDAH_ISOLATION=chroot
 build_args=(--quiet --pull=never --layers --network host)
 # A machine whose way out is a TLS-intercepting proxy trusts its CA through NODE_EXTRA_CA_CERTS;
@@ -49,7 +52,7 @@ if [[ -n "${NODE_EXTRA_CA_CERTS:-}" && -f "$NODE_EXTRA_CA_CERTS" ]]; then
   build_args+=(--volume "$NODE_EXTRA_CA_CERTS:/run/custody-build/ca.crt:ro" --volume "$npmrc:/usr/local/etc/npmrc:ro")
   say "the build stages trust $NODE_EXTRA_CA_CERTS (NODE_EXTRA_CA_CERTS) for the npm registry"
 fi
-for component in operator sidecar; do
+for component in operator sidecar init; do
   image="custody.local/custody-$component:$TAG"
   say "building $image from Dockerfile.$component (cold: ~2 min; cached layers: seconds)"
   start=$SECONDS

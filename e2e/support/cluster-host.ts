@@ -36,6 +36,8 @@ export interface ClusterState {
   /** The images built from the checkout, as the node's containerd names them. */
   readonly operatorImage: string;
   readonly sidecarImage: string;
+  /** Traffic capture's init container (Dockerfile.init). */
+  readonly initImage: string;
   /** Directories of the components' logs. */
   readonly logs: { readonly controlPlane: string; readonly node: string };
 }

@@ -615,7 +615,7 @@ async function releaseLock(): Promise<void> {
 export interface TestNodeOptions {
   readonly controlPlane: ControlPlane;
   readonly network: NodeNetwork;
-  /** OCI archives to import besides the base images (the operator's and the sidecar's). */
+  /** OCI archives to import besides the base images (the operator's, the sidecar's, the init container's). */
   readonly images?: readonly string[];
   readonly readyTimeoutMs?: number;
   readonly log?: (line: string) => void;

@@ -42,6 +42,18 @@ export function requireTool(name: string): boolean {
 }
 
 /**
+ * Like `requireTool`, for tests that need root (network namespaces, iptables): true when this
+ * process is root; otherwise throws under CUSTODY_REQUIRE_ALL=1, or prints a visible `SKIP:` line.
+ */
+export function requireRoot(why: string): boolean {
+  if (process.getuid?.() === 0) return true;
+  const detail = `not running as root, which ${why}`;
+  if (process.env.CUSTODY_REQUIRE_ALL === "1") throw new Error(`CUSTODY_REQUIRE_ALL=1 but ${detail}`);
+  process.stderr.write(`SKIP: ${detail}; tests that need it are skipped.\n`);
+  return false;
+}
+
+/**
  * What `promtool check metrics` says about an exposition: "" when it passes. promtool reads the
  * exposition on stdin and exits non-zero on any lint problem, printing the problems.
  */

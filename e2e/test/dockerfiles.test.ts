@@ -6,6 +6,8 @@
  *   pinned Node 24 bases, a numeric non-root user (the one the webhook runs the sidecar as), exec
  *   form, no HEALTHCHECK, node_modules only from a production-only install, no devDependency copied,
  *   the layout bin/custody.mjs expects, the sidecar's CMD equal to the args the webhook injects.
+ * - Dockerfile.init, the traffic-capture init container: Debian 12's iptables and nothing else, no
+ *   file of the build context, root (the webhook bounds it), the tools the webhook's script calls.
  * - .dockerignore, with Docker's matching rules: keys, .git, node_modules stay out; every file tsc
  *   needs for the build (resolved by the TypeScript compiler itself) gets in and is copied.
  * - e2e/kind: the example's Deployments go through the real injection code and come out admitted and
@@ -21,6 +23,7 @@ import { describe, expect, it } from "vitest";
 import { parseManifests, parseYamlDocuments } from "../../crds/src/manifest.js";
 import type { ServiceIdentity } from "../../crds/src/service-identity.js";
 import { DEFAULT_LOCATION_TEMPLATE } from "../../operator/src/controllers/registry-publisher.js";
+import { CAPTURE_SCRIPT, captureInitContainer } from "../../operator/src/webhook/capture.js";
 import {
   DEFAULT_INJECTION_SETTINGS,
   INBOUND_PORT,
@@ -513,6 +516,68 @@ describe("the two images", () => {
       expect(code, `custody ${cmd.join(" ")} --help`).toBe(0);
       expect(out).toContain(`custody ${role}`);
     }
+  });
+});
+
+describe("the init image (Dockerfile.init)", () => {
+  const stages = parseDockerfile(read("Dockerfile.init"));
+  const [stage] = stages as [Stage];
+
+  it("is one stage on Debian 12's slim image, as the other images' runtimes", () => {
+    expect(stages).toHaveLength(1);
+    // A named Debian release is pinned to that release (bookworm is Debian 12), never latest.
+    expect(stage.image).toBe("debian:bookworm-slim");
+  });
+
+  it("installs iptables without recommends, and leaves no apt lists behind, in one layer", () => {
+    const runs = all(stage, "RUN");
+    expect(runs).toHaveLength(1);
+    const run = runs[0]?.args ?? "";
+    const steps = run.split("&&").map((step) => step.trim());
+    expect(steps[0]).toBe("apt-get update");
+    const install = steps.find((step) => /\bapt-get install\b/.test(step)) ?? "";
+    expect(install).toMatch(/--no-install-recommends/);
+    expect(install).toMatch(/(^|\s)-y(\s|$)/);
+    // Nothing but iptables: no shell tools, no curl, nothing the rules do not need.
+    const packages = install
+      .split(/\s+/)
+      .slice(install.split(/\s+/).indexOf("install") + 1)
+      .filter((word) => !word.startsWith("-"));
+    expect(packages).toEqual(["iptables"]);
+    expect(steps.at(-1)).toBe("rm -rf /var/lib/apt/lists/*");
+  });
+
+  it("takes nothing from the build context and runs as root, bounded by the webhook instead", () => {
+    expect(all(stage, "COPY")).toEqual([]);
+    expect(all(stage, "ADD")).toEqual([]);
+    expect(all(stage, "USER")).toEqual([]);
+    expect(all(stage, "HEALTHCHECK")).toEqual([]);
+    expect(all(stage, "VOLUME")).toEqual([]);
+    const context = captureInitContainer("", { image: "x", imagePullPolicy: "IfNotPresent" })
+      .securityContext as Record<string, unknown>;
+    expect(context).toMatchObject({
+      runAsUser: 0,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { add: ["NET_ADMIN", "NET_RAW"], drop: ["ALL"] },
+    });
+  });
+
+  it("has what the webhook's command runs: /bin/sh, iptables-restore and ip6tables-restore (package iptables)", () => {
+    const container = captureInitContainer("", { image: "x", imagePullPolicy: "IfNotPresent" });
+    expect(container.command).toEqual(["/bin/sh", "-c", CAPTURE_SCRIPT]);
+    const tools = [...CAPTURE_SCRIPT.matchAll(/\| (\S+)/g)].map((match) => match[1]);
+    expect(tools).toEqual(["iptables-restore", "ip6tables-restore"]);
+  });
+
+  it("carries the OCI labels, and is the image the operator's default names", () => {
+    const labels = new Map(all(stage, "LABEL").flatMap((instruction) => [...keyValues(instruction.args)]));
+    expect(labels.get("org.opencontainers.image.title")).toBe("custody-init");
+    expect(labels.get("org.opencontainers.image.licenses")).toBe(packageJson.license);
+    expect(labels.get("org.opencontainers.image.source")).toMatch(/^https:\/\//);
+    expect(labels.get("org.opencontainers.image.description")?.length).toBeGreaterThan(10);
+    const repository = DEFAULT_INJECTION_SETTINGS.initImage.replace(/:[^/:]*$/, "");
+    expect(posix.basename(repository)).toBe("custody-init");
   });
 });
 

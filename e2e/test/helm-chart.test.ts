@@ -82,6 +82,9 @@ sidecar:
     repository: registry.example.com/custody/sidecar
     tag: "1.2.3"
   tokenUrl: https://tokens.example.com/oauth2/token
+  capture:
+    enabled: true
+    image: {repository: registry.example.com/custody/init, tag: "1.2.3"}
 tokenService:
   issuer: https://tokens.example.com
   keyRotationPeriod: 12h
@@ -756,6 +759,14 @@ describe.skipIf(!haveUnzip)("Helm chart charts/custody", () => {
         says: /'\/monitoring\/serviceMonitor\/enabled': got string, want boolean/,
       },
       { set: "operator.ca.existingSecret=", says: /'\/operator\/ca\/existingSecret'/ },
+      {
+        set: "sidecar.capture.enabled=yes",
+        says: /'\/sidecar\/capture\/enabled': got string, want boolean/,
+      },
+      {
+        set: "sidecar.capture.image.repository=Registry.Example/Init",
+        says: /'\/sidecar\/capture\/image\/repository': 'Registry.Example\/Init' does not match pattern/,
+      },
     ];
     for (const { set, says } of cases) {
       const result = await template("custody-system", ["--set", set]);
@@ -920,6 +931,8 @@ describe.skipIf(!haveUnzip)("Helm chart charts/custody", () => {
         checkInjectionSettings({
           ...DEFAULT_INJECTION_SETTINGS,
           image: flagValue(args, "--sidecar-image") ?? "",
+          initImage: flagValue(args, "--sidecar-init-image") ?? "",
+          capture: flagValue(args, "--sidecar-capture") === "true",
           tokenUrl:
             flagValue(args, "--sidecar-token-url") ??
             `https://custody-issuer.${render.namespace}.svc:8443/oauth2/token`,
@@ -937,6 +950,11 @@ describe.skipIf(!haveUnzip)("Helm chart charts/custody", () => {
       expect(flagValue(args, "--token-listen")).toBe("0.0.0.0:8443");
       expect(flagValue(args, "--webhook-listen")).toBe("0.0.0.0:9443");
       expect(flagValue(args, "--webhook-service")).toBe("custody-webhook");
+      // Traffic capture needs privileged namespaces: off unless asked for.
+      if (render === renders[0]) {
+        expect(flagValue(args, "--sidecar-capture")).toBe("false");
+        expect(flagValue(args, "--sidecar-init-image")).toBe("ghcr.io/custody-dev/custody-init:0.1.0");
+      }
       expect(container.ports).toEqual(
         expect.arrayContaining([
           expect.objectContaining({ name: "token", containerPort: 8443 }),
@@ -1000,6 +1018,8 @@ describe.skipIf(!haveUnzip)("Helm chart charts/custody", () => {
     const args = container.args;
     expect(flagValue(args, "--sidecar-image")).toBe("registry.example.com/custody/sidecar:1.2.3");
     expect(flagValue(args, "--sidecar-token-url")).toBe("https://tokens.example.com/oauth2/token");
+    expect(flagValue(args, "--sidecar-capture")).toBe("true");
+    expect(flagValue(args, "--sidecar-init-image")).toBe("registry.example.com/custody/init:1.2.3");
     expect(flagValue(args, "--issuer")).toBe("https://tokens.example.com");
     expect(flagValue(args, "--trust-bundle")).toBe("/var/run/custody/trust-bundle/ca-bundle.pem");
     expect(flagValue(args, "--trusted-issuers")).toBe(

@@ -323,6 +323,39 @@ describe("the admission webhooks", () => {
       );
     });
 
+    it("with traffic capture, the API server stores the pod as patched: custody-init first, probes through the sidecar", async () => {
+      const manifest = `${pod("captured", {
+        annotations:
+          '"custody.dev/inject": "true", "custody.dev/capture": "true", "custody.dev/capture-exclude-inbound-ports": "9091"',
+      })}      readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 3}
+      livenessProbe: {tcpSocket: {port: 8080}}
+`;
+      const created = await createPod(manifest);
+      expect(created.stderr).toBe("");
+      const result = JSON.parse(created.stdout) as PodJson;
+      expect(result.spec.initContainers?.map((container) => container.name)).toEqual([
+        "custody-init",
+        "custody-sidecar",
+      ]);
+      expect(result.spec.initContainers?.[0]).toMatchObject({
+        image: DEFAULT_INJECTION_SETTINGS.initImage,
+        command: ["/bin/sh", "-c", expect.stringContaining("iptables-restore --noflush")],
+        securityContext: {
+          runAsUser: 0,
+          runAsNonRoot: false,
+          capabilities: { add: ["NET_ADMIN", "NET_RAW"], drop: ["ALL"] },
+        },
+      });
+      expect(result.spec.containers[0]?.readinessProbe).toMatchObject({
+        httpGet: { path: "/app-health/app/readiness", port: 15020, scheme: "HTTP" },
+        periodSeconds: 3,
+      });
+      expect(result.spec.containers[0]?.livenessProbe).toMatchObject({
+        httpGet: { path: "/app-health/app/liveness", port: 15020 },
+      });
+      expect(result.spec.volumes?.map((volume) => volume.name)).toContain("custody-xtables");
+    });
+
     it("refuses a pod whose service account differs from the identity's", async () => {
       const refused = await createPod(
         pod("impostor", {

@@ -98,6 +98,10 @@ Options:
   --sidecar-redis-failure-mode M  closed (default: refuse calls while Redis cannot answer) | open
   --sidecar-outbound-policy P passthrough (default: calls to non-mesh hosts, HTTP and HTTPS through
                               CONNECT, go out as they are) | registry-only (refused)
+  --sidecar-capture B         true: capture inbound TCP in injected pods, so other pods reach the app
+                              only through the sidecar (an init container with NET_ADMIN: privileged
+                              namespaces only); false (default); a pod's custody.dev/capture overrides
+  --sidecar-init-image IMAGE  image of that init container (default ${DEFAULT_INJECTION_SETTINGS.initImage})
   --leader-elect-lease-duration D   how long a leader's Lease holds without renewal (default 15s)
   --leader-elect-renew-deadline D   a leader that could not renew this long stops leading (default 10s)
   --leader-elect-retry-period D     between attempts to acquire or renew (default 2s)
@@ -147,6 +151,8 @@ export const operatorCommand: Command = async (args, io) => {
     "sidecar-outbound-policy": { type: "string" },
     "sidecar-redis-url": { type: "string" },
     "sidecar-redis-failure-mode": { type: "string" },
+    "sidecar-capture": { type: "string" },
+    "sidecar-init-image": { type: "string" },
     "poll-interval": { type: "string" },
     "shutdown-delay": { type: "string" },
     "leader-elect-lease-duration": { type: "string" },
@@ -362,6 +368,10 @@ function injectionSettingsOf(
       `${COMMAND}: --sidecar-outbound-policy must be one of ${OUTBOUND_POLICIES.join(", ")}.`,
     );
   }
+  const capture = text("sidecar-capture");
+  if (capture !== undefined && capture !== "true" && capture !== "false") {
+    throw new UsageError(`${COMMAND}: --sidecar-capture must be true or false.`);
+  }
   const resource = (name: string, fallback: string | undefined) => {
     const value = text(name);
     return value === undefined ? fallback : value === "" ? undefined : value;
@@ -397,6 +407,8 @@ function injectionSettingsOf(
     outboundPolicy: outboundPolicy as OutboundPolicy,
     redisUrl: text("sidecar-redis-url") || undefined,
     redisFailureMode: text("sidecar-redis-failure-mode") === "open" ? "open" : "closed",
+    capture: capture === undefined ? defaults.capture : capture === "true",
+    initImage: text("sidecar-init-image") ?? defaults.initImage,
     // In a pod, in-cluster clients reach the API server at this address: never through the sidecar.
     apiServerHosts:
       process.env.KUBERNETES_SERVICE_HOST === undefined ? [] : [process.env.KUBERNETES_SERVICE_HOST],

@@ -25,6 +25,10 @@ app.kubernetes.io/component: operator
 {{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{- define "custody.initImage" -}}
+{{ .Values.sidecar.capture.image.repository }}:{{ .Values.sidecar.capture.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
 {{- define "custody.issuerUrl" -}}
 {{ .Values.tokenService.issuer | default (printf "https://custody-issuer.%s.svc:8443" .Release.Namespace) }}
 {{- end }}

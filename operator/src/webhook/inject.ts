@@ -17,9 +17,16 @@
  * namespace could otherwise pick any identity there, and with it that identity's certificate.
  * Identity delivery checks the same rule again (identityForPod) when the sidecar asks for its key:
  * admission is not the only gate.
+ *
+ * With traffic capture (opt-in: `--sidecar-capture`, or the pod's `custody.dev/capture`), the pod
+ * also gets the `custody-init` init container, first of all, which makes inbound TCP reach the app
+ * only through the sidecar (capture.ts), and its captured probes are pointed at the sidecar
+ * (probes.ts). It needs NET_ADMIN, so such pods belong in namespaces whose Pod Security level is
+ * privileged.
  */
 import { z } from "zod";
 import { LOG_LEVELS, type LogLevel } from "../../../cli/src/log.js";
+import { APP_PROBES_ENV, type AppProbes } from "../../../crds/src/app-probes.js";
 import { CustodyError, ValidationError } from "../../../crds/src/errors.js";
 import {
   IDENTITY_DELIVERY_PATH,
@@ -29,6 +36,8 @@ import {
 import { parseOrThrow } from "../../../crds/src/issues.js";
 import {
   ANNOTATION_APP_PORT,
+  ANNOTATION_CAPTURE,
+  ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS,
   ANNOTATION_IDENTITY,
   ANNOTATION_INJECT,
   isDnsLabel,
@@ -38,6 +47,14 @@ import {
 import { registryConfigMapName, registryFileName } from "../../../crds/src/registry.js";
 import { MAX_REGISTRY_SHARDS } from "../../../crds/src/registry-schema.js";
 import { type ServiceIdentity, serviceAccountNameOf } from "../../../crds/src/service-identity.js";
+import {
+  CapturePortsError,
+  captureInitContainer,
+  captureRules,
+  INIT_CONTAINER_NAME,
+  xtablesVolume,
+} from "./capture.js";
+import { type ProbedContainer, ProbeRewriteError, rewriteProbes } from "./probes.js";
 import {
   type AdmissionDecision,
   type AdmissionDenied,
@@ -171,6 +188,13 @@ export interface InjectionSettings {
   readonly redisUrl: string | undefined;
   /** While Redis cannot answer: refuse calls (closed) or decide alone (open). */
   readonly redisFailureMode: "closed" | "open";
+  /**
+   * Traffic capture in every injected pod (capture.ts); a pod's custody.dev/capture overrides it.
+   * Off by default: the init container needs NET_ADMIN, which only privileged namespaces allow.
+   */
+  readonly capture: boolean;
+  /** Image of the init container that installs the capture rules (Dockerfile.init). */
+  readonly initImage: string;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
@@ -194,6 +218,8 @@ export const DEFAULT_INJECTION_SETTINGS: InjectionSettings = {
   apiServerHosts: [],
   redisUrl: undefined,
   redisFailureMode: "closed",
+  capture: false,
+  initImage: "ghcr.io/custody-dev/custody-init:0.1.0",
 };
 
 function sidecarPortList(ports: SidecarPorts): number[] {
@@ -250,6 +276,8 @@ const DURATION = /^[0-9]{1,4}(ms|s|m)$/;
 export function checkInjectionSettings(settings: InjectionSettings): void {
   const problems: string[] = [];
   if (!/^[^\s]{1,512}$/.test(settings.image)) problems.push("image must be an image reference");
+  if (!/^[^\s]{1,512}$/.test(settings.initImage)) problems.push("initImage must be an image reference");
+  if (typeof settings.capture !== "boolean") problems.push("capture must be true or false");
   if (!IMAGE_PULL_POLICIES.includes(settings.imagePullPolicy)) {
     problems.push(`imagePullPolicy must be one of ${IMAGE_PULL_POLICIES.join(", ")}`);
   }
@@ -586,6 +614,76 @@ function resolveOutboundPolicy(pod: Pod, settings: InjectionSettings): Resolved<
   };
 }
 
+/** What capture gives a pod: its rules, and the ports that stay reachable from other pods. */
+interface CapturePlan {
+  readonly rules: string;
+  readonly reachable: (port: number) => boolean;
+}
+
+/** Capture on or off for this pod (its annotation over the operator's setting), and its rules. */
+function resolveCapture(
+  pod: Pod,
+  settings: InjectionSettings,
+  appPort: number,
+  label: string,
+): Resolved<CapturePlan | undefined> {
+  const annotations = pod.metadata.annotations ?? {};
+  const annotated = annotations[ANNOTATION_CAPTURE];
+  if (annotated !== undefined && annotated !== "true" && annotated !== "false") {
+    return {
+      ok: false,
+      denied: refuse(
+        400,
+        "invalid_capture",
+        `annotation ${ANNOTATION_CAPTURE}: "${annotated.slice(0, 64)}" is not "true" or "false".`,
+      ),
+    };
+  }
+  if ((annotated === undefined ? settings.capture : annotated === "true") === false) {
+    return { ok: true, value: undefined };
+  }
+  const invalid = (detail: string): Resolved<CapturePlan | undefined> => ({
+    ok: false,
+    denied: refuse(400, "invalid_capture_ports", `${label}: ${detail}`),
+  });
+  const listed = annotations[ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS] ?? "";
+  if (listed.length > 256) {
+    return invalid(`annotation ${ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS} is too long.`);
+  }
+  const entries = listed
+    .split(",")
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== "");
+  const bad = entries.find((entry) => !/^[0-9]{1,5}$/.test(entry));
+  if (bad !== undefined) {
+    return invalid(
+      `annotation ${ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS}: "${bad.slice(0, 64)}" is not a port (a comma-separated list of numbers from 1 to 65535, e.g. "9090,9091").`,
+    );
+  }
+  const excludedInbound = entries.map(Number);
+  const { inbound, admin } = settings.ports;
+  try {
+    const rules = captureRules({ inbound, admin, app: appPort, excludedInbound });
+    const open = new Set([inbound, admin, ...excludedInbound]);
+    return { ok: true, value: { rules, reachable: (port) => open.has(port) } };
+  } catch (error) {
+    if (error instanceof CapturePortsError) {
+      return invalid(`annotation ${ANNOTATION_CAPTURE_EXCLUDE_INBOUND_PORTS}: ${error.message}`);
+    }
+    throw error;
+  }
+}
+
+/** The containers whose probes the kubelet runs: the app's, and its own native sidecars. */
+function probedContainers(pod: Pod): ProbedContainer[] {
+  return [
+    ...pod.spec.containers.map((container, index) => ({ list: "containers" as const, index, container })),
+    ...(pod.spec.initContainers ?? []).flatMap((container, index) =>
+      container.restartPolicy === "Always" ? [{ list: "initContainers" as const, index, container }] : [],
+    ),
+  ];
+}
+
 function resolveNoProxy(pod: Pod, settings: InjectionSettings): Resolved<string> {
   const base = [...BASE_NO_PROXY, ...settings.apiServerHosts];
   const annotated = pod.metadata.annotations?.[ANNOTATION_NO_PROXY];
@@ -668,6 +766,7 @@ function sidecarContainer(
   appPort: number,
   resources: ResourceRequirements,
   settings: InjectionSettings,
+  appProbes: AppProbes,
 ): Record<string, unknown> {
   const { ports } = settings;
   const env = [
@@ -687,6 +786,10 @@ function sidecarContainer(
           { name: "CUSTODY_REDIS_URL", value: settings.redisUrl },
           { name: "CUSTODY_REPLAY_FAILURE_MODE", value: settings.redisFailureMode },
         ]),
+    // The app's probes that capture pointed at the admin port, for the sidecar to perform.
+    ...(Object.keys(appProbes).length === 0
+      ? []
+      : [{ name: APP_PROBES_ENV, value: JSON.stringify(appProbes) }]),
     { name: "CUSTODY_LOG_LEVEL", value: settings.logLevel },
   ];
   return {
@@ -831,7 +934,29 @@ export function injectionPatch(
   if (!resources.ok) return { ...resources.denied, identity: identityName };
   const outboundPolicy = resolveOutboundPolicy(parsed, settings);
   if (!outboundPolicy.ok) return { ...outboundPolicy.denied, identity: identityName };
-  const added = volumes(settings);
+  const capture = resolveCapture(parsed, settings, appPort.value, label);
+  if (!capture.ok) return { ...capture.denied, identity: identityName };
+  if (
+    capture.value !== undefined &&
+    everyContainer.some((container) => container.name === INIT_CONTAINER_NAME)
+  ) {
+    return refuse(
+      400,
+      "container_conflict",
+      `${label} already has a container named "${INIT_CONTAINER_NAME}", which traffic capture needs: rename it.`,
+      identityName,
+    );
+  }
+  let probes: ReturnType<typeof rewriteProbes> = { ops: [], probes: {} };
+  if (capture.value !== undefined) {
+    try {
+      probes = rewriteProbes(probedContainers(parsed), capture.value.reachable, settings.ports.admin, label);
+    } catch (error) {
+      if (error instanceof ProbeRewriteError) return refuse(400, error.code, error.message, identityName);
+      throw error;
+    }
+  }
+  const added = [...volumes(settings), ...(capture.value === undefined ? [] : [xtablesVolume()])];
   const taken = new Set((parsed.spec.volumes ?? []).map((volume) => volume.name));
   const clash = added.find((volume) => taken.has(String(volume.name)));
   if (clash !== undefined) {
@@ -863,18 +988,36 @@ export function injectionPatch(
       addToList(ops, `/spec/${list}/${index}/env`, container.env, missing);
     });
   addProxyEnv("containers", appContainers);
-  const sidecar = sidecarContainer(appPort.value, resources.value, {
-    ...settings,
-    outboundPolicy: outboundPolicy.value,
-  });
+  const sidecar = sidecarContainer(
+    appPort.value,
+    resources.value,
+    { ...settings, outboundPolicy: outboundPolicy.value },
+    probes.probes,
+  );
+  // Init containers go in front of the user's, in reverse: custody-init first, then the sidecar.
+  // Every operation that addresses a container by its index comes before them.
+  const front: Record<string, unknown>[] = [];
   if (settings.mode === "native") {
     // The user's init containers run after the sidecar has started, so they can call out too.
     addProxyEnv("initContainers", initContainers);
-    if (parsed.spec.initContainers == null)
-      ops.push({ op: "add", path: "/spec/initContainers", value: [sidecar] });
-    else ops.push({ op: "add", path: "/spec/initContainers/0", value: sidecar });
-  } else {
-    ops.push({ op: "add", path: "/spec/containers/-", value: sidecar });
+    front.push(sidecar);
   }
+  ops.push(...probes.ops);
+  if (capture.value !== undefined) {
+    front.unshift(
+      captureInitContainer(capture.value.rules, {
+        image: settings.initImage,
+        imagePullPolicy: settings.imagePullPolicy,
+      }),
+    );
+  }
+  if (front.length > 0 && parsed.spec.initContainers == null) {
+    ops.push({ op: "add", path: "/spec/initContainers", value: front });
+  } else {
+    for (const container of [...front].reverse()) {
+      ops.push({ op: "add", path: "/spec/initContainers/0", value: container });
+    }
+  }
+  if (settings.mode !== "native") ops.push({ op: "add", path: "/spec/containers/-", value: sidecar });
   return { allowed: true, patch: ops, reason: "injected", identity: identityName };
 }

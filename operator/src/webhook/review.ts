@@ -105,9 +105,10 @@ export function parseAdmissionReview(body: Buffer | string): AdmissionRequest {
   };
 }
 
-/** One RFC 6902 operation; the webhooks only ever add or test. */
+/** One RFC 6902 operation; the webhooks add, test, and replace a probe that capture rewrites. */
 export type JsonPatchOp =
   | { readonly op: "add"; readonly path: string; readonly value: unknown }
+  | { readonly op: "replace"; readonly path: string; readonly value: unknown }
   | { readonly op: "test"; readonly path: string; readonly value: unknown };
 
 export interface AdmissionAllowed {

@@ -9,6 +9,7 @@ import { z } from "zod";
 import { type Command, EXIT_OK, parseCommandArgs } from "../../../cli/src/kit.js";
 import { createLogger, LOG_LEVELS } from "../../../cli/src/log.js";
 import { parseListenAddress, runUntilSignal } from "../../../cli/src/serve.js";
+import { parseAppProbes } from "../../../crds/src/app-probes.js";
 import { parseDuration } from "../../../crds/src/duration.js";
 import { UsageError } from "../../../crds/src/errors.js";
 import { parseYamlDocuments } from "../../../crds/src/manifest.js";
@@ -46,6 +47,8 @@ const SETTINGS = {
     "on SIGTERM, keep serving this long (not ready) before stopping, for an app that stops at the same time and still calls out (default 0s)",
   "shutdown-grace": "then let requests in flight finish this long, and cut them (default 10s)",
   "log-level": "fatal | error | warn | info | debug (default info)",
+  "app-probes":
+    "with traffic capture: the app's probes the admin port performs for the kubelet at /app-health/<container>/<kind> (JSON, as the webhook injects it)",
 } as const;
 type Setting = keyof typeof SETTINGS;
 
@@ -90,6 +93,7 @@ const settingsSchema = z
     "shutdown-delay": z.string().default("0s"),
     "shutdown-grace": z.string().default("10s"),
     "log-level": z.enum(LOG_LEVELS).default("info"),
+    "app-probes": z.string().optional(),
   })
   // Checked even when other settings are wrong too, so every problem is named at once.
   .refine((value) => (value?.identity === undefined) !== (value?.["identity-url"] === undefined), {
@@ -214,6 +218,9 @@ export const sidecarCommand: Command = async (args, io) => {
   const logger = createLogger("sidecar", settings["log-level"]);
   const clientSecret = await secretSetting("client-secret-file", settings["client-secret-file"]);
   const appSecret = await secretSetting("app-secret-file", settings["app-secret-file"]);
+  // Read strictly before anything starts: a sidecar never answers probes it was not given.
+  const probesText = settings["app-probes"];
+  const appProbes = probesText === undefined ? {} : parseAppProbes(probesText);
   const running = await startSidecar({
     ...identitySource(settings),
     registryPath: settings.registry,
@@ -229,6 +236,7 @@ export const sidecarCommand: Command = async (args, io) => {
     outboundPolicy: settings["outbound-policy"],
     replay: { redisUrl: settings["redis-url"], failureMode: settings["replay-failure-mode"] },
     spool: { memoryBytes: DEFAULT_MEMORY_BODY_BYTES, maxBytes: settings["max-body-bytes"] },
+    appProbes,
     pollIntervalMs,
     logger,
   });

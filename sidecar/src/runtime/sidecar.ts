@@ -1,7 +1,8 @@
 /**
  * One sidecar process: the workload identity (reloaded when the Secret changes), its identity
  * token, the registry (reloaded when the ConfigMap changes), and three listeners — outbound
- * (loopback, plain HTTP), inbound (mutual TLS), admin (/metrics, /healthz, /readyz).
+ * (loopback, plain HTTP), inbound (mutual TLS), admin (/metrics, /healthz, /readyz, and with
+ * traffic capture the app's probes at /app-health/<container>/<kind>).
  * Requests read the latest good identity and registry; reloads swap them whole.
  */
 
@@ -10,6 +11,7 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { createAdminServer, createMetricsRegistry } from "../../../cli/src/admin.js";
 import { closeGracefully, drain, type ListenAddress, listen } from "../../../cli/src/serve.js";
+import type { AppProbes } from "../../../crds/src/app-probes.js";
 import { CustodyError } from "../../../crds/src/errors.js";
 import { ChangeWatcher } from "../../../pki/src/watch.js";
 import type { ChainLimits } from "../chain/limits.js";
@@ -23,6 +25,7 @@ import { MemoryReplayGuard } from "../replay/memory.js";
 import { createReplayMetrics, withReplayMetrics } from "../replay/metrics.js";
 import type { RedisReplayGuard, ReplayFailureMode } from "../replay/redis.js";
 import { AppChainSealer } from "./app-chain.js";
+import { createAppHealthRoute } from "./app-health.js";
 import type { SpoolOptions } from "./body.js";
 import { identityDeliveryClient } from "./identity-delivery.js";
 import { loadIdentityFiles, type WorkloadIdentity } from "./identity-files.js";
@@ -65,6 +68,8 @@ export interface SidecarConfig {
   readonly outboundPolicy?: OutboundPolicy;
   readonly replay: { readonly redisUrl: string | undefined; readonly failureMode: ReplayFailureMode };
   readonly spool: SpoolOptions;
+  /** The app's probes the kubelet asks the admin port for under traffic capture; default none. */
+  readonly appProbes?: AppProbes;
   readonly pollIntervalMs: number;
   readonly logger: Logger;
   readonly now?: () => number;
@@ -262,7 +267,7 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
       status: ready ? 200 : 503,
       body: { status: ready ? "ready" : "not_ready", reason: why, generation: source.snapshot?.generation },
     };
-  });
+  }, [createAppHealthRoute(config.appProbes ?? {})]);
 
   const reloadIdentity = async () => {
     const next = await loadIdentity();
