@@ -24,12 +24,24 @@ const pem = z
   .min(1)
   .max(64 * 1024);
 
-/** What the operator answers: the Secret's kubernetes.io/tls keys, and the next key mid-rotation. */
+/**
+ * What the operator answers: the Secret's kubernetes.io/tls keys, the next key mid-rotation, and
+ * the shared Redis.
+ */
 export const deliveredIdentitySchema = z.strictObject({
   certificate: pem,
   key: pem,
   ca: pem,
   nextKey: pem.optional(),
+  /**
+   * The Redis the service's replicas share spent jtis and quota buckets through, when there is
+   * one: it may carry a password, so it travels here, to the authenticated pod, never in the pod's
+   * spec (which the webhook's answer and every reader of the pod would show).
+   */
+  redisUrl: z
+    .string()
+    .regex(/^rediss?:\/\/\S{1,2000}$/)
+    .optional(),
 });
 export type DeliveredIdentity = z.output<typeof deliveredIdentitySchema>;
 
@@ -39,11 +51,14 @@ export const DELIVERY_REFUSALS = [
   "token_invalid",
   "pod_not_found",
   "pod_mismatch",
+  "pod_finished",
   "injection_disabled",
+  "sidecar_mismatch",
   "identity_not_found",
   "invalid_identity_name",
   "service_account_mismatch",
   "identity_not_issued",
   "delivery_unavailable",
+  "too_many_requests",
 ] as const;
 export type DeliveryRefusal = (typeof DELIVERY_REFUSALS)[number];

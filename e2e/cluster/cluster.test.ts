@@ -1061,7 +1061,9 @@ describe.skipIf(!READY).sequential("Custody on a one-node cluster that runs its 
       await ok(["-n", BATCH, "wait", "--for=condition=Ready", "--timeout=120s", "serviceidentity/limited"]);
       const replicas = await rolledOut(BATCH, "limited", 2);
       for (const pod of replicas) {
-        expect(sidecarOf(pod)?.env).toContainEqual({ name: "CUSTODY_REDIS_URL", value: redis.url });
+        // The URL is not in the spec: the sidecar got it with its identity.
+        expect(JSON.stringify(sidecarOf(pod)?.env ?? [])).not.toContain(redis.url);
+        expect(sidecarOf(pod)?.env).toContainEqual({ name: "CUSTODY_REPLAY_FAILURE_MODE", value: "closed" });
       }
       const burst = (count: number) =>
         runBatchApp<{ statuses: Record<string, number>; answeredBy: string[]; ms: number }>(

@@ -35,14 +35,36 @@ const SECRET: StoredSecret = {
   data: { "tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA" },
 };
 
+const SIDECAR_IMAGE = "registry.example/custody-sidecar:test";
+
+/** A pod as the injection webhook would leave it (this control plane runs no webhook). */
 function pod(name: string, serviceAccount: string, annotations: Record<string, string>) {
   return JSON.stringify({
     apiVersion: "v1",
     kind: "Pod",
-    metadata: { name, namespace: NS, annotations },
+    metadata: { name, namespace: NS, annotations: { "custody.dev/injected": "cart", ...annotations } },
     spec: {
       serviceAccountName: serviceAccount,
+      initContainers: [
+        {
+          name: "custody-sidecar",
+          image: SIDECAR_IMAGE,
+          args: ["sidecar"],
+          restartPolicy: "Always",
+          volumeMounts: [{ name: "custody-token", mountPath: "/var/run/secrets/custody", readOnly: true }],
+        },
+      ],
       containers: [{ name: "app", image: "registry.example/app:1" }],
+      volumes: [
+        {
+          name: "custody-token",
+          projected: {
+            sources: [
+              { serviceAccountToken: { audience: "custody", expirationSeconds: 3600, path: "token" } },
+            ],
+          },
+        },
+      ],
     },
   });
 }
@@ -89,6 +111,7 @@ describe.skipIf(!HAS_CLUSTER)("identity delivery against the real API server", (
       pods: kubernetesPodReader(cluster.operatorKubeConfig),
       lookup: { identity: (namespace, name) => (namespace === NS && name === "cart" ? CART : undefined) },
       secretOf: (identity) => (identity.namespace === NS && identity.name === "cart" ? SECRET : undefined),
+      sidecarImage: SIDECAR_IMAGE,
       logger: quiet,
     });
   const outcomeOf = async (bearer: string) => {

@@ -135,6 +135,32 @@ describe("rotation of the caller's key while traffic flows", () => {
       }),
     );
   }, 60_000);
+
+  it("never goes back: an older certificate in place of the current one is refused", async () => {
+    const service = mesh.service("cart.shop");
+    const before = await servedFingerprint(service.inboundPort);
+    const writePair = async (nowMs: number) => {
+      const issued = await issueCertificate(mesh.ca, {
+        id: "cart.shop",
+        dnsNames: ["localhost"],
+        now: new Date(nowMs),
+      });
+      await writeFile(join(service.identityDirectory, "tls.key"), privateKeyToPem(issued.privateKey));
+      await writeFile(join(service.identityDirectory, "tls.crt"), issued.certificate.pem);
+      return issued.certificate.pem;
+    };
+    const older = await writePair(Date.now() - 3_600_000);
+    // Several polls (200 ms) later, the older pair is still not served.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(await servedFingerprint(service.inboundPort)).toBe(before);
+    expect(new X509Certificate(older).fingerprint256).not.toBe(before);
+    // A newer one is taken as ever.
+    await mesh.issueIdentity("cart.shop", service.identityDirectory);
+    await vi.waitFor(async () => expect(await servedFingerprint(service.inboundPort)).not.toBe(before), {
+      timeout: 10_000,
+      interval: 50,
+    });
+  }, 30_000);
 });
 
 /** The fingerprint of the certificate a TLS server presents. */

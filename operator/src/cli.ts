@@ -286,6 +286,8 @@ export const operatorCommand: Command = async (args, io) => {
         pods: kubernetesPodReader(kubeConfig),
         lookup: running.identities,
         secretOf: (identity) => running.identitySecret(identity),
+        sidecarImage: injection.image,
+        ...(injection.redisUrl === undefined ? {} : { redisUrl: injection.redisUrl }),
         logger: logger.child({ component: "identity-delivery" }),
         metrics: running.metrics,
       }),

@@ -130,6 +130,19 @@ describe("identity plan", () => {
     const rotation = await plan({ current: changed, caPem: ca.certificate.pem }, T0 + HOUR);
     expect(rotation.material.next).toBeDefined();
     expect(rotation.material.current.kid).toBe(current.kid);
+
+    // Another service account: the pods of the previous one hold the current key, so it goes.
+    expect(certificateProfile(identity)).not.toBe(
+      certificateProfile({ ...identity, spec: { ...identity.spec, serviceAccountName: "other" } }),
+    );
+    const handedOver = await plan(
+      {
+        current: { ...current, profile: current.profile.replace(/sa=.*/, "sa=other") },
+        caPem: ca.certificate.pem,
+      },
+      T0 + HOUR,
+    );
+    expect(handedOver.material.next).toBeDefined();
   });
 
   it("updates ca.crt when the trust bundle changes", async () => {

@@ -262,13 +262,26 @@ describe("probes under traffic capture", () => {
     });
   });
 
-  it("leaves alone probes of open ports, of other hosts, exec and gRPC probes, and unresolvable ports", () => {
+  it("refuses a gRPC probe of a captured port: it would fail for ever", () => {
+    const input = pod(
+      {},
+      {
+        containers: [
+          { name: "app", ports: [{ containerPort: 8080 }], livenessProbe: { grpc: { port: 8080 } } },
+        ],
+      },
+    );
+    const decision = inject(input);
+    expect(decision).toMatchObject({ allowed: false, reason: "invalid_probe" });
+  });
+
+  it("leaves alone probes of open ports, of other hosts, exec and gRPC probes of open ports, and unresolvable ports", () => {
     const untouched: Container = {
       name: "app",
       ports: [{ containerPort: 8080 }, { containerPort: 9090 }],
       readinessProbe: { httpGet: { path: "/metrics", port: 9090 } },
       livenessProbe: { exec: { command: ["true"] } },
-      startupProbe: { grpc: { port: 8080 } },
+      startupProbe: { grpc: { port: 9090 } },
     };
     const others: Container = {
       name: "other",

@@ -7,6 +7,7 @@ import { writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
+import type { PeerCertificate } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type CertificateAuthority,
@@ -15,7 +16,11 @@ import {
   privateKeyToPem,
 } from "../../pki/src/index.js";
 import { temporaryDirectory } from "../../pki/test/support.js";
-import { identityDeliveryClient, identityOfAnswer } from "../src/runtime/identity-delivery.js";
+import {
+  identityDeliveryClient,
+  identityOfAnswer,
+  operatorNameCheck,
+} from "../src/runtime/identity-delivery.js";
 
 describe("identity delivery client", () => {
   let ca: CertificateAuthority;
@@ -80,6 +85,24 @@ describe("identity delivery client", () => {
     expect(identity.serviceId).toBe("cart.shop");
     expect(identity.nextPrivateKey?.equals(next.privateKey)).toBe(true);
     expect(seen.at(-1)).toEqual({ authorization: "Bearer eyJ.pod-token.sig", method: "POST" });
+
+    // The shared Redis comes with the identity, not in the pod's spec.
+    answer = {
+      status: 200,
+      body: JSON.stringify({
+        certificate: cart.certificate,
+        key: cart.key,
+        ca: ca.certificate.pem,
+        redisUrl: "redis://:pw@redis:6379",
+      }),
+    };
+    const delivery = client();
+    try {
+      await delivery.fetch();
+      expect(delivery.redisUrl).toBe("redis://:pw@redis:6379");
+    } finally {
+      await delivery.close();
+    }
   });
 
   it("refuses: a refusal (with the operator's reason), a server the mesh CA did not certify, no registry yet, no token", async () => {
@@ -127,5 +150,19 @@ describe("identity delivery client", () => {
       "test",
     );
     expect(identity.nextPrivateKey).toBeUndefined();
+  });
+
+  it("takes the operator only by a subjectAltName: a mesh certificate's common name is not enough", () => {
+    const host = "custody-webhook.custody-system";
+    const workload = {
+      subject: { CN: host },
+      subjectaltname: `URI:spiffe://custody.local/ns/custody-system/si/custody-webhook`,
+    };
+    expect(operatorNameCheck(host, workload as unknown as PeerCertificate)).toBeInstanceOf(Error);
+    const operator = { subject: { CN: host }, subjectaltname: `DNS:${host}.svc, DNS:${host}` };
+    expect(operatorNameCheck(host, operator as unknown as PeerCertificate)).toBeUndefined();
+    expect(operatorNameCheck("elsewhere.example", operator as unknown as PeerCertificate)).toBeInstanceOf(
+      Error,
+    );
   });
 });

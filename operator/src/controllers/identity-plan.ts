@@ -6,7 +6,7 @@
  * public key stays published until its certificate expires.
  */
 import type { ServiceIdentity } from "../../../crds/src/service-identity.js";
-import { certificateTimings } from "../../../crds/src/service-identity.js";
+import { certificateTimings, serviceAccountNameOf } from "../../../crds/src/service-identity.js";
 import type { StoreEvent } from "../store/store.js";
 import type { IdentityMaterial, KeyMaterial } from "./identity-secret.js";
 
@@ -34,10 +34,14 @@ export interface Plan {
   readonly wakeAtMs: number | undefined;
 }
 
-/** What a certificate is issued for: a change of either re-issues (through a normal rotation). */
+/**
+ * What a certificate is issued for: a change of any part re-issues (through a normal rotation).
+ * The service account is part of it: handing an identity to another service account must take
+ * the key away from the pods of the previous one, which hold it in memory until it is replaced.
+ */
 export function certificateProfile(identity: ServiceIdentity): string {
   const { keyAlgorithm, duration } = identity.spec.certificate;
-  return `${keyAlgorithm}/${duration}`;
+  return `${keyAlgorithm}/${duration}/sa=${serviceAccountNameOf(identity)}`;
 }
 
 export async function planIdentity(input: PlanInput): Promise<Plan> {

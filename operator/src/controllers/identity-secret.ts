@@ -64,8 +64,8 @@ export function secretBelongsTo(
   secret: { readonly annotations: Readonly<Record<string, string>> },
   identity: { readonly uid: string },
 ): boolean {
-  const uid = secret.annotations[IDENTITY_UID_ANNOTATION];
-  return uid === undefined || uid === identity.uid;
+  // Strict: a Secret without the uid was not written for this object by this operator.
+  return secret.annotations[IDENTITY_UID_ANNOTATION] === identity.uid;
 }
 
 /** One key pair with its certificate, and how the registry names its public key. */

@@ -780,12 +780,10 @@ function sidecarContainer(
     ...(settings.tokenUrl === undefined ? [] : [{ name: "CUSTODY_TOKEN_URL", value: settings.tokenUrl }]),
     { name: "CUSTODY_SHUTDOWN_DELAY", value: settings.mode === "native" ? "0s" : settings.shutdownDelay },
     { name: "CUSTODY_OUTBOUND_POLICY", value: settings.outboundPolicy },
+    // The Redis URL itself (it may carry a password) comes with the identity, from the operator.
     ...(settings.redisUrl === undefined
       ? []
-      : [
-          { name: "CUSTODY_REDIS_URL", value: settings.redisUrl },
-          { name: "CUSTODY_REPLAY_FAILURE_MODE", value: settings.redisFailureMode },
-        ]),
+      : [{ name: "CUSTODY_REPLAY_FAILURE_MODE", value: settings.redisFailureMode }]),
     // The app's probes that capture pointed at the admin port, for the sidecar to perform.
     ...(Object.keys(appProbes).length === 0
       ? []

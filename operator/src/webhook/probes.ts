@@ -130,6 +130,14 @@ function captured(
 ): AppProbe | undefined {
   const http = recordOf(probe.httpGet);
   const tcp = recordOf(probe.tcpSocket);
+  const grpc = recordOf(probe.grpc);
+  // A gRPC probe of a captured port would fail for ever (a liveness probe: restarts without end),
+  // and the sidecar cannot perform it: refused now rather than a pod that never becomes healthy.
+  if (grpc !== undefined && typeof grpc.port === "number" && !reachable(grpc.port)) {
+    throw new ProbeRewriteError(
+      `${label} is a gRPC probe of port ${grpc.port}, which capture sends to the sidecar: use an httpGet or tcpSocket probe, or exclude the port (custody.dev/capture-exclude-inbound-ports).`,
+    );
+  }
   const action = http ?? tcp;
   if (action === undefined) return undefined;
   if (typeof action.host === "string" && action.host !== "") return undefined;

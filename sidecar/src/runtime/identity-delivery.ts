@@ -8,6 +8,7 @@
  * answer never replaces the identity in use.
  */
 import { isIP } from "node:net";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import { Agent, request } from "undici";
 import { CustodyError } from "../../../crds/src/errors.js";
 import {
@@ -46,6 +47,8 @@ export interface IdentityDeliveryClientOptions {
 
 export interface IdentityDeliveryClient {
   fetch(): Promise<WorkloadIdentity>;
+  /** The shared Redis of the last answer (the operator sends it only to authenticated pods). */
+  readonly redisUrl: string | undefined;
   close(): Promise<void>;
 }
 
@@ -53,6 +56,7 @@ export function identityDeliveryClient(options: IdentityDeliveryClientOptions): 
   const hostname = new URL(options.url).hostname.replace(/^\[|\]$/g, "");
   const timeoutMs = options.timeoutMs ?? 10_000;
   let pool: { agent: Agent; trust: string } | undefined;
+  let redisUrl: string | undefined;
   const agentFor = (trust: string): Agent => {
     if (pool?.trust === trust) return pool.agent;
     void pool?.agent.close();
@@ -61,6 +65,7 @@ export function identityDeliveryClient(options: IdentityDeliveryClientOptions): 
         ca: trust,
         ...(isIP(hostname) === 0 ? { servername: hostname } : {}),
         timeout: timeoutMs,
+        checkServerIdentity: operatorNameCheck,
       },
       connections: 1,
       keepAliveTimeout: 30_000,
@@ -117,7 +122,12 @@ export function identityDeliveryClient(options: IdentityDeliveryClientOptions): 
           `identity delivery ${options.url} answered ${statusCode} ${reasonOf(text)}`,
         );
       }
-      return identityOfAnswer(text, options.url);
+      const answer = readAnswer(text, options.url);
+      redisUrl = answer.redisUrl;
+      return answer.identity;
+    },
+    get redisUrl() {
+      return redisUrl;
     },
     async close() {
       await pool?.agent.close();
@@ -125,8 +135,27 @@ export function identityDeliveryClient(options: IdentityDeliveryClientOptions): 
   };
 }
 
+/**
+ * The operator's certificate must name the host in a subjectAltName (DNS or IP). A certificate
+ * without one would be matched on its common name, and the mesh CA's workload certificates carry
+ * `<name>.<namespace>` there: none may pass for the operator.
+ */
+export function operatorNameCheck(host: string, certificate: PeerCertificate): Error | undefined {
+  if (!/(^|, )(DNS|IP Address):/.test(certificate.subjectaltname ?? "")) {
+    return new Error("the server's certificate names no DNS name or address: it is not the operator's");
+  }
+  return checkServerIdentity(host, certificate);
+}
+
 /** The identity in a 200 answer; anything malformed is identity_delivery_invalid. */
 export function identityOfAnswer(text: string, source: string): WorkloadIdentity {
+  return readAnswer(text, source).identity;
+}
+
+function readAnswer(
+  text: string,
+  source: string,
+): { identity: WorkloadIdentity; redisUrl: string | undefined } {
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -140,15 +169,16 @@ export function identityOfAnswer(text: string, source: string): WorkloadIdentity
   if (!parsed.success) {
     throw new IdentityDeliveryError("identity_delivery_invalid", `${source} answered an unexpected shape`);
   }
-  const { certificate, key, ca, nextKey } = parsed.data;
+  const { certificate, key, ca, nextKey, redisUrl } = parsed.data;
   try {
-    return identityFromPem({
+    const identity = identityFromPem({
       certificatePem: certificate,
       keyPem: key,
       caPem: ca,
       nextPrivateKey: nextKeyOf(nextKey, source),
       source,
     });
+    return { identity, redisUrl };
   } catch (error) {
     throw new IdentityDeliveryError(
       "identity_delivery_invalid",

@@ -158,13 +158,16 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
 
   let replay: ReplayGuard;
   let redis: RedisReplayGuard | undefined;
-  if (config.replay.redisUrl === undefined) {
+  // On Kubernetes the operator hands the shared Redis over with the identity (it may carry a
+  // password, so it is not in the pod's spec); a configured one wins.
+  const redisUrl = config.replay.redisUrl ?? delivery?.redisUrl;
+  if (redisUrl === undefined) {
     replay = withReplayMetrics(new MemoryReplayGuard({ now }), replayMetrics, "memory");
   } else {
     // Loaded only when configured: ioredis is a sizeable share of an idle sidecar's memory.
     const { RedisReplayGuard } = await import("../replay/redis.js");
     redis = new RedisReplayGuard({
-      url: config.replay.redisUrl,
+      url: redisUrl,
       metrics: replayMetrics,
       failureMode: config.replay.failureMode,
       now,
@@ -175,11 +178,11 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
   const localQuota = new QuotaLimiter({ now, metrics: quotaMetrics });
   let quota: QuotaStore = localQuota;
   let sharedQuota: RedisQuotaLimiter | undefined;
-  if (config.replay.redisUrl !== undefined) {
+  if (redisUrl !== undefined) {
     // With Redis the replicas share their quota buckets as they share spent jtis.
     const { RedisQuotaLimiter } = await import("../quota/redis.js");
     sharedQuota = new RedisQuotaLimiter({
-      url: config.replay.redisUrl,
+      url: redisUrl,
       failureMode: config.replay.failureMode,
       fallback: localQuota,
       metrics: quotaMetrics,
@@ -278,6 +281,16 @@ export async function startSidecar(config: SidecarConfig): Promise<RunningSideca
     // A rotation's first step adds only the next key (for messages sealed to it): that counts.
     if (next.certificatePem === identity.certificatePem && next.keyPem === identity.keyPem && sameNextKey)
       return;
+    // Never back to an older or expired certificate (a stale answer, a lagging replica): a
+    // rotation only ever moves forward, and the one in use stays until something newer comes.
+    if (next.notAfterMs <= now()) {
+      throw new SidecarStartError(`the new identity of ${self} has expired; keeping the current one.`);
+    }
+    if (next.leaf.notBefore.getTime() < identity.leaf.notBefore.getTime()) {
+      throw new SidecarStartError(
+        `the new identity of ${self} is older than the one in use (serial ${next.leaf.serialNumber}); keeping the current one.`,
+      );
+    }
     if (next.serviceId !== self) {
       throw new SidecarStartError(
         `the identity Secret now names ${next.serviceId}, not ${self}; ignoring it.`,
