@@ -10,7 +10,7 @@ import { closeGracefully, drain, type ListenAddress, listen } from "../../cli/sr
 import { type CertificateAuthority, loadCertificateAuthority } from "../../pki/src/ca.js";
 import { CaError } from "../../pki/src/errors.js";
 import { Catalog } from "./controllers/catalog.js";
-import { identitySecretKey, secretBelongsTo } from "./controllers/identity-secret.js";
+import { issuedIdentitySecret } from "./controllers/identity-secret.js";
 import { ControllerManager } from "./controllers/manager.js";
 import type { RegistryHeader } from "./controllers/registry-publisher.js";
 import type { DeclaredIdentity } from "./issuer/identities.js";
@@ -200,10 +200,7 @@ export async function startOperator(config: OperatorConfig): Promise<RunningOper
     identities,
     identitySecret(identity) {
       const resource = store.resource(IDENTITY, identity);
-      const secret = store.secret(identitySecretKey(config.namespace, identity));
-      return resource !== undefined && secret !== undefined && secretBelongsTo(secret, resource)
-        ? secret
-        : undefined;
+      return resource === undefined ? undefined : issuedIdentitySecret(store, config.namespace, resource);
     },
     metrics,
     issuer,

@@ -18,7 +18,14 @@ import { parseSpiffeId } from "../../../crds/src/names.js";
 import { type ParsedCertificate, parseCertificatesPem } from "../../../pki/src/certificate.js";
 import { privateKeyFromPem, privateKeyToPem, sameKey } from "../../../pki/src/keys.js";
 import { publishedKeyOf } from "../../../pki/src/thumbprint.js";
-import { MANAGED_BY, MANAGED_BY_LABEL, type ObjectKey, type StoredSecret } from "../store/store.js";
+import {
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  type ObjectKey,
+  type Store,
+  type StoredResource,
+  type StoredSecret,
+} from "../store/store.js";
 
 export const IDENTITY_SECRET_PREFIX = "custody-identity.";
 export const IDENTITY_SECRET_TYPE = "kubernetes.io/tls";
@@ -57,6 +64,19 @@ export function identityOfSecret(secret: {
   if (!secret.name.startsWith(IDENTITY_SECRET_PREFIX)) return undefined;
   const parts = secret.name.slice(IDENTITY_SECRET_PREFIX.length).split(".");
   return parts.length === 2 && parts[0] && parts[1] ? { namespace: parts[0], name: parts[1] } : undefined;
+}
+
+/**
+ * The Secret of identity object `resource` as the store has it, or undefined when there is none or
+ * it was left by a deleted namesake: what the registry publishes and identity delivery hands out.
+ */
+export function issuedIdentitySecret(
+  store: Pick<Store, "secret">,
+  stateNamespace: string,
+  resource: StoredResource,
+): StoredSecret | undefined {
+  const secret = store.secret(identitySecretKey(stateNamespace, resource));
+  return secret !== undefined && secretBelongsTo(secret, resource) ? secret : undefined;
 }
 
 /** Whether `secret` was written for this very identity object (not a deleted namesake). */

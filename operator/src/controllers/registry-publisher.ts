@@ -44,7 +44,7 @@ import {
 } from "../store/store.js";
 import type { Catalog } from "./catalog.js";
 import { kubernetesTime } from "./conditions.js";
-import { type IdentityMaterial, identitySecretKey, secretBelongsTo } from "./identity-secret.js";
+import { type IdentityMaterial, issuedIdentitySecret } from "./identity-secret.js";
 
 export const LOCATION_ANNOTATION = "custody.dev/location";
 export const GENERATION_ANNOTATION = "custody.dev/registry-generation";
@@ -223,8 +223,8 @@ export class RegistryPublisher {
     for (const resource of store.resources(IDENTITY)) {
       const identity = catalog.effectiveIdentity(resource);
       if (identity === undefined) continue;
-      const secret = store.secret(identitySecretKey(this.options.stateNamespace, resource));
-      if (secret === undefined || !secretBelongsTo(secret, resource)) continue;
+      const secret = issuedIdentitySecret(store, this.options.stateNamespace, resource);
+      if (secret === undefined) continue;
       const read = catalog.material(secret);
       if (!("material" in read)) continue;
       const keys = registryKeys(read.material, nowMs);

@@ -39,6 +39,7 @@ import {
   identityForPod,
   SIDECAR_CONTAINER_NAME,
 } from "./inject.js";
+import { recordOf } from "./records.js";
 
 /** What the API server said about a token: the service account and the pod it is bound to. */
 export interface ReviewedToken {
@@ -151,12 +152,13 @@ export function imageRepository(image: string): string {
   return colon > lastSlash ? withoutDigest.slice(0, colon) : withoutDigest;
 }
 
-function recordOf(value: unknown): Readonly<Record<string, unknown>> {
-  return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : {};
+/** `value` as a JSON object, empty when it is anything else: absent fields read as undefined. */
+function fieldsOf(value: unknown): Readonly<Record<string, unknown>> {
+  return recordOf(value) ?? {};
 }
 
 function listOf(value: unknown): readonly Readonly<Record<string, unknown>>[] {
-  return Array.isArray(value) ? value.map(recordOf) : [];
+  return Array.isArray(value) ? value.map(fieldsOf) : [];
 }
 
 /**
@@ -167,9 +169,9 @@ function listOf(value: unknown): readonly Readonly<Record<string, unknown>>[] {
  * with a token for our audience.
  */
 export function sidecarProblem(pod: unknown, identityName: string, sidecarImage: string): string | undefined {
-  const metadata = recordOf(recordOf(pod).metadata);
-  const spec = recordOf(recordOf(pod).spec);
-  if (recordOf(metadata.annotations)[ANNOTATION_INJECTED] !== identityName) {
+  const metadata = fieldsOf(fieldsOf(pod).metadata);
+  const spec = fieldsOf(fieldsOf(pod).spec);
+  if (fieldsOf(metadata.annotations)[ANNOTATION_INJECTED] !== identityName) {
     return `${ANNOTATION_INJECTED} is not "${identityName}": the webhook did not inject this pod for that identity`;
   }
   const containers = [
@@ -199,8 +201,8 @@ export function sidecarProblem(pod: unknown, identityName: string, sidecarImage:
   const tokenVolumes = new Set(
     listOf(spec.volumes)
       .filter((volume) =>
-        listOf(recordOf(volume.projected).sources).some(
-          (source) => recordOf(source.serviceAccountToken).audience === IDENTITY_TOKEN_AUDIENCE,
+        listOf(fieldsOf(volume.projected).sources).some(
+          (source) => fieldsOf(source.serviceAccountToken).audience === IDENTITY_TOKEN_AUDIENCE,
         ),
       )
       .map((volume) => volume.name),
@@ -222,13 +224,13 @@ interface PodFacts {
 }
 
 function podFacts(pod: unknown): PodFacts {
-  const metadata = recordOf(recordOf(pod).metadata);
-  const spec = recordOf(recordOf(pod).spec);
+  const metadata = fieldsOf(fieldsOf(pod).metadata);
+  const spec = fieldsOf(fieldsOf(pod).spec);
   return {
     uid: metadata.uid,
-    annotations: recordOf(metadata.annotations),
+    annotations: fieldsOf(metadata.annotations),
     serviceAccount: spec.serviceAccountName || spec.serviceAccount || "default",
-    phase: recordOf(recordOf(pod).status).phase,
+    phase: fieldsOf(fieldsOf(pod).status).phase,
   };
 }
 

@@ -55,6 +55,7 @@ import {
   xtablesVolume,
 } from "./capture.js";
 import { type ProbedContainer, ProbeRewriteError, rewriteProbes } from "./probes.js";
+import { recordOf } from "./records.js";
 import {
   type AdmissionDecision,
   type AdmissionDenied,
@@ -365,12 +366,6 @@ const podSchema = z.looseObject({
   }),
 });
 type Pod = z.output<typeof podSchema>;
-
-function recordOf(value: unknown): Record<string, unknown> | undefined {
-  return typeof value === "object" && value !== null && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : undefined;
-}
 
 /** Whether the pod asked for a sidecar and has none yet, read without trusting its shape. */
 function injectionWanted(pod: unknown): "wanted" | "not_requested" | "already_injected" {

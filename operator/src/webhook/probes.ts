@@ -25,6 +25,7 @@ import {
   type ProbeKind,
 } from "../../../crds/src/app-probes.js";
 import { CustodyError } from "../../../crds/src/errors.js";
+import { recordOf } from "./records.js";
 import type { JsonPatchOp } from "./review.js";
 
 /** A probe the sidecar could not perform faithfully: `invalid_probe`, naming it. */
@@ -54,12 +55,6 @@ const FIELD: Readonly<Record<ProbeKind, string>> = {
 };
 /** What Kubernetes accepts as a port name (IANA_SVC_NAME): at least one letter. */
 const PORT_NAME = /^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$/;
-
-function recordOf(value: unknown): Record<string, unknown> | undefined {
-  return typeof value === "object" && value !== null && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : undefined;
-}
 
 /** The port number a probe means, or undefined when it cannot be told (left to the kubelet). */
 function resolvePort(port: unknown, container: Readonly<Record<string, unknown>>): number | undefined {
